@@ -1,0 +1,1 @@
+"""cortexflow.training"""
