@@ -1,0 +1,74 @@
+"""The canonical haemodynamic response and trial regressors.
+
+The simulator turns each trial into a BOLD time course by convolving its
+stimulus boxcar with SPM's canonical double-gamma HRF (Friston et al., 1998;
+peak at ~5 s, undershoot at ~15 s, undershoot ratio 1/6) on a fine time grid,
+then samples it at each volume's onset (``t * TR``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def spm_hrf(dt: float, length: float = 32.0, peak: float = 6.0, undershoot: float = 16.0,
+            ratio: float = 1.0 / 6.0) -> np.ndarray:
+    """SPM's canonical HRF sampled every ``dt`` seconds, normalised to unit sum."""
+    t = np.arange(0.0, length, dt)
+
+    def gamma_pdf(shape: float) -> np.ndarray:  # unit-scale gamma density
+        return t ** (shape - 1) * np.exp(-t) / math.gamma(shape)
+
+    h = gamma_pdf(peak) - ratio * gamma_pdf(undershoot)
+    return h / h.sum()
+
+
+def trial_regressors(onsets: np.ndarray, durations: np.ndarray, n_volumes: int, tr: float,
+                     dt: float = 0.1) -> np.ndarray:
+    """(n_volumes, n_trials): each trial's boxcar convolved with the HRF, sampled at ``t * tr``.
+
+    Regressors are in units of the response to a sustained stimulus: a block
+    long enough to reach the plateau has height 1, so a trial's amplitude is
+    its response at plateau, in the units of the signal (% signal change here).
+    A boxcar from ``a`` to ``b`` convolved with ``h`` is ``H(t - a) - H(t - b)``
+    with ``H`` the running sum of ``h``, so all trials take two look-ups each.
+    """
+    onsets = np.asarray(onsets, float)
+    durations = np.maximum(np.asarray(durations, float), dt)
+    cumulative = np.concatenate([[0.0], np.cumsum(spm_hrf(dt))])  # H[k] = sum of h[:k]
+    times = np.arange(n_volumes) * tr
+
+    def running(lag: np.ndarray) -> np.ndarray:
+        k = np.clip(np.floor(lag / dt + 1e-9).astype(int) + 1, 0, len(cumulative) - 1)
+        return np.where(lag < 0, 0.0, cumulative[k])
+
+    start = times[:, None] - onsets[None, :]
+    return running(start) - running(start - durations[None, :])
+
+
+def cosine_drift(n_volumes: int, tr: float, cutoff: float = 128.0) -> np.ndarray:
+    """DCT high-pass basis (SPM's), (n_volumes, k) columns with period > ``cutoff`` s removed."""
+    k = int(np.floor(2 * n_volumes * tr / cutoff))
+    t = np.arange(n_volumes)
+    basis = [np.cos(np.pi * (t + 0.5) * j / n_volumes) for j in range(1, k + 1)]
+    return np.stack(basis, 1) * np.sqrt(2.0 / n_volumes) if basis else np.zeros((n_volumes, 0))
+
+
+def ar1_covariance(n: int, rho: float) -> np.ndarray:
+    """Correlation matrix of a stationary AR(1) process with unit variance."""
+    idx = np.arange(n)
+    return rho ** np.abs(idx[:, None] - idx[None, :])
+
+
+def beta_noise_sd(design: np.ndarray, rho: float) -> np.ndarray:
+    """Sd of each least-squares coefficient under unit-variance AR(1) noise.
+
+    Var(b) = (X'X)^-1 X' S X (X'X)^-1 for noise covariance S: the factor that
+    turns a time-series noise level into the noise of single-trial betas, so
+    the simulator can set signal-to-noise where decoders see it, at the betas.
+    """
+    pinv = np.linalg.pinv(design)
+    cov = pinv @ ar1_covariance(design.shape[0], rho) @ pinv.T
+    return np.sqrt(np.clip(np.diag(cov), 0, None))

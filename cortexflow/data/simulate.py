@@ -1,0 +1,950 @@
+"""The embedded default study: a simulated fMRI experiment, written as a real one looks on disk.
+
+``simulate_study`` writes, deterministically from a seed, a BIDS dataset with
+fMRIPrep-style derivatives (docs/contracts.md, "Study layout"): per subject
+and run a 4-D BOLD image on a 4 mm MNI152NLin2009cAsym grid with its sidecar,
+brain mask, confounds table and events; the stimuli (grey-scale images, spoken
+and written sentences); and a ground-truth folder saying which voxels carry
+what, so results can be compared with what is knowable.
+
+What a voxel's time series holds (in % of its baseline intensity):
+
+    y(t) = b * (1 + [ sum_trials amp(voxel, stimulus) * hrf_regressor(t)   task signal
+                      + slow drift (cosines, period > 128 s)
+                      + head-motion leakage (strongest at the brain's edge)
+                      + physiological signal (shared, strongest in CSF)
+                      + AR(1) noise ] / 100)
+
+``amp`` comes from the encoding model (cortexflow.data.encoding_model), scaled
+so that the *single-trial beta* signal-to-noise ratio is ``beta_snr`` on
+average: the time-series noise level is fixed (``noise_pct``), and each voxel's
+signal sd across stimuli is ``snr * noise_pct * k``, where ``k`` is the sd of a
+least-squares single-trial beta under that AR(1) noise for the task's design.
+With ``beta_snr = 1`` a single trial carries as much noise as signal, as in
+real data (NSD's single-trial ncsnr is mostly below 1; Allen et al., 2022).
+
+Test stimuli are shown ``test_repeats`` times in different runs, training
+stimuli once, as in NSD. Every subject sees the same stimuli in its own order,
+and every subject's voxels have their own tuning (a share ``tuning_shared_fraction``
+is common to all subjects).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import io
+import json
+import logging
+import time
+import zlib
+from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from cortexflow._io import atomic_dir
+from cortexflow.data import encoding_model as em
+from cortexflow.data.hrf import beta_noise_sd, cosine_drift, trial_regressors
+from cortexflow.data.sentences import generate_sentences, sentence_features, word_embeddings
+from cortexflow.data.speech import SpeechConfig, SpeechJob
+from cortexflow.data.stimuli import IMAGE_CATEGORIES, make_image_set
+from cortexflow.errors import CortexflowInputError
+
+log = logging.getLogger("cortexflow.data.simulate")
+
+SPACE = "MNI152NLin2009cAsym"
+MODALITIES = ("image", "audio", "text")
+ID_PREFIX = {"image": "img", "audio": "aud", "text": "txt"}
+GABOR_CPI = (2.0, 4.0, 8.0)
+N_MELS = 32
+MOTION_COLUMNS = ["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"]
+HEAD_RADIUS_MM = 50.0  # Power et al. (2012): rotations -> displacement on a 50 mm sphere
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """The ``simulate:`` section of the workflow config. The defaults ARE the default study.
+
+    Sizes are chosen so the whole default workflow (training included) fits in
+    about 15 minutes on 2 CPU cores while decoding stays hard: ~1,000 single
+    training trials of images (the decoder needs about that many to beat ridge),
+    ~250 sentences heard and read, single-trial beta SNR 1.
+    """
+
+    subjects: int = 2
+    modalities: tuple[str, ...] = MODALITIES
+    tasks: Mapping[str, str] = field(default_factory=lambda: {"image": "images", "audio": "audio", "text": "text"})
+    # regions: spheres around Seitzman et al. (2018) ROI centres (nilearn, offline)
+    roi_radius_mm: float = 8.0
+    networks: Mapping[str, str] = field(default_factory=lambda: {
+        "visual": "Visual", "auditory": "Auditory", "language": "DefaultMode"})
+    early_visual_max_y: float = -78.0  # visual ROIs whose centre lies behind this y (mm) are early visual
+    voxel_size_mm: float = 4.0
+    # stimuli
+    image_train: int = 1000
+    image_test: int = 50
+    image_size: int = 32
+    sentence_train: int = 250
+    sentence_test: int = 30
+    max_words: int = 7
+    sample_rate: int = 16000
+    voice: str = "en-us"
+    words_per_minute: int = 190
+    # design
+    tr: float = 2.0
+    test_repeats: int = 3
+    runs: Mapping[str, int] = field(default_factory=lambda: {"image": 10, "audio": 4, "text": 4})
+    soa: Mapping[str, float] = field(default_factory=lambda: {"image": 4.0, "audio": 4.0, "text": 4.0})
+    duration: Mapping[str, float] = field(default_factory=lambda: {"image": 3.0, "audio": 2.0, "text": 3.0})
+    blank_fraction: float = 0.1  # share of empty trial slots (fixation), for the baseline
+    lead_in: float = 6.0
+    lead_out: float = 14.0
+    # responses and noise
+    beta_snr: float = 1.0
+    snr_spread: float = 0.4  # sd of log voxel SNR
+    tuning_shared_fraction: float = 0.5
+    semantic_dim: int = 16
+    image_clusters: int = 12
+    noise_pct: float = 1.0
+    ar_rho: float = 0.3
+    drift_pct: float = 1.0
+    motion_mm: float = 0.2
+    motion_leak_pct: float = 0.3  # % signal per mm of displacement
+    physio_pct: float = 0.2
+    baseline: float = 1000.0
+
+    _MAPPINGS = ("tasks", "networks", "runs", "soa", "duration")
+
+    @classmethod
+    def from_params(cls, params: SimulationConfig | Mapping[str, Any] | None) -> SimulationConfig:
+        """Build from the config section; mapping keys (runs, soa, ...) update the defaults."""
+        if isinstance(params, SimulationConfig):
+            return params
+        params = dict(params or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise CortexflowInputError(
+                f"unknown key(s) in the simulate section: {', '.join(unknown)}",
+                fix=f"use only these keys: {', '.join(sorted(known))}")
+        defaults = cls()
+        kwargs: dict[str, Any] = {}
+        for key, value in params.items():
+            if key in cls._MAPPINGS:
+                if not isinstance(value, Mapping):
+                    raise CortexflowInputError(f"simulate.{key} must be a mapping, got {value!r}",
+                                               fix=f"write e.g. {key}: {dict(getattr(defaults, key))}")
+                merged = dict(getattr(defaults, key))
+                merged.update(value)
+                kwargs[key] = merged
+            elif key == "modalities":
+                kwargs[key] = tuple(value)
+            else:
+                kwargs[key] = value
+        return cls(**kwargs)
+
+    def __post_init__(self) -> None:
+        fix = "correct the simulate section of the config"
+        bad = [m for m in self.modalities if m not in MODALITIES]
+        if bad or not self.modalities:
+            raise CortexflowInputError(f"simulate.modalities must be a non-empty subset of {MODALITIES}, got {self.modalities}", fix=fix)
+        for name in ("subjects", "image_size", "sample_rate", "test_repeats", "semantic_dim", "image_clusters", "max_words"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise CortexflowInputError(f"simulate.{name} must be a positive integer, got {getattr(self, name)!r}", fix=fix)
+        for name in ("image_train", "image_test", "sentence_train", "sentence_test"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise CortexflowInputError(f"simulate.{name} must be an integer >= 0, got {getattr(self, name)!r}", fix=fix)
+        for name in ("tr", "roi_radius_mm", "voxel_size_mm", "noise_pct", "baseline", "beta_snr"):
+            if not getattr(self, name) > 0:
+                raise CortexflowInputError(f"simulate.{name} must be > 0, got {getattr(self, name)!r}", fix=fix)
+        for name in ("snr_spread", "drift_pct", "motion_mm", "motion_leak_pct", "physio_pct", "lead_in", "lead_out"):
+            if getattr(self, name) < 0:
+                raise CortexflowInputError(f"simulate.{name} must be >= 0, got {getattr(self, name)!r}", fix=fix)
+        if not 0 <= self.ar_rho < 1 or not 0 <= self.tuning_shared_fraction <= 1 or not 0 <= self.blank_fraction < 1:
+            raise CortexflowInputError("simulate.ar_rho and blank_fraction must lie in [0, 1), tuning_shared_fraction in [0, 1]", fix=fix)
+        if self.image_size % 8:
+            raise CortexflowInputError(f"simulate.image_size must be a multiple of 8, got {self.image_size}", fix=fix)
+        for m in self.modalities:
+            for name in ("tasks", "runs", "soa", "duration"):
+                if m not in getattr(self, name):
+                    raise CortexflowInputError(f"simulate.{name} has no entry for modality {m!r}", fix=fix)
+            if not (isinstance(self.runs[m], int) and self.runs[m] >= 1):
+                raise CortexflowInputError(f"simulate.runs.{m} must be a positive integer", fix=fix)
+            if not 0 < self.duration[m] <= self.soa[m]:
+                raise CortexflowInputError(f"simulate.duration.{m} must be > 0 and <= soa.{m}", fix=fix)
+            task = self.tasks[m]
+            if not (isinstance(task, str) and task.isalnum()):
+                raise CortexflowInputError(f"simulate.tasks.{m} must be an alphanumeric BIDS label, got {task!r}", fix=fix)
+        if len({self.tasks[m] for m in self.modalities}) != len(self.modalities):
+            raise CortexflowInputError("simulate.tasks must give each modality its own task", fix=fix)
+        for key in ("visual", "auditory", "language"):
+            if key not in self.networks:
+                raise CortexflowInputError(f"simulate.networks needs a {key!r} entry (a Seitzman 2018 network name)", fix=fix)
+        need_images = "image" in self.modalities
+        need_sentences = "audio" in self.modalities or "text" in self.modalities
+        if need_images and self.image_train < 2 or need_sentences and self.sentence_train < 2:
+            raise CortexflowInputError("simulate needs at least 2 training stimuli per simulated modality", fix=fix)
+
+    @property
+    def subject_labels(self) -> list[str]:
+        return [f"{i + 1:02d}" for i in range(self.subjects)]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        return {k: (dict(v) if isinstance(v, Mapping) else list(v) if isinstance(v, tuple) else v) for k, v in out.items()}
+
+
+def planned_runs(params: SimulationConfig | Mapping[str, Any] | None) -> list[tuple[str, str, int]]:
+    """(subject label, task label, run number) of every run the simulator will write, in order."""
+    cfg = SimulationConfig.from_params(params)
+    return [(s, cfg.tasks[m], r) for s in cfg.subject_labels for m in cfg.modalities for r in range(1, cfg.runs[m] + 1)]
+
+
+def study_subjects(params: SimulationConfig | Mapping[str, Any] | None) -> list[str]:
+    """Subject labels ("01", "02", ...) of the simulated study."""
+    return SimulationConfig.from_params(params).subject_labels
+
+
+def _rng(seed: int, *stream: str | int) -> np.random.Generator:
+    """An independent, named random stream: the same name always draws the same numbers."""
+    keys = [zlib.crc32(str(s).encode()) for s in stream]
+    return np.random.default_rng([int(seed), *keys])
+
+
+def bids_stem(subject: str, task: str, run: int) -> str:
+    return f"sub-{subject}_task-{task}_run-{run:02d}"
+
+
+# ----------------------------------------------------------------------------- brain grid
+
+@dataclass
+class BrainGrid:
+    """The MNI grid, its brain mask and tissue classes, and each voxel's baseline intensity."""
+
+    affine: np.ndarray
+    mask: np.ndarray  # bool (X, Y, Z)
+    baseline: np.ndarray  # (n_brain,) intensity of each brain voxel, in mask order
+    csf: np.ndarray  # bool (n_brain,)
+    white_matter: np.ndarray
+    edge: np.ndarray  # bool (n_brain,): on the brain's boundary
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.mask.shape
+
+
+@functools.lru_cache(maxsize=4)  # the templates never change; studies simulated in one process share the grid
+def build_grid(voxel_size: float, baseline: float) -> BrainGrid:
+    """nilearn's MNI152 brain mask and GM/WM templates (1 mm, offline) averaged onto a ``voxel_size`` grid.
+
+    The coarse grid keeps the 1 mm grid's origin, so coarse voxel ``I`` is
+    centred on fine voxel ``voxel_size * I``; each coarse voxel takes the
+    partial-volume average of the fine voxels it covers (a separable tent
+    filter, then subsampling). A coarse voxel is brain when over half of it is.
+    The 1 mm images are read as they ship (nilearn resamples to make its 2 mm ones).
+    """
+    from nilearn import datasets
+    from scipy import ndimage
+
+    if voxel_size != int(voxel_size) or voxel_size < 1:
+        raise CortexflowInputError(f"simulate.voxel_size_mm must be a whole number of mm, got {voxel_size}",
+                                   fix="use voxel_size_mm: 4")
+    zoom = int(voxel_size)
+    brain1 = datasets.load_mni152_brain_mask(resolution=1)
+    affine = np.diag([float(zoom)] * 3 + [1.0])
+    affine[:3, 3] = brain1.affine[:3, 3]
+    tent = np.concatenate([np.arange(1, zoom + 1), np.arange(zoom - 1, 0, -1)]).astype(np.float32)
+    tent /= tent.sum()
+
+    def average(img) -> np.ndarray:  # noqa: ANN001 - partial-volume average over each coarse voxel
+        data = img.get_fdata(dtype=np.float32)
+        for axis in range(3):
+            data = ndimage.convolve1d(data, tent, axis=axis, mode="constant")[(slice(None),) * axis + (slice(None, None, zoom),)]
+        return data
+
+    mask = average(brain1) > 0.5
+    # tissue probabilities of the MNI152 template; the rest of the brain is CSF
+    gm = np.clip(average(datasets.load_mni152_gm_template(resolution=1)), 0, 1)[mask]
+    wm = np.clip(average(datasets.load_mni152_wm_template(resolution=1)), 0, 1)[mask]
+    csf = np.clip(1 - gm - wm, 0, 1)
+    # EPI-like contrast: CSF brightest, grey matter above white matter (T2*-weighted)
+    intensity = baseline * (0.8 * wm + 1.0 * gm + 1.3 * csf) / np.maximum(wm + gm + csf, 1e-6)
+    edge = (mask & ~ndimage.binary_erosion(mask))[mask]
+    return BrainGrid(affine=affine, mask=mask, baseline=intensity, csf=csf > 0.5, white_matter=wm > 0.5, edge=edge)
+
+
+@functools.lru_cache(maxsize=1)
+def _seitzman_coords() -> tuple[pd.DataFrame, np.ndarray]:
+    from nilearn.datasets import fetch_coords_seitzman_2018
+
+    atlas = fetch_coords_seitzman_2018()
+    return pd.DataFrame(atlas.rois)[["x", "y", "z"]].astype(float).reset_index(drop=True), np.asarray(atlas.networks)
+
+
+def seitzman_rois(cfg: SimulationConfig) -> pd.DataFrame:
+    """The Seitzman 2018 ROI centres of the configured networks, labelled by simulated region."""
+    rois, networks = _seitzman_coords()
+    rois = rois.copy()
+    rois["network"] = networks
+    rois["roi"] = np.arange(len(rois))
+    region = pd.Series(None, index=rois.index, dtype=object)
+    visual = rois["network"] == cfg.networks["visual"]
+    region[visual & (rois["y"] <= cfg.early_visual_max_y)] = "early_visual"
+    region[visual & (rois["y"] > cfg.early_visual_max_y)] = "higher_visual"
+    region[rois["network"] == cfg.networks["auditory"]] = "auditory"
+    region[rois["network"] == cfg.networks["language"]] = "language"
+    rois["region"] = region
+    known = set(np.unique(networks))
+    for key, name in cfg.networks.items():
+        if name not in known:
+            raise CortexflowInputError(f"simulate.networks.{key} = {name!r} is not a Seitzman 2018 network",
+                                       fix=f"use one of {', '.join(sorted(known))}")
+    return rois[rois["region"].notna()].reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------- stimuli
+
+@dataclass
+class StudyStimuli:
+    table: pd.DataFrame  # stimulus_id, modality, path, split, text, category, source
+    images: np.ndarray | None  # (N, H, W) float32 in [0, 1], rows as the image rows of table
+    sentences: list[str]
+    waveforms: np.ndarray | None  # (N, samples) float32
+
+
+def build_stimuli(cfg: SimulationConfig, seed: int) -> StudyStimuli:
+    """Images, sentences and their speech, with ids and splits (speech is synthesised while images are cut)."""
+    sentences: list[str] = []
+    sentence_split = np.array([], str)
+    speech = None
+    if "audio" in cfg.modalities or "text" in cfg.modalities:
+        rng = _rng(seed, "sentences")
+        sentences = generate_sentences(cfg.sentence_train + cfg.sentence_test, rng, cfg.max_words)
+        sentence_split = np.array(["train"] * cfg.sentence_train + ["test"] * cfg.sentence_test)[rng.permutation(len(sentences))]
+        if "audio" in cfg.modalities:
+            speech = SpeechJob(sentences, SpeechConfig(voice=cfg.voice, words_per_minute=cfg.words_per_minute,
+                                                       sample_rate=cfg.sample_rate, duration=cfg.duration["audio"]))
+    rows: list[dict[str, Any]] = []
+    images = None
+    if "image" in cfg.modalities:
+        imgs = make_image_set(cfg.image_train, cfg.image_test, cfg.image_size, _rng(seed, "images"))
+        images = imgs.images
+        for i in range(len(imgs)):
+            sid = f"img-{i + 1:04d}"
+            rows.append({"stimulus_id": sid, "modality": "image", "path": f"images/{sid}.png", "split": imgs.split[i],
+                         "text": None, "category": imgs.category[i], "source": imgs.source[i]})
+    for modality in ("audio", "text"):
+        if modality not in cfg.modalities:
+            continue
+        for i, s in enumerate(sentences):
+            sid = f"{ID_PREFIX[modality]}-{i + 1:04d}"
+            path = f"audio/{sid}.wav" if modality == "audio" else "text/sentences.tsv"
+            rows.append({"stimulus_id": sid, "modality": modality, "path": path, "split": str(sentence_split[i]),
+                         "text": s, "category": "speech" if modality == "audio" else "sentence",
+                         "source": f"sentence:{i + 1:04d}"})
+    waveforms = speech.result() if speech is not None else None
+    return StudyStimuli(pd.DataFrame(rows), images, sentences, waveforms)
+
+
+@dataclass
+class StimulusFeatures:
+    gabor: np.ndarray | None = None  # (N_img, O, F, h, w)
+    category: np.ndarray | None = None  # (N_img,) index into IMAGE_CATEGORIES
+    cluster: np.ndarray | None = None  # (N_img,)
+    modulation: np.ndarray | None = None  # (N_sent, channels, n_mels)
+    channel_rates: np.ndarray | None = None
+    channel_scales: np.ndarray | None = None
+    mel_centres_hz: np.ndarray | None = None
+    semantic: np.ndarray | None = None  # (N_sent, semantic_dim)
+
+
+def compute_features(stim: StudyStimuli, cfg: SimulationConfig, seed: int) -> StimulusFeatures:
+    feats = StimulusFeatures()
+    if stim.images is not None:
+        feats.gabor = em.gabor_energy(stim.images, cycles_per_image=GABOR_CPI)
+        cats = stim.table.loc[stim.table["modality"] == "image", "category"]
+        feats.category = np.array([IMAGE_CATEGORIES.index(c) for c in cats])
+        feats.cluster = em.appearance_clusters(stim.images, cfg.image_clusters, _rng(seed, "clusters"))
+    if stim.sentences:
+        feats.semantic = sentence_features(stim.sentences, word_embeddings(cfg.semantic_dim, seed))
+    if stim.waveforms is not None:
+        spec, centres = em.log_mel(stim.waveforms, cfg.sample_rate, n_mels=N_MELS)
+        octaves = np.log2(centres[-1] / centres[0])
+        energy, channels = em.modulation_energy(spec, frame_rate=100.0, bins_per_octave=(N_MELS - 1) / octaves)
+        feats.modulation = energy
+        feats.channel_rates = np.array([c[0] for c in channels], float)
+        feats.channel_scales = np.array([c[1] for c in channels], float)
+        feats.mel_centres_hz = centres
+    return feats
+
+
+# ----------------------------------------------------------------------------- design
+
+@dataclass
+class RunDesign:
+    events: pd.DataFrame  # onset, duration, stimulus_id
+    n_volumes: int
+
+
+def design_runs(train_ids: list[str], test_ids: list[str], n_runs: int, cfg: SimulationConfig, modality: str,
+                rng: np.random.Generator) -> list[RunDesign]:
+    """Trial order and timing of one subject's runs of one task.
+
+    Each test stimulus is shown ``test_repeats`` times, in different runs when
+    there are enough runs; training stimuli once. Runs hold equal numbers of
+    trials; a share ``blank_fraction`` of the trial slots is left empty.
+    """
+    per_run: list[list[str]] = [[] for _ in range(n_runs)]
+    for sid in test_ids:
+        for r in range(cfg.test_repeats):
+            loads = np.array([len(p) for p in per_run], float) + rng.random(n_runs) * 0.5
+            # prefer runs that do not already hold this stimulus, then the emptiest
+            loads += np.array([1e6 if sid in p else 0.0 for p in per_run])
+            per_run[int(loads.argmin())].append(sid)
+    total = len(train_ids) + len(test_ids) * cfg.test_repeats
+    target = int(np.ceil(total / n_runs))
+    pool = [train_ids[i] for i in rng.permutation(len(train_ids))]
+    for p in sorted(per_run, key=len):
+        take = max(0, min(target - len(p), len(pool)))
+        p.extend(pool[:take])
+        pool = pool[take:]
+    for p in per_run:  # anything left (only when test loads were uneven)
+        if not pool:
+            break
+        p.append(pool.pop())
+    soa, dur = cfg.soa[modality], cfg.duration[modality]
+    designs = []
+    for trials in per_run:
+        n_blank = int(round(cfg.blank_fraction * len(trials)))
+        slots = np.array(trials + [""] * n_blank, dtype=object)[rng.permutation(len(trials) + n_blank)]
+        onsets = cfg.lead_in + soa * np.arange(len(slots))
+        keep = slots != ""
+        events = pd.DataFrame({"onset": onsets[keep], "duration": dur, "stimulus_id": slots[keep].astype(str)})
+        n_volumes = int(np.ceil((cfg.lead_in + soa * len(slots) + cfg.lead_out) / cfg.tr))
+        designs.append(RunDesign(events.reset_index(drop=True), n_volumes))
+    return designs
+
+
+def lsa_design(events: pd.DataFrame, n_volumes: int, tr: float) -> np.ndarray:
+    """Least-squares-all design: one regressor per trial, cosine drift (128 s) and an intercept."""
+    trials = trial_regressors(events["onset"].to_numpy(), events["duration"].to_numpy(), n_volumes, tr)
+    return np.column_stack([trials, cosine_drift(n_volumes, tr), np.ones(n_volumes)])
+
+
+# ----------------------------------------------------------------------------- noise
+
+def simulate_motion(n: int, motion_mm: float, rng: np.random.Generator) -> np.ndarray:
+    """(n, 6) realignment parameters: trans_x/y/z in mm, rot_x/y/z in radians.
+
+    Slow mean-reverting drift with occasional abrupt jerks (that then relax),
+    the two kinds of motion seen in realignment traces.
+    """
+    phi = 0.95
+    steps = rng.standard_normal((n, 6)) * motion_mm * np.sqrt(1 - phi ** 2)
+    jerks = (rng.random((n, 1)) < 0.02) * rng.standard_normal((n, 6)) * 3 * motion_mm
+    steps += jerks
+    out = np.zeros((n, 6))
+    for t in range(n):
+        out[t] = (phi * out[t - 1] if t else 0) + steps[t]
+    out[:, 3:] /= HEAD_RADIUS_MM  # rotations in radians (about motion_mm of arc at 50 mm)
+    return out
+
+
+def framewise_displacement(motion: np.ndarray) -> np.ndarray:
+    """Power et al. (2012) FD: sum of absolute backward differences, rotations on a 50 mm sphere."""
+    diff = np.abs(np.diff(motion, axis=0))
+    fd = diff[:, :3].sum(1) + HEAD_RADIUS_MM * diff[:, 3:].sum(1)
+    return np.concatenate([[np.nan], fd])
+
+
+def ar1_noise(n: int, v: int, rho: float, rng: np.random.Generator) -> np.ndarray:
+    """(n, v) float32 stationary AR(1) noise with unit marginal variance."""
+    e = rng.standard_normal((n, v), dtype=np.float32)
+    scale = np.float32(np.sqrt(1 - rho ** 2))
+    e[1:] *= scale
+    for t in range(1, n):
+        e[t] += np.float32(rho) * e[t - 1]
+    return e
+
+
+# ----------------------------------------------------------------------------- subject
+
+@dataclass
+class SubjectModel:
+    """One subject's voxel tuning and noise-free response amplitudes (% signal change)."""
+
+    voxels: pd.DataFrame  # ground-truth table, one row per region voxel
+    brain_index: np.ndarray  # column of each region voxel in the brain-mask order
+    amplitudes: dict[str, np.ndarray]  # modality -> (n_voxels_modality, n_stimuli)
+    voxel_rows: dict[str, np.ndarray]  # modality -> rows of ``voxels`` that respond
+    stimulus_ids: dict[str, list[str]]
+    semantic_weights: np.ndarray | None
+    motion_leak: np.ndarray  # (12, n_brain): weights of motion params and their derivatives
+    physio_weights: np.ndarray  # (2, n_brain)
+
+
+def build_subject(subject: str, regions: pd.DataFrame, brain_index: np.ndarray, grid: BrainGrid, stim: StudyStimuli,
+                  feats: StimulusFeatures, beta_sd: dict[str, float], cfg: SimulationConfig, seed: int) -> SubjectModel:
+    tuning_cfg = em.TuningConfig(shared_fraction=cfg.tuning_shared_fraction)
+    mixer = em.LatentMixer(_rng(seed, "tuning-shared"), _rng(seed, "tuning", subject), cfg.tuning_shared_fraction)
+    table, weights = em.draw_tuning(regions, len(IMAGE_CATEGORIES), cfg.image_clusters, N_MELS, cfg.semantic_dim,
+                                    mixer, tuning_cfg)
+    rng = _rng(seed, "subject", subject)
+    # raw tuning curves over each modality's stimuli, standardised per voxel
+    z: dict[str, np.ndarray] = {}
+    region = table["region"].to_numpy()
+    ids: dict[str, list[str]] = {m: stim.table.loc[stim.table["modality"] == m, "stimulus_id"].tolist()
+                                 for m in cfg.modalities}
+    if feats.gabor is not None:
+        ev, hv = region == "early_visual", region == "higher_visual"
+        img_z = np.zeros((len(table), feats.gabor.shape[0]))
+        if ev.any():
+            img_z[ev] = em.standardize_rows(em.early_visual_responses(table[ev], feats.gabor, GABOR_CPI))
+        if hv.any():
+            img_z[hv] = em.standardize_rows(em.higher_visual_responses(
+                weights["higher_visual_category"], weights["higher_visual_cluster"], feats.category, feats.cluster, tuning_cfg))
+        z["image"] = img_z
+    if feats.semantic is not None:
+        la = region == "language"
+        sem_z = np.zeros((len(table), feats.semantic.shape[0]))
+        if la.any():
+            sem_z[la] = em.standardize_rows(weights["language_semantic"] @ feats.semantic.T)
+        z["sentence"] = sem_z
+    if feats.modulation is not None:
+        au = region == "auditory"
+        aud_z = np.zeros((len(table), feats.modulation.shape[0]))
+        if au.any():
+            aud_z[au] = em.standardize_rows(em.auditory_responses(
+                weights["auditory_best_bin"], weights["auditory_pref_log_rate"], weights["auditory_pref_log_scale"],
+                feats.modulation, feats.channel_rates, feats.channel_scales))
+            table.loc[au, "best_frequency_hz"] = np.interp(weights["auditory_best_bin"], np.arange(N_MELS), feats.mel_centres_hz)
+        z["audio"] = aud_z
+    # signal size: per-voxel single-trial SNR around beta_snr, noise fixed (module docstring)
+    snr = cfg.beta_snr * np.exp(cfg.snr_spread * rng.standard_normal(len(table)) - cfg.snr_spread ** 2 / 2)
+    signal_sd = snr * cfg.noise_pct * np.array([_calibration_factor(r, beta_sd) for r in region])
+    table["noise_sd_pct"] = cfg.noise_pct
+    table["signal_sd_pct"] = signal_sd
+    table["mean_response_pct"] = tuning_cfg.mean_response_ratio * signal_sd
+    table["beta_snr"] = snr
+    amplitudes, rows = {}, {}
+    for m in cfg.modalities:
+        responds = np.array([m in em.REGION_MODALITIES[r] for r in region])
+        if m == "image":
+            zz = z["image"][responds]
+        elif m == "text":
+            zz = z["sentence"][responds]
+        else:  # audio: auditory voxels hear the sound, language voxels understand the sentence
+            zz = np.where((region[responds] == "language")[:, None], z["sentence"][responds], z["audio"][responds])
+        amplitudes[m] = (table["mean_response_pct"].to_numpy()[responds, None]
+                         + signal_sd[responds, None] * zz).astype(np.float32)
+        rows[m] = np.flatnonzero(responds)
+    n_brain = int(grid.mask.sum())
+    edge = 1.0 + 2.0 * grid.edge
+    leak = rng.standard_normal((12, n_brain)) * cfg.motion_leak_pct * edge[None]
+    leak[6:] *= 2.0  # spin-history effects follow the motion derivatives
+    tissue = np.where(grid.csf, 3.0, np.where(grid.white_matter, 0.5, 1.0))
+    physio = cfg.physio_pct * tissue[None] * (1 + 0.3 * rng.standard_normal((2, n_brain)))
+    leak, physio = leak.astype(np.float32), physio.astype(np.float32)
+    return SubjectModel(table, brain_index, amplitudes, rows, ids,
+                        weights.get("language_semantic"), leak, physio)
+
+
+def _calibration_factor(region: str, beta_sd: Mapping[str, float]) -> float:
+    """Beta noise factor of the task a region's SNR is set on: its primary modality, else another it hears or sees."""
+    for m in (em.PRIMARY_MODALITY[region], *em.REGION_MODALITIES[region]):
+        if m in beta_sd:
+            return beta_sd[m]
+    return float("nan")  # the region is not driven by any simulated modality
+
+
+def simulate_run(design: RunDesign, model: SubjectModel, modality: str, grid: BrainGrid, cfg: SimulationConfig,
+                 rng: np.random.Generator) -> tuple[np.ndarray, pd.DataFrame]:
+    """One run: (n_volumes, n_brain) float32 BOLD intensities and its confounds table."""
+    n, n_brain = design.n_volumes, int(grid.mask.sum())
+    f32 = np.float32
+    ts = ar1_noise(n, n_brain, cfg.ar_rho, rng)
+    ts *= f32(cfg.noise_pct)
+    # slow drift: a linear trend and the three slowest cosines, random per voxel
+    drift = np.column_stack([np.linspace(-1, 1, n), cosine_drift(n, cfg.tr, cutoff=128.0)[:, :3] * np.sqrt(n / 2)])
+    drift_w = rng.standard_normal((drift.shape[1], n_brain), dtype=f32) * f32(cfg.drift_pct / np.sqrt(drift.shape[1]))
+    ts += drift.astype(f32) @ drift_w
+    # head motion leaks in through its parameters and their derivatives (spin history)
+    motion = simulate_motion(n, cfg.motion_mm, rng)
+    motion_mm = motion.copy()
+    motion_mm[:, 3:] *= HEAD_RADIUS_MM
+    motion_mm -= motion_mm.mean(0)
+    deriv = np.vstack([np.zeros((1, 6)), np.diff(motion_mm, axis=0)])
+    ts += np.column_stack([motion_mm, np.abs(deriv)]).astype(f32) @ model.motion_leak
+    # physiological fluctuations shared across the brain, strongest in CSF
+    physio = np.zeros((n, 2))
+    innov = rng.standard_normal((n, 2))
+    for t in range(n):
+        physio[t] = (0.8 * physio[t - 1] if t else 0) + 0.6 * innov[t]
+    ts += physio.astype(f32) @ model.physio_weights
+    # task signal: every trial's HRF regressor times the voxel's amplitude for that stimulus
+    col = {sid: i for i, sid in enumerate(model.stimulus_ids[modality])}
+    stim_index = np.array([col[s] for s in design.events["stimulus_id"]], int)
+    regressors = trial_regressors(design.events["onset"].to_numpy(), design.events["duration"].to_numpy(), n, cfg.tr)
+    signal = regressors.astype(f32) @ model.amplitudes[modality][:, stim_index].T
+    ts[:, model.brain_index[model.voxel_rows[modality]]] += signal
+    ts *= f32(0.01)
+    ts += f32(1)
+    ts *= grid.baseline.astype(f32)[None]
+    confounds = pd.DataFrame({
+        "global_signal": ts.mean(1, dtype=np.float64),
+        "csf": ts[:, grid.csf].mean(1, dtype=np.float64),
+        "white_matter": ts[:, grid.white_matter].mean(1, dtype=np.float64),
+    })
+    for j, name in enumerate(MOTION_COLUMNS):
+        confounds[name] = motion[:, j]
+        confounds[f"{name}_derivative1"] = np.concatenate([[np.nan], np.diff(motion[:, j])])
+    confounds["framewise_displacement"] = framewise_displacement(motion)
+    return ts, confounds
+
+
+# ----------------------------------------------------------------------------- writing
+
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    _write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(type(o).__name__)
+
+
+def _write_tsv(path: Path, frame: pd.DataFrame) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(path, sep="\t", index=False, na_rep="n/a", float_format="%.6g", lineterminator="\n")
+
+
+def write_volumes(path: Path, values: np.ndarray, grid: BrainGrid, tr: float | None = None, slope: float = 1.0) -> None:
+    """Write brain-voxel ``values`` as a .nii.gz in MNI space (see ``nifti_gz_bytes``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(nifti_gz_bytes(values, grid, tr, slope))
+
+
+def nifti_gz_bytes(values: np.ndarray, grid: BrainGrid, tr: float | None = None, slope: float = 1.0) -> bytes:
+    """Brain-voxel ``values`` as the bytes of a .nii.gz in MNI space, reproducibly.
+
+    ``values`` is (n_volumes, n_brain) for a 4-D image or (n_brain,) for a 3-D
+    one, in brain-mask order; voxels outside the mask are 0. Integer data get
+    ``scl_slope`` = ``slope``, ``scl_inter`` 0 (intensity = stored value * slope).
+    The file is streamed through zlib (gzip container, mtime 0, no file name),
+    without nibabel's chunked copies: the same values always give the same bytes.
+    """
+    import nibabel as nib
+
+    values = np.asarray(values)
+    n_vol = values.shape[0] if values.ndim == 2 else None
+    shape = grid.shape + ((n_vol,) if n_vol is not None else ())
+    hdr = nib.Nifti1Header()
+    hdr.set_data_dtype(values.dtype)
+    hdr.set_data_shape(shape)
+    hdr.set_xyzt_units("mm", "sec")
+    zooms = tuple(float(z) for z in np.abs(np.diag(grid.affine)[:3]))
+    hdr.set_zooms(zooms + ((float(tr),) if n_vol is not None else ()))
+    hdr.set_sform(grid.affine, code=4)  # NIFTI_XFORM_MNI_152
+    hdr.set_qform(grid.affine, code=4)
+    if np.issubdtype(values.dtype, np.integer):
+        hdr.set_slope_inter(slope, 0.0)
+    hdr["vox_offset"] = 352
+    head = io.BytesIO()
+    hdr.write_to(head)  # 348-byte header + 4-byte extension flag
+    # NIfTI stores x fastest: each volume in Fortran order, volumes one after another
+    where = np.ravel_multi_index(np.nonzero(grid.mask), grid.shape, order="F")
+    flat = np.zeros((n_vol or 1, int(np.prod(grid.shape))), values.dtype)
+    flat[:, where] = values.reshape(n_vol or 1, -1)
+    # wbits 31: gzip container. Run-length matching only (Z_RLE): on noisy int16 data it is
+    # faster than level-1 deflate and 8% smaller (the zeros outside the brain are long runs)
+    packer = zlib.compressobj(1, zlib.DEFLATED, 31, 9, zlib.Z_RLE)
+    view = memoryview(flat.reshape(-1).view(np.uint8))
+    parts = [packer.compress(head.getvalue().ljust(352, b"\0"))]
+    parts += [packer.compress(view[i: i + (1 << 24)]) for i in range(0, len(view), 1 << 24)]
+    parts.append(packer.flush())
+    return b"".join(parts)
+
+
+QUANTA_PER_NOISE_SD = 5  # int16 steps per noise sd: rounding adds 1/300 of the noise variance
+
+
+def bold_quantum(cfg: SimulationConfig) -> float:
+    """Intensity step of the stored int16 BOLD (its ``scl_slope``), a fifth of the noise sd."""
+    return float(np.float32(cfg.noise_pct / 100 * cfg.baseline / QUANTA_PER_NOISE_SD))
+
+
+def _quantize(bold: np.ndarray, quantum: float) -> np.ndarray:
+    """int16 steps of ``quantum`` (overwrites ``bold``, which is not needed afterwards)."""
+    bold *= np.float32(1.0 / quantum)
+    np.rint(bold, out=bold)
+    np.clip(bold, -32768, 32767, out=bold)
+    return bold.astype(np.int16)
+
+
+README = """# cortexflow simulated study
+
+A simulated fMRI experiment written by `cortexflow simulate` (seed {seed}). Subjects
+viewed grey-scale images (task `{task_image}`), listened to spoken sentences (task
+`{task_audio}`) and read sentences (task `{task_text}`), one modality per run.
+
+- `sub-*/func/*_events.tsv`, `*_bold.json`: the experiment's events and acquisition
+  (BIDS). Raw BOLD images are not included: only the preprocessed derivatives.
+- `derivatives/fmriprep/`: preprocessed BOLD in {space} space ({voxel} mm, int16 with
+  scl_slope {slope}), brain masks and confound tables named as fMRIPrep names them.
+- `stimuli/`: every stimulus; `stimuli/stimuli.tsv` lists them with their train/test
+  split (paths relative to `stimuli/`).
+- `derivatives/ground_truth/`: what the simulation knows and a real study cannot
+  (see its README).
+
+Generated data; no person was scanned. License: CC0.
+"""
+
+GROUND_TRUTH_README = """# Ground truth of the simulated study
+
+Files
+- `space-{space}_desc-regions_dseg.nii.gz` + `desc-regions_dseg.tsv`: which voxels belong to which
+  simulated region (0 = none). Regions are spheres of radius {radius} mm around the Seitzman et al.
+  (2018) ROI centres (nilearn, offline) of networks {networks}, inside the brain mask; a voxel near
+  several centres belongs to the nearest. Visual ROIs with centre y <= {early_y} mm are early visual.
+- `sub-XX/sub-XX_voxels.tsv`: one row per region voxel (`voxel` = row number used below):
+  region, network, roi (index in nilearn's Seitzman list), grid indices i j k, MNI x y z (mm),
+  tuning (pRF position/size in image half-widths with y up, preferred orientation in degrees,
+  orientation selectivity (von Mises kappa), preferred spatial frequency in cycles/image; preferred
+  category index into {categories}; best frequency, preferred modulation rate and scale), and
+  noise_sd_pct (AR(1) noise sd, % of baseline), signal_sd_pct (sd of the response across stimuli),
+  mean_response_pct, beta_snr (signal sd / expected single-trial beta noise sd, set on the design of the
+  region's primary task: language voxels on reading; when they listen, scale by the ratio of the tasks'
+  `beta_noise_factor`). Drift, motion and physiological noise come on top unless regressed out.
+- `sub-XX/sub-XX_responses.npz`: noise-free response amplitudes (% signal change at plateau) per
+  modality: `<modality>` (voxels x stimuli, float32), `<modality>_voxels` (rows of voxels.tsv),
+  `<modality>_ids` (stimulus ids); `language_semantic_weights` (language voxels x semantic dims).
+- `features.npz`: stimulus features the voxels were driven by (image category and appearance
+  cluster, sentence semantic vectors, ids).
+- `simulation.json`: the full configuration, seed, and the expected single-trial beta noise sd per
+  unit time-series noise for each task's design (`beta_noise_factor`).
+
+Signal model (per voxel, in % of baseline): task signal (HRF-convolved trial amplitudes) + slow
+drift + head-motion leakage (motion parameters and their derivatives, 3x stronger on the brain's
+edge) + a shared physiological signal (strongest in CSF) + AR(1) noise (rho = {rho}).
+"""
+
+
+def _write_stimuli(root: Path, stim: StudyStimuli, cfg: SimulationConfig) -> None:
+    from PIL import Image
+    from scipy.io import wavfile
+
+    table = stim.table
+    if stim.images is not None:
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        for sid, img in zip(table.loc[table["modality"] == "image", "stimulus_id"], stim.images):
+            Image.fromarray(np.round(img * 255).astype(np.uint8), mode="L").save(root / "images" / f"{sid}.png", format="PNG")
+    if stim.waveforms is not None:
+        (root / "audio").mkdir(parents=True, exist_ok=True)
+        for sid, wav in zip(table.loc[table["modality"] == "audio", "stimulus_id"], stim.waveforms):
+            wavfile.write(root / "audio" / f"{sid}.wav", cfg.sample_rate, np.round(np.clip(wav, -1, 1) * 32767).astype(np.int16))
+    if "text" in cfg.modalities:
+        text = table[table["modality"] == "text"][["stimulus_id", "text"]]
+        _write_tsv(root / "text" / "sentences.tsv", text)
+    _write_tsv(root / "stimuli.tsv", table)
+
+
+def _region_labels(regions: pd.DataFrame, brain_index: np.ndarray, n_brain: int) -> np.ndarray:
+    """(n_brain,) uint8 region label of each brain voxel (0 = none, else 1 + index in REGIONS)."""
+    labels = np.zeros(n_brain, np.uint8)
+    for idx, name in enumerate(em.REGIONS, start=1):
+        labels[brain_index[(regions["region"] == name).to_numpy()]] = idx
+    return labels
+
+
+def simulate_study(out_dir: str | Path, config: SimulationConfig | Mapping[str, Any] | None = None, seed: int = 0) -> Path:
+    """Write the simulated study to ``out_dir`` (replaced atomically) and return its path.
+
+    ``config`` is a SimulationConfig or the ``simulate:`` config section (a dict).
+    The same config and seed give byte-identical files.
+    """
+    from threadpoolctl import threadpool_limits
+
+    cfg = SimulationConfig.from_params(config)
+    # one BLAS thread: the matrices here are small, and on a loaded machine OpenBLAS's
+    # spinning threads made a 264 x 130 pseudo-inverse take seconds instead of milliseconds
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _simulate_study(Path(out_dir), cfg, seed)
+
+
+def _simulate_study(out_dir: Path, cfg: SimulationConfig, seed: int) -> Path:
+    start = time.perf_counter()
+    grid = build_grid(cfg.voxel_size_mm, cfg.baseline)
+    rois = seitzman_rois(cfg)
+    regions = em.region_voxels(grid.mask, grid.affine, rois, cfg.roi_radius_mm)
+    flat_index = -np.ones(grid.shape, int)
+    flat_index[grid.mask] = np.arange(int(grid.mask.sum()))
+    brain_index = flat_index[regions["i"], regions["j"], regions["k"]]
+    log.info("grid %s at %.0f mm: %d brain voxels; regions: %s", grid.shape, cfg.voxel_size_mm, grid.mask.sum(),
+             regions["region"].value_counts().to_dict())
+    stim = build_stimuli(cfg, seed)
+    feats = compute_features(stim, cfg, seed)
+    log.info("stimuli: %s (%.1f s)", stim.table.groupby(["modality", "split"]).size().to_dict(), time.perf_counter() - start)
+
+    with atomic_dir(out_dir) as root:
+        _write_json(root / "dataset_description.json", {
+            "Name": "cortexflow simulated study", "BIDSVersion": "1.9.0", "DatasetType": "raw", "License": "CC0",
+            "GeneratedBy": [{"Name": "cortexflow simulate", "Description": f"seed {seed}"}]})
+        _write_tsv(root / "participants.tsv", pd.DataFrame({"participant_id": [f"sub-{s}" for s in cfg.subject_labels]}))
+        _write_text(root / "README", README.format(seed=seed, task_image=cfg.tasks.get("image", "-"),
+                                                   task_audio=cfg.tasks.get("audio", "-"), task_text=cfg.tasks.get("text", "-"),
+                                                   space=SPACE, voxel=cfg.voxel_size_mm, slope=bold_quantum(cfg)))
+        _write_json(root / "derivatives" / "fmriprep" / "dataset_description.json", {
+            "Name": "cortexflow simulated study: fMRIPrep-style derivatives", "BIDSVersion": "1.9.0",
+            "DatasetType": "derivative", "GeneratedBy": [{"Name": "cortexflow simulate"}]})
+        _write_stimuli(root / "stimuli", stim, cfg)
+        truth = root / "derivatives" / "ground_truth"
+
+        designs = plan_designs(stim.table, cfg, seed)
+        beta_sd = beta_noise_factors(designs, cfg)
+        log.info("single-trial beta noise sd per unit time-series noise: %s", {m: round(v, 3) for m, v in beta_sd.items()})
+
+        jobs = [(s, m, r) for s in cfg.subject_labels for m in cfg.modalities for r in range(cfg.runs[m])]
+        models: dict[str, SubjectModel] = {}
+        mask_bytes = nifti_gz_bytes(np.ones(int(grid.mask.sum()), np.uint8), grid)
+        # compress and write each BOLD run on a second thread while the next run is simulated
+        # (zlib releases the GIL); the bytes do not depend on the order of the writes
+        with ThreadPoolExecutor(max_workers=1) as writer:
+            pending: list[Future] = []
+            for s, m, r in tqdm(jobs, desc="simulate runs", unit="run", disable=None):
+                if s not in models:
+                    models[s] = build_subject(s, regions, brain_index, grid, stim, feats, beta_sd, cfg, seed)
+                design = designs[(s, m)][r]
+                bold, confounds = simulate_run(design, models[s], m, grid, cfg, _rng(seed, "run", s, m, r))
+                while pending and (pending[0].done() or len(pending) >= 2):  # at most 2 runs wait in memory
+                    pending.pop(0).result()  # re-raises a failed write here
+                pending.append(_write_run(root, s, m, r + 1, design, _quantize(bold, bold_quantum(cfg)), confounds, mask_bytes,
+                                          stim.table, grid, cfg, writer))
+                del bold
+                if r == cfg.runs[m] - 1 and m == cfg.modalities[-1]:
+                    _write_subject_truth(truth / f"sub-{s}", s, models.pop(s))
+            for f in pending:
+                f.result()
+
+        _write_study_truth(truth, regions, brain_index, grid, stim, feats, beta_sd, cfg, seed)
+    log.info("wrote %s in %.1f s", out_dir, time.perf_counter() - start)
+    return out_dir
+
+
+def plan_designs(stimuli: pd.DataFrame, cfg: SimulationConfig, seed: int) -> dict[tuple[str, str], list[RunDesign]]:
+    """Every subject's runs of every modality: {(subject, modality): [RunDesign per run]}."""
+    designs = {}
+    for s in cfg.subject_labels:
+        for m in cfg.modalities:
+            table = stimuli[stimuli["modality"] == m]
+            designs[(s, m)] = design_runs(table.loc[table["split"] == "train", "stimulus_id"].tolist(),
+                                          table.loc[table["split"] == "test", "stimulus_id"].tolist(),
+                                          cfg.runs[m], cfg, m, _rng(seed, "design", s, m))
+    return designs
+
+
+def beta_noise_factors(designs: Mapping[tuple[str, str], list[RunDesign]], cfg: SimulationConfig) -> dict[str, float]:
+    """Per modality, the sd of single-trial LSA beta noise per unit AR(1) time-series noise.
+
+    The root-mean-square over all trials of subject 01's runs, i.e. the noise
+    sd across trials that a decoder sees; the SNR calibration uses it.
+    """
+    out = {}
+    for m in cfg.modalities:
+        k2 = [beta_noise_sd(lsa_design(d.events, d.n_volumes, cfg.tr), cfg.ar_rho)[: len(d.events)] ** 2
+              for d in designs[(cfg.subject_labels[0], m)]]
+        out[m] = float(np.sqrt(np.mean(np.concatenate(k2))))
+    return out
+
+
+def _write_study_truth(truth: Path, regions: pd.DataFrame, brain_index: np.ndarray, grid: BrainGrid,
+                       stim: StudyStimuli, feats: StimulusFeatures, beta_sd: Mapping[str, float],
+                       cfg: SimulationConfig, seed: int) -> None:
+    """The subject-independent ground truth: region labels, stimulus features, settings, README."""
+    write_volumes(truth / f"space-{SPACE}_desc-regions_dseg.nii.gz",
+                  _region_labels(regions, brain_index, int(grid.mask.sum())), grid)
+    _write_tsv(truth / "desc-regions_dseg.tsv", pd.DataFrame({"index": range(1, len(em.REGIONS) + 1), "name": em.REGIONS}))
+    arrays: dict[str, Any] = {}
+    if feats.category is not None:
+        arrays.update(image_ids=stim.table.loc[stim.table["modality"] == "image", "stimulus_id"].to_numpy(str),
+                      image_category=feats.category, image_cluster=feats.cluster,
+                      image_category_names=np.array(IMAGE_CATEGORIES))
+    if feats.semantic is not None:
+        arrays.update(sentence_text=np.array(stim.sentences), sentence_semantic=feats.semantic.astype(np.float32))
+    _save_npz(truth / "features.npz", arrays)
+    _write_json(truth / "simulation.json", {"seed": seed, "config": cfg.to_dict(), "beta_noise_factor": dict(beta_sd),
+                                           "space": SPACE, "regions": regions["region"].value_counts().sort_index().to_dict()})
+    _write_text(truth / "README.md", GROUND_TRUTH_README.format(
+        space=SPACE, radius=cfg.roi_radius_mm, networks=dict(cfg.networks), early_y=cfg.early_visual_max_y,
+        categories=list(IMAGE_CATEGORIES), rho=cfg.ar_rho))
+    _write_json(truth / "dataset_description.json", {
+        "Name": "cortexflow simulated study: ground truth", "BIDSVersion": "1.9.0", "DatasetType": "derivative",
+        "GeneratedBy": [{"Name": "cortexflow simulate"}]})
+
+
+def _write_run(root: Path, subject: str, modality: str, run: int, design: RunDesign, bold: np.ndarray,
+               confounds: pd.DataFrame, mask_bytes: bytes, stimuli: pd.DataFrame, grid: BrainGrid,
+               cfg: SimulationConfig, writer: ThreadPoolExecutor) -> Future:
+    """Write one run's files; the BOLD image is written by ``writer`` (returned future)."""
+    task = cfg.tasks[modality]
+    stem = bids_stem(subject, task, run)
+    func = root / "derivatives" / "fmriprep" / f"sub-{subject}" / "func"
+    func.mkdir(parents=True, exist_ok=True)
+    future = writer.submit(write_volumes, func / f"{stem}_space-{SPACE}_desc-preproc_bold.nii.gz", bold, grid, cfg.tr,
+                           bold_quantum(cfg))
+    (func / f"{stem}_space-{SPACE}_desc-brain_mask.nii.gz").write_bytes(mask_bytes)
+    _write_json(func / f"{stem}_space-{SPACE}_desc-preproc_bold.json",
+                {"RepetitionTime": cfg.tr, "SkullStripped": False, "TaskName": task,
+                 "Sources": [f"bids:raw:sub-{subject}/func/{stem}_bold.nii.gz"]})
+    _write_tsv(func / f"{stem}_desc-confounds_timeseries.tsv", confounds)
+    lookup = stimuli.set_index("stimulus_id").loc[design.events["stimulus_id"]]
+    events = design.events.assign(trial_type=lookup["category"].to_numpy(), modality=modality,
+                                  stim_file=lookup["path"].to_numpy())
+    raw = root / f"sub-{subject}" / "func"
+    _write_tsv(raw / f"{stem}_events.tsv", events[["onset", "duration", "trial_type", "stimulus_id", "modality", "stim_file"]])
+    _write_json(raw / f"{stem}_bold.json", {"RepetitionTime": cfg.tr, "TaskName": task})
+    return future
+
+
+def _save_npz(path: Path, arrays: Mapping[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def _write_subject_truth(folder: Path, subject: str, model: SubjectModel) -> None:
+    table = model.voxels.copy()
+    table.insert(0, "voxel", np.arange(len(table)))
+    _write_tsv(folder / f"sub-{subject}_voxels.tsv", table)
+    arrays: dict[str, Any] = {}
+    for m, amp in model.amplitudes.items():
+        arrays[m] = amp
+        arrays[f"{m}_voxels"] = model.voxel_rows[m]
+        arrays[f"{m}_ids"] = np.array(model.stimulus_ids[m])
+    if model.semantic_weights is not None:
+        arrays["language_semantic_weights"] = model.semantic_weights.astype(np.float32)
+    _save_npz(folder / f"sub-{subject}_responses.npz", arrays)
+
+
+def simulate_study_stage(*, out: str, params: dict, seed: int = 0) -> None:
+    """Simulate the default study: a BIDS dataset with fMRIPrep derivatives, stimuli and ground truth.
+
+    ``params`` is the ``simulate:`` section of the workflow config (see
+    cortexflow.data.simulate.SimulationConfig for every key and its default).
+    """
+    simulate_study(out, SimulationConfig.from_params(params), seed)
