@@ -1,0 +1,331 @@
+"""Regions of interest on the BOLD grid, and the (trials x voxels) matrix they select.
+
+Three ways to say where the regions are, for the modality being decoded:
+
+* ``coords`` (the offline default): spheres around published ROI centres in MNI
+  space — nilearn ships Seitzman et al. 2018 (*NeuroImage* 206:116290; 300 ROIs
+  in 14 networks) without a download. Images use the ``Visual`` network, audio
+  ``Auditory``, text ``DefaultMode``. A voxel inside several spheres belongs to
+  the nearest centre, so it appears once.
+* ``labels``: an integer labels image (an atlas the user brings, in the BOLD
+  data's space) plus a TSV naming each index; the config lists the region names
+  to keep per modality.
+* ``mask``: one binary mask image per modality.
+
+Labels and masks are resampled to the BOLD grid with nearest-neighbour
+interpolation (labels must stay integers). An image in another space usually
+still resamples to *something*, so the check that catches it is anatomical:
+most of the selected region voxels must fall inside the brain.
+
+Which voxels are "in the brain" is read from the betas themselves: the GLM stage
+writes zeros outside its brain mask, so a voxel is kept only where every run has
+a non-zero beta (the intersection of the runs' masks).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cortexflow.errors import CortexflowInputError
+
+log = logging.getLogger("cortexflow.preprocess.rois")
+
+VOXEL_COLUMNS = ["region", "network", "i", "j", "k", "x", "y", "z"]
+DEFAULT_NETWORKS = {"image": ["Visual"], "audio": ["Auditory"], "text": ["DefaultMode"]}
+ATLASES = ("seitzman_2018",)
+
+
+@dataclass(frozen=True)
+class ROIConfig:
+    """The ``rois:`` section of the config.
+
+    ``radius_mm`` (coords) defaults to 8 mm, the default simulated study's spheres
+    (two 4 mm voxels; Seitzman et al. drew 5 mm spheres on 2 mm data).
+    ``min_brain_overlap`` is the smallest fraction of the selected region
+    voxels that must lie inside the brain; below it the image is taken to be in
+    another space.
+    """
+
+    source: str = "coords"
+    atlas: str = "seitzman_2018"
+    radius_mm: float = 8.0
+    networks: Mapping[str, Sequence[str]] = field(default_factory=lambda: dict(DEFAULT_NETWORKS))
+    labels_img: str | None = None
+    labels_table: str | None = None
+    regions: Mapping[str, Sequence[str]] | None = None
+    mask_img: Mapping[str, str] | None = None
+    min_brain_overlap: float = 0.5
+
+    def __post_init__(self) -> None:
+        fix = "correct the rois section of the config"
+        if self.source not in ("coords", "labels", "mask"):
+            raise CortexflowInputError(f"rois.source must be coords, labels or mask, not {self.source!r}", fix=fix)
+        if self.source == "coords" and self.atlas not in ATLASES:
+            raise CortexflowInputError(f"rois.atlas {self.atlas!r} is not available offline (known: {ATLASES})",
+                                       fix="use atlas: seitzman_2018, or source: labels with your own atlas image")
+        if not self.radius_mm > 0:
+            raise CortexflowInputError("rois.radius_mm must be > 0", fix=fix)
+        if self.source == "labels" and not (self.labels_img and self.labels_table and self.regions):
+            raise CortexflowInputError("rois.source: labels needs labels_img, labels_table and regions", fix=fix)
+        if self.source == "mask" and not self.mask_img:
+            raise CortexflowInputError("rois.source: mask needs mask_img: {modality: path}", fix=fix)
+        if not 0.0 <= self.min_brain_overlap <= 1.0:
+            raise CortexflowInputError("rois.min_brain_overlap must lie in [0, 1]", fix=fix)
+
+    @classmethod
+    def from_params(cls, params: ROIConfig | Mapping | None) -> ROIConfig:
+        if isinstance(params, ROIConfig):
+            return params
+        params = dict(params or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise CortexflowInputError(f"rois config: unknown keys {unknown}", fix=f"use only {sorted(known)}")
+        return cls(**params)
+
+
+@dataclass
+class RegionMap:
+    """Regions on a voxel grid: ``labels[i, j, k]`` is 0 outside, r + 1 inside region r."""
+
+    labels: np.ndarray
+    affine: np.ndarray
+    names: list[str]
+    networks: list[str]
+
+    def voxels(self, brain: np.ndarray | None = None) -> pd.DataFrame:
+        """One row per region voxel (inside ``brain`` if given), grouped by region in
+        region order, then in (i, j, k) order; columns ``region, network, i, j, k, x, y, z``."""
+        keep = self.labels > 0 if brain is None else (self.labels > 0) & brain
+        ijk = np.argwhere(keep)  # already in (i, j, k) order
+        label = self.labels[tuple(ijk.T)]
+        order = np.argsort(label, kind="stable")
+        ijk, label = ijk[order], label[order]
+        xyz = ijk @ self.affine[:3, :3].T + self.affine[:3, 3]
+        return pd.DataFrame({
+            "region": [self.names[r - 1] for r in label],
+            "network": [self.networks[r - 1] for r in label],
+            "i": ijk[:, 0].astype(np.int32), "j": ijk[:, 1].astype(np.int32), "k": ijk[:, 2].astype(np.int32),
+            "x": xyz[:, 0], "y": xyz[:, 1], "z": xyz[:, 2],
+        }, columns=VOXEL_COLUMNS)
+
+
+def sphere_labels(centres_mm: np.ndarray, radius_mm: float, shape: Sequence[int], affine: np.ndarray) -> np.ndarray:
+    """Label image of spheres around ``centres_mm`` (n, 3): 0 outside, c + 1 for centre c.
+
+    A voxel whose centre lies within ``radius_mm`` of several centres goes to the
+    nearest one (ties to the lower index), so no voxel is counted twice.
+    """
+    shape = tuple(int(s) for s in shape[:3])
+    inv = np.linalg.inv(affine)
+    labels = np.zeros(shape, dtype=np.int32)
+    best = np.full(shape, np.inf)
+    # half-width of the sphere's bounding box in voxels, per axis
+    half = np.ceil(radius_mm / np.sqrt((affine[:3, :3] ** 2).sum(axis=0))).astype(int) + 1
+    for c, centre in enumerate(np.asarray(centres_mm, dtype=float)):
+        ijk = np.rint(inv[:3, :3] @ centre + inv[:3, 3]).astype(int)
+        lo = np.maximum(ijk - half, 0)
+        hi = np.minimum(ijk + half + 1, shape)
+        if np.any(lo >= hi):
+            continue  # the sphere lies outside the grid
+        grid = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi)], indexing="ij"), axis=-1)
+        dist = np.linalg.norm(grid @ affine[:3, :3].T + affine[:3, 3] - centre, axis=-1)
+        box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        take = (dist <= radius_mm) & (dist < best[box])
+        best[box] = np.where(take, dist, best[box])
+        labels[box] = np.where(take, c + 1, labels[box])
+    return labels
+
+
+def atlas_coordinates(atlas: str = "seitzman_2018") -> pd.DataFrame:
+    """ROI centres of a bundled coordinate atlas: ``region, network, x, y, z`` (MNI mm)."""
+    if atlas != "seitzman_2018":
+        raise CortexflowInputError(f"unknown coordinate atlas {atlas!r}", fix=f"use one of {ATLASES}")
+    from nilearn.datasets import fetch_coords_seitzman_2018
+
+    bunch = fetch_coords_seitzman_2018()
+    rois = bunch.rois.reset_index(names="index")
+    networks = np.asarray(bunch.networks).astype(str)
+    return pd.DataFrame({
+        "region": [f"{net}_{int(idx):03d}" for net, idx in zip(networks, rois["index"])],
+        "network": networks,
+        "x": rois["x"].to_numpy(float), "y": rois["y"].to_numpy(float), "z": rois["z"].to_numpy(float),
+    })
+
+
+def coordinate_regions(cfg: ROIConfig, modality: str, shape: Sequence[int], affine: np.ndarray) -> RegionMap:
+    """Spheres around the atlas ROIs of the networks configured for ``modality``."""
+    wanted = list(cfg.networks.get(modality, []))
+    if not wanted:
+        raise CortexflowInputError(f"rois.networks has no entry for modality {modality!r}",
+                                   fix=f"add e.g. networks: {{{modality}: [Visual]}}")
+    table = atlas_coordinates(cfg.atlas)
+    unknown = sorted(set(wanted) - set(table["network"]))
+    if unknown:
+        raise CortexflowInputError(f"networks {unknown} are not in {cfg.atlas}; known: {sorted(table['network'].unique())}",
+                                   fix="correct rois.networks")
+    table = table[table["network"].isin(wanted)].reset_index(drop=True)
+    labels = sphere_labels(table[["x", "y", "z"]].to_numpy(), cfg.radius_mm, shape, affine)
+    return RegionMap(labels, affine, list(table["region"]), list(table["network"]))
+
+
+def _resample_nearest(path: str, shape: Sequence[int], affine: np.ndarray, what: str):
+    import nibabel as nib
+    from nilearn.image import resample_img
+
+    if not Path(path).exists():
+        raise CortexflowInputError(f"{what} image does not exist", path=path, fix="correct the path in the rois config")
+    img = nib.load(path)
+    if len(img.shape) == 4 and img.shape[3] == 1:
+        img = nib.Nifti1Image(np.asanyarray(img.dataobj)[..., 0], img.affine, img.header)
+    if len(img.shape) != 3:
+        raise CortexflowInputError(f"{what} image must be 3-D, got shape {img.shape}", path=path,
+                                   fix=f"pass a single-volume {what} image")
+    data = np.asanyarray(img.dataobj)
+    if not np.all(np.isfinite(data)) or not np.allclose(data, np.rint(data)):
+        raise CortexflowInputError(f"{what} image holds non-integer values", path=path,
+                                   fix="pass an integer labels image or a binary mask (not a probability map)")
+    same_grid = tuple(img.shape) == tuple(shape) and np.allclose(img.affine, affine, atol=1e-3)
+    if not same_grid:
+        img = resample_img(img, target_affine=affine, target_shape=tuple(shape), interpolation="nearest",
+                           force_resample=True, copy_header=True)
+        log.info("resampled %s %s to the BOLD grid %s", what, path, tuple(shape))
+    return np.rint(np.asanyarray(img.dataobj)).astype(np.int64), data
+
+
+def labels_regions(cfg: ROIConfig, modality: str, shape: Sequence[int], affine: np.ndarray) -> RegionMap:
+    """Regions named in ``cfg.regions[modality]`` from a labels image + names table."""
+    table_path = str(cfg.labels_table)
+    try:
+        table = pd.read_csv(table_path, sep="\t")
+    except FileNotFoundError:
+        raise CortexflowInputError("labels table does not exist", path=table_path,
+                                   fix="give a TSV with columns index and name") from None
+    if not {"index", "name"} <= set(table.columns):
+        raise CortexflowInputError(f"labels table needs columns index and name, has {list(table.columns)}",
+                                   path=table_path, fix="write the table as a TSV with columns index, name")
+    wanted = list((cfg.regions or {}).get(modality, []))
+    if not wanted:
+        raise CortexflowInputError(f"rois.regions has no entry for modality {modality!r}",
+                                   fix=f"list the region names for {modality} under rois.regions")
+    names = dict(zip(table["name"].astype(str), table["index"].astype(int)))
+    missing = [w for w in wanted if w not in names]
+    if missing:
+        raise CortexflowInputError(f"regions {missing} are not in the labels table (it has {len(names)} names, "
+                                   f"e.g. {list(names)[:5]})", path=table_path, fix="correct rois.regions")
+    grid_labels, native = _resample_nearest(str(cfg.labels_img), shape, affine, "labels")
+    labels = np.zeros(grid_labels.shape, dtype=np.int32)
+    for r, name in enumerate(wanted, start=1):
+        if not np.any(native == names[name]):
+            raise CortexflowInputError(f"region {name!r} (index {names[name]}) has no voxel in the labels image",
+                                       path=cfg.labels_img, fix="check that the labels table belongs to this image")
+        labels[grid_labels == names[name]] = r
+    return RegionMap(labels, affine, wanted, wanted)
+
+
+def mask_regions(cfg: ROIConfig, modality: str, shape: Sequence[int], affine: np.ndarray) -> RegionMap:
+    """One region: the mask image configured for ``modality``."""
+    path = (cfg.mask_img or {}).get(modality)
+    if not path:
+        raise CortexflowInputError(f"rois.mask_img has no entry for modality {modality!r}",
+                                   fix=f"add mask_img: {{{modality}: path/to/mask.nii.gz}}")
+    grid, native = _resample_nearest(str(path), shape, affine, "mask")
+    if not np.isin(np.unique(native), [0, 1]).all():
+        raise CortexflowInputError("mask image is not binary", path=path, fix="pass a 0/1 mask (or use source: labels)")
+    name = Path(path).name.split(".")[0]
+    return RegionMap((grid > 0).astype(np.int32), affine, [name], [modality])
+
+
+def build_regions(cfg: ROIConfig, modality: str, shape: Sequence[int], affine: np.ndarray) -> RegionMap:
+    """The region map for ``modality`` on the grid (``shape``, ``affine``), from whichever source is configured."""
+    build = {"coords": coordinate_regions, "labels": labels_regions, "mask": mask_regions}[cfg.source]
+    return build(cfg, modality, shape, affine)
+
+
+def select_voxels(regions: RegionMap, brain: np.ndarray, cfg: ROIConfig, source: str | None = None) -> pd.DataFrame:
+    """The voxels table of ``regions`` inside ``brain``; refuses regions that miss the brain."""
+    where = source or {"coords": f"{cfg.atlas} spheres", "labels": cfg.labels_img, "mask": "rois.mask_img"}[cfg.source]
+    n_region = int((regions.labels > 0).sum())
+    voxels = regions.voxels(brain)
+    if n_region == 0 or len(voxels) == 0:
+        raise CortexflowInputError(
+            f"none of the {n_region} region voxels on the BOLD grid lies inside the brain", path=where,
+            fix="the image is probably in another space than the BOLD data (use one in the same space, e.g. MNI152)")
+    overlap = len(voxels) / n_region
+    if overlap < cfg.min_brain_overlap:
+        raise CortexflowInputError(
+            f"only {overlap:.0%} of the {n_region} region voxels lie inside the brain "
+            f"(rois.min_brain_overlap = {cfg.min_brain_overlap:.0%})", path=where,
+            fix="check that the image is in the space of the BOLD data, or lower rois.min_brain_overlap")
+    empty = [n for n in regions.names if n not in set(voxels["region"])]
+    if empty:
+        log.warning("%d region(s) have no voxel inside the brain and are left out: %s", len(empty), empty[:10])
+    return voxels
+
+
+def extract_rois_stage(
+    *,
+    betas: list[str],
+    trials: list[str],
+    out_betas: str,
+    out_trials: str,
+    out_voxels: str,
+    params: dict,
+) -> None:
+    """Stack one task's runs into a (trials x ROI voxels) matrix, with its trials and voxels tables.
+
+    ``betas``/``trials`` are the glm_betas outputs of the task's runs (in any
+    order; they are stacked in run order). The modality comes from the trials
+    tables' ``modality`` column.
+    """
+    import nibabel as nib
+
+    from cortexflow import _io
+
+    cfg = ROIConfig.from_params(params)
+    if len(betas) != len(trials) or not betas:
+        raise CortexflowInputError(f"got {len(betas)} betas files and {len(trials)} trials tables",
+                                   fix="pass one trials table per betas image, in the same order")
+    runs = []
+    for b_path, t_path in zip(betas, trials):
+        table = pd.read_parquet(t_path)
+        img = nib.load(b_path)
+        n_vol = img.shape[3] if len(img.shape) == 4 else 1
+        if n_vol != len(table):
+            raise CortexflowInputError(f"{n_vol} beta volumes but {len(table)} rows in {t_path}", path=b_path,
+                                       fix="pass the trials table written with this betas image")
+        run = table["run"].iloc[0] if "run" in table and len(table) else len(runs)
+        runs.append((run, b_path, t_path, img, table))
+    runs.sort(key=lambda r: (0, int(r[0]), "") if str(r[0]).isdigit() else (1, 0, str(r[0])))
+
+    ref = runs[0][3]
+    shape, affine = ref.shape[:3], ref.affine
+    for _, b_path, _, img, _ in runs[1:]:
+        if img.shape[:3] != shape or not np.allclose(img.affine, affine, atol=1e-3):
+            raise CortexflowInputError(f"betas grid {img.shape[:3]} differs from {runs[0][1]} {shape}", path=b_path,
+                                       fix="estimate all runs of a task in the same space and resolution")
+    tables = pd.concat([r[4] for r in runs], ignore_index=True)
+    modalities = tables["modality"].dropna().unique() if "modality" in tables else []
+    if len(modalities) != 1:
+        raise CortexflowInputError(f"the trials tables must name exactly one modality, found {list(modalities)}",
+                                   path=runs[0][2], fix="give events.tsv a modality column (image, audio or text)")
+    modality = str(modalities[0])
+
+    volumes = [np.asarray(r[3].dataobj, dtype=np.float32).reshape(shape + (-1,)) for r in runs]
+    brain = np.logical_and.reduce([np.any(v != 0, axis=3) for v in volumes])
+    regions = build_regions(cfg, modality, shape, affine)
+    voxels = select_voxels(regions, brain, cfg)
+    index = tuple(voxels[["i", "j", "k"]].to_numpy().T)
+    matrix = np.concatenate([v[index].T for v in volumes], axis=0).astype(np.float32)
+    log.info("%s: %d trials x %d voxels in %d regions (%s, modality %s)", out_betas, matrix.shape[0],
+             matrix.shape[1], voxels["region"].nunique(), cfg.source, modality)
+    _io.save_npy(out_betas, matrix)
+    _io.save_parquet(out_trials, tables)
+    _io.save_parquet(out_voxels, voxels)
