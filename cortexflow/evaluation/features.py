@@ -1,0 +1,301 @@
+"""Fixed feature extractors for two-way identification and the text baseline.
+
+Two-way identification (MindEye, Scotti et al. 2023; Brain-Diffuser, Ozcelik &
+VanRullen 2023) compares a reconstruction with every test stimulus in the space
+of some feature extractor. The extractor must not be one of this pipeline's
+trained models, or the metric would reward the decoder for matching its own
+autoencoder's biases. Three are provided:
+
+- ``hog`` (default): scikit-image's histogram of oriented gradients on the
+  grayscale image. Needs no weights, so it always works offline.
+- ``alexnet``: the convolutional trunk of AlexNet (Krizhevsky et al. 2012), the
+  network MindEye reports as "AlexNet(2)" and "AlexNet(5)". Its layers are
+  indexed exactly as ``torchvision.models.alexnet().features``, so the
+  state_dict that torchvision distributes (``alexnet-owt-7be5be79.pth``) loads as
+  it is from a local file: ``{kind: alexnet, weights: /path/alexnet.pth,
+  layer: 11}``. torchvision itself is not needed.
+- ``torchscript``: any TorchScript module saved with ``torch.jit.save`` that maps
+  a normalised (B, 3, S, S) batch to features: ``{kind: torchscript, weights:
+  /path/model.pt}``.
+
+Nothing is ever downloaded; a missing weights file is an input error.
+
+The text features (hashed character n-grams) serve both the text two-way
+identification and the ridge baseline's target space (``ridge.py``), so the
+two use one definition.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import unicodedata
+import warnings
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from cortexflow.errors import CortexflowInputError
+
+log = logging.getLogger("cortexflow.evaluation.features")
+
+# ImageNet statistics that AlexNet-style networks were trained with.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# torchvision's AlexNet.features: output index after each ReLU/pool. MindEye's
+# AlexNet(2) is the output of index 4 and AlexNet(5) that of index 11.
+ALEXNET_LAYERS = (1, 2, 4, 5, 7, 9, 11, 12)
+
+
+# --------------------------------------------------------------------------- text
+
+
+def normalize_text(text: str) -> str:
+    """Lower-case, strip accents' combining marks and punctuation, collapse spaces.
+
+    Applied to both reference and hypothesis before CER/WER/BLEU, as speech and
+    semantic-decoding evaluations do (Tang et al. 2023), so a decoder is not
+    charged for capitalisation or a missing full stop.
+    """
+    text = unicodedata.normalize("NFKD", str(text))
+    text = "".join(ch for ch in text if not unicodedata.combining(ch)).lower()
+    text = re.sub(r"[^\w\s']", " ", text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+@dataclass(frozen=True)
+class CharNgramConfig:
+    """Hashed character n-gram features (the "hashing trick", Weinberger et al. 2009).
+
+    ``ngram_range`` is inclusive. Hashing uses CRC-32, which, unlike Python's
+    ``hash``, is the same in every process, so features are reproducible.
+    """
+
+    ngram_range: tuple[int, int] = (2, 3)
+    n_features: int = 2048
+    normalize: bool = True
+
+    @classmethod
+    def from_params(cls, params: dict | None) -> "CharNgramConfig":
+        """From a config mapping ``{ngram_range: [2, 3], n_features: 2048, normalize: true}``."""
+        params = dict(params or {})
+        unknown = sorted(set(params) - {"ngram_range", "n_features", "normalize"})
+        if unknown:
+            raise CortexflowInputError(f"unknown text_features parameters {unknown}",
+                                       fix="use ngram_range, n_features and normalize")
+        return cls(ngram_range=tuple(int(n) for n in params.get("ngram_range", cls.ngram_range)),
+                   n_features=int(params.get("n_features", cls.n_features)),
+                   normalize=bool(params.get("normalize", cls.normalize)))
+
+
+def char_ngram_features(texts: list[str] | np.ndarray, config: CharNgramConfig = CharNgramConfig()) -> np.ndarray:
+    """(N, n_features) float32 term frequencies, each row L2-normalised.
+
+    Each sentence is padded with one space on both sides so word boundaries
+    give n-grams of their own. An empty sentence gives a zero row.
+    """
+    lo, hi = config.ngram_range
+    if not 1 <= lo <= hi:
+        raise CortexflowInputError(f"ngram_range must be 1 <= min <= max, got {config.ngram_range}",
+                                   fix="set e.g. ngram_range: [2, 3]")
+    out = np.zeros((len(texts), config.n_features), dtype=np.float32)
+    for row, text in enumerate(texts):
+        s = normalize_text(text) if config.normalize else str(text)
+        if not s:
+            continue
+        s = f" {s} "
+        for n in range(lo, hi + 1):
+            for i in range(len(s) - n + 1):
+                out[row, zlib.crc32(s[i:i + n].encode("utf-8")) % config.n_features] += 1.0
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    np.divide(out, norms, out=out, where=norms > 0)
+    return out
+
+
+# -------------------------------------------------------------------------- images
+
+
+def to_grayscale(images: np.ndarray) -> np.ndarray:
+    """(N, C, H, W) in [0, 1] -> (N, H, W), with scikit-image's ``rgb2gray`` weights.
+
+    MindEye computes SSIM on ``rgb2gray`` images; the weights (ITU-R BT.709:
+    0.2125, 0.7154, 0.0721) are those of ``skimage.color.rgb2gray``.
+    """
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise CortexflowInputError(f"expected images shaped (N, C, H, W) with C in (1, 3), got {images.shape}")
+    if images.shape[1] == 1:
+        return images[:, 0].astype(np.float64)
+    weights = np.array([0.2125, 0.7154, 0.0721])
+    return np.einsum("nchw,c->nhw", images.astype(np.float64), weights)
+
+
+class ImageFeatureExtractor(Protocol):
+    name: str
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:  # (N, C, H, W) in [0, 1] -> (N, D)
+        ...
+
+
+@dataclass
+class HOGFeatures:
+    """Histogram of oriented gradients (Dalal & Triggs 2005) of the grayscale image.
+
+    A fixed, training-free descriptor of local edge structure: it ignores the
+    phase-free blur that a posterior-mean reconstruction has, and rewards
+    getting edges in the right place. ``pixels_per_cell=None`` (the default)
+    lays a 4 x 4 grid of cells over the image whatever its size (8 x 8 pixels
+    per cell at 32 x 32), so the descriptor means the same at every resolution.
+    """
+
+    orientations: int = 9
+    pixels_per_cell: tuple[int, int] | None = None
+    cells_per_block: tuple[int, int] = (2, 2)
+    name: str = field(default="hog", init=False)
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        from skimage.feature import hog
+
+        gray = to_grayscale(images)
+        h, w = gray.shape[1:]
+        cell = tuple(self.pixels_per_cell) if self.pixels_per_cell is not None else (max(1, h // 4), max(1, w // 4))
+        need = (cell[0] * self.cells_per_block[0], cell[1] * self.cells_per_block[1])
+        if h < need[0] or w < need[1]:
+            raise CortexflowInputError(
+                f"images of {h}x{w} pixels are smaller than one HOG block ({need[0]}x{need[1]})",
+                fix="lower evaluation.image_features.pixels_per_cell")
+        return np.stack([
+            hog(g, orientations=self.orientations, pixels_per_cell=cell,
+                cells_per_block=tuple(self.cells_per_block), block_norm="L2-Hys", feature_vector=True)
+            for g in gray
+        ]).astype(np.float32)
+
+
+def _alexnet_trunk():
+    """AlexNet's convolutional trunk, laid out as ``torchvision.models.alexnet().features``."""
+    from torch import nn
+
+    return nn.Sequential(
+        nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2), nn.ReLU(inplace=True),
+        nn.MaxPool2d(kernel_size=3, stride=2),
+        nn.Conv2d(64, 192, kernel_size=5, padding=2), nn.ReLU(inplace=True),
+        nn.MaxPool2d(kernel_size=3, stride=2),
+        nn.Conv2d(192, 384, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(384, 256, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(256, 256, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+        nn.MaxPool2d(kernel_size=3, stride=2),
+    )
+
+
+class TorchFeatures:
+    """Features of a pretrained network read from a local file.
+
+    Images are resized to ``input_size`` (bilinear, antialiased), grayscale is
+    replicated to three channels, and ImageNet normalisation is applied, as the
+    network was trained with. Features are the flattened output.
+    """
+
+    def __init__(self, module, *, name: str, input_size: int = 224, batch_size: int = 32):
+        self.module = module.eval()
+        self.name = name
+        self.input_size = int(input_size)
+        self.batch_size = int(batch_size)
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        import torch
+        import torch.nn.functional as F
+
+        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(images), self.batch_size):
+                x = torch.as_tensor(np.asarray(images[start:start + self.batch_size], dtype=np.float32))
+                if x.shape[1] == 1:
+                    x = x.expand(-1, 3, -1, -1)
+                x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
+                                  align_corners=False, antialias=True)
+                out.append(self.module((x - mean) / std).flatten(1).float().numpy())
+        return np.concatenate(out)
+
+
+def load_alexnet_features(weights: str | Path, layer: int = 11, input_size: int = 224) -> TorchFeatures:
+    """AlexNet features up to and including ``features[layer]`` from a local state_dict.
+
+    Accepts torchvision's full AlexNet state_dict (``features.*`` keys are used,
+    ``classifier.*`` ignored) or one of the trunk alone (keys ``0.weight``...).
+    """
+    import torch
+
+    path = Path(weights)
+    if not path.is_file():
+        raise CortexflowInputError("AlexNet weights file not found", path=path,
+                                   fix="point evaluation.image_features.weights at a local torchvision AlexNet "
+                                       "state_dict, or use kind: hog")
+    if layer not in ALEXNET_LAYERS:
+        raise CortexflowInputError(f"AlexNet layer {layer} is not a ReLU or pooling output",
+                                   fix=f"choose one of {list(ALEXNET_LAYERS)} (MindEye uses 4 and 11)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if any(k.startswith("features.") for k in state):
+        state = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
+    trunk = _alexnet_trunk()
+    try:
+        trunk.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CortexflowInputError(f"not an AlexNet state_dict ({str(e).splitlines()[0]})", path=path,
+                                   fix="use torchvision's alexnet weights (alexnet-owt-7be5be79.pth)") from None
+    log.info("image features: AlexNet layer %d from %s", layer, path)
+    return TorchFeatures(trunk[: layer + 1], name=f"alexnet{layer}", input_size=input_size)
+
+
+def load_torchscript_features(weights: str | Path, input_size: int = 224) -> TorchFeatures:
+    """Any TorchScript feature network saved with ``torch.jit.save``."""
+    import torch
+
+    path = Path(weights)
+    if not path.is_file():
+        raise CortexflowInputError("TorchScript feature network not found", path=path,
+                                   fix="point evaluation.image_features.weights at a file saved with torch.jit.save")
+    try:
+        with warnings.catch_warnings():  # recent torch marks TorchScript deprecated; loading still works
+            warnings.simplefilter("ignore", FutureWarning)
+            module = torch.jit.load(str(path), map_location="cpu")
+    except RuntimeError as e:
+        raise CortexflowInputError(f"not a TorchScript file ({str(e).splitlines()[0]})", path=path,
+                                   fix="save the network with torch.jit.save(torch.jit.script(model), path)") from None
+    log.info("image features: TorchScript network %s", path)
+    return TorchFeatures(module, name=f"torchscript:{path.stem}", input_size=input_size)
+
+
+def make_image_features(spec: dict | None = None) -> ImageFeatureExtractor:
+    """Build the extractor described by ``evaluation.image_features``.
+
+    ``{kind: hog, orientations=9, pixels_per_cell=None (a 4 x 4 grid),
+    cells_per_block=[2, 2]}`` (default),
+    ``{kind: alexnet, weights, layer=11, input_size=224}`` or
+    ``{kind: torchscript, weights, input_size=224}``.
+    """
+    spec = dict(spec or {})
+    kind = spec.pop("kind", "hog")
+    allowed = {"hog": {"orientations", "pixels_per_cell", "cells_per_block"},
+               "alexnet": {"weights", "layer", "input_size"}, "torchscript": {"weights", "input_size"}}
+    if kind in allowed and set(spec) - allowed[kind]:
+        raise CortexflowInputError(f"unknown image_features parameters {sorted(set(spec) - allowed[kind])} "
+                                   f"for kind '{kind}'", fix=f"use {sorted(allowed[kind])}")
+    if kind == "hog":
+        cell = spec.get("pixels_per_cell")
+        return HOGFeatures(orientations=int(spec.get("orientations", 9)),
+                           pixels_per_cell=None if cell is None else (int(cell[0]), int(cell[1])),
+                           cells_per_block=tuple(spec.get("cells_per_block", (2, 2))))
+    if kind in ("alexnet", "torchscript"):
+        if not spec.get("weights"):
+            raise CortexflowInputError(f"image_features kind '{kind}' needs a local weights file",
+                                       fix="set evaluation.image_features.weights, or use kind: hog")
+        if kind == "alexnet":
+            return load_alexnet_features(spec["weights"], int(spec.get("layer", 11)), int(spec.get("input_size", 224)))
+        return load_torchscript_features(spec["weights"], int(spec.get("input_size", 224)))
+    raise CortexflowInputError(f"unknown image feature extractor '{kind}'", fix="use hog, alexnet or torchscript")

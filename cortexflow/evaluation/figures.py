@@ -1,0 +1,171 @@
+"""Figures for the report: metrics with intervals, and what the decoders produced.
+
+Every function computes nothing but a figure and saves it atomically as PNG.
+Figures are built on ``matplotlib.figure.Figure`` directly rather than through
+pyplot, so no display, no global backend switch and no figure registry to leak. The summarize stage names
+files after their recon file (``sub-01_image.npz`` -> ``sub-01_image.png``) so
+the workflow can declare them as outputs flagged with ``report()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from cortexflow import _io
+from cortexflow.evaluation.evaluate import (LOWER_IS_BETTER, METRICS, MODALITIES, Recon, is_decoder_method,
+                                            method_order)
+
+log = logging.getLogger("cortexflow.evaluation.figures")
+
+DPI = 120
+METHOD_COLORS = {"dit": "#1f77b4", "decoder": "#1f77b4", "ridge": "#ff7f0e",
+                 "chance": "#7f7f7f", "ceiling": "#2ca02c", "noise_ceiling": "#98df8a"}
+VARIANT_COLOR = "#17becf"  # decoder variants such as dit_mean8
+
+
+def metric_label(metric: str) -> str:
+    """The metric's name with the direction that is better."""
+    return f"{metric} {'(lower is better)' if metric in LOWER_IS_BETTER else '(higher is better)'}"
+
+
+def _title(prefix: str, description: str) -> str:
+    return f"{prefix}: {description}" if prefix else description
+
+
+def _save(fig, path: str | Path) -> Path:
+    with _io.atomic_write(path) as tmp:
+        fig.savefig(tmp, dpi=DPI, bbox_inches="tight", format="png")
+    log.info("wrote %s", path)
+    return Path(path)
+
+
+def plot_metrics(summary: pd.DataFrame, path: str | Path, confidence: float = 0.95) -> Path:
+    """One panel per modality x metric: each method's mean with its interval, one marker per subject."""
+    modalities = [m for m in MODALITIES if m in set(summary["modality"])]
+    if not modalities:
+        raise ValueError("summary holds no known modality")
+    panels = {mod: [m for m in METRICS[mod] if m in set(summary.loc[summary.modality == mod, "metric"])]
+              + sorted(set(summary.loc[summary.modality == mod, "metric"]) - set(METRICS[mod])) for mod in modalities}
+    ncols = max(len(v) for v in panels.values())
+    fig = Figure(figsize=(3.1 * ncols, 2.9 * len(modalities)))
+    axes = fig.subplots(len(modalities), ncols, squeeze=False)
+    subjects = sorted(summary["subject"].astype(str).unique())
+    markers = "osD^v<>px*"
+    for r, modality in enumerate(modalities):
+        for c in range(ncols):
+            ax = axes[r, c]
+            if c >= len(panels[modality]):
+                ax.axis("off")
+                continue
+            metric = panels[modality][c]
+            rows = summary[(summary.modality == modality) & (summary.metric == metric)]
+            methods = method_order(rows["method"].unique())
+            width = 0.7 / max(len(subjects), 1)
+            for s_idx, subject in enumerate(subjects):
+                for x, method in enumerate(methods):
+                    row = rows[(rows.method == method) & (rows.subject.astype(str) == subject)]
+                    if row.empty:
+                        continue
+                    row = row.iloc[0]
+                    xpos = x - 0.35 + width * (s_idx + 0.5)
+                    ax.errorbar(xpos, row.value, yerr=[[row.value - row.ci_low], [row.ci_high - row.value]],
+                                fmt=markers[s_idx % len(markers)], color=METHOD_COLORS.get(method, VARIANT_COLOR if is_decoder_method(method) else "#9467bd"),
+                                capsize=3, markersize=5, label=f"sub-{subject}" if x == 0 else None)
+            ax.set_xticks(range(len(methods)), methods, rotation=35, ha="right", fontsize=8)
+            ax.set_title(f"{modality}: {metric_label(metric)}", fontsize=9)
+            ax.grid(axis="y", alpha=0.3)
+            if len(subjects) > 1 and c == 0:
+                ax.legend(fontsize=7, loc="best")
+    fig.suptitle(f"Mean over test items with {confidence:.0%} bootstrap intervals", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _image_for_display(image: np.ndarray) -> np.ndarray:
+    image = np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)
+    return image[0] if image.shape[0] == 1 else np.transpose(image, (1, 2, 0))
+
+
+def plot_image_grid(recon: Recon, path: str | Path, n_items: int = 10, title: str = "") -> Path:
+    """Rows: truth, then each method (decoder, its variants, ridge, ceiling); columns: test items."""
+    rows = [("truth", recon.truth)] + [(m, recon.methods[m]) for m in method_order(recon.methods)]
+    n = min(n_items, len(recon.ids))
+    fig = Figure(figsize=(1.1 * n + 0.8, 1.15 * len(rows)))
+    axes = fig.subplots(len(rows), n, squeeze=False)
+    for r, (name, images) in enumerate(rows):
+        for c in range(n):
+            ax = axes[r, c]
+            ax.imshow(_image_for_display(images[c]), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(name, fontsize=8)
+            if r == 0:
+                ax.set_title(str(recon.ids[c]), fontsize=6)
+    fig.suptitle(_title(title, "true images (top row) and reconstructions, first test items"), fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_mel_grid(recon: Recon, path: str | Path, n_items: int = 6, title: str = "") -> Path:
+    """Log-mel spectrograms: truth then each method (rows) for the first test items (columns)."""
+    rows = [("truth", recon.truth)] + [(m, recon.methods[m]) for m in method_order(recon.methods)]
+    n = min(n_items, len(recon.ids))
+    vmin, vmax = np.percentile(recon.truth[:n], [1, 99])
+    fig = Figure(figsize=(1.9 * n + 0.8, 1.3 * len(rows)))
+    axes = fig.subplots(len(rows), n, squeeze=False)
+    image = None
+    for r, (name, mels) in enumerate(rows):
+        for c in range(n):
+            ax = axes[r, c]
+            image = ax.imshow(mels[c], origin="lower", aspect="auto", cmap="magma", vmin=vmin, vmax=vmax)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(name, fontsize=8)
+            if r == 0:
+                ax.set_title(str(recon.ids[c]), fontsize=7)
+    fig.colorbar(image, ax=axes, shrink=0.6, label="log-mel")
+    description = "log-mel spectrograms, truth (top row) and decoded; mel bins up, time right"
+    fig.suptitle(_title(title, description), fontsize=9)
+    return _save(fig, path)
+
+
+def plot_text_table(recon: Recon, path: str | Path, n_items: int = 10, title: str = "") -> Path:
+    """A table of true and decoded sentences for the first test items."""
+    methods = method_order(recon.methods)
+    n = min(n_items, len(recon.ids))
+    columns = ["id", "truth"] + methods
+    wrap = 34
+    cells = [[str(recon.ids[i])] + [textwrap.fill(str(recon.truth[i]), wrap)]
+             + [textwrap.fill(str(recon.methods[m][i]), wrap) for m in methods] for i in range(n)]
+    lines = [max(c.count("\n") + 1 for c in row) for row in cells]
+    fig = Figure(figsize=(1.2 + 3.0 * (len(columns) - 1), 0.5 + 0.22 * (sum(lines) + 2)))
+    ax = fig.subplots()
+    ax.axis("off")
+    table = ax.table(cellText=cells, colLabels=columns, loc="upper center", cellLoc="left",
+                     colWidths=[0.6 / len(columns)] + [1.4 / len(columns)] * (len(columns) - 1))
+    table.auto_set_font_size(False)
+    table.set_fontsize(7)
+    for (row, _), cell in table.get_celld().items():
+        height = 0.22 * (lines[row - 1] if row > 0 else 1) / (0.5 + 0.22 * (sum(lines) + 2))
+        cell.set_height(height * 1.15)
+        if row == 0:
+            cell.set_text_props(weight="bold")
+    ax.set_title(_title(title, "true and decoded sentences, first test items"), fontsize=9)
+    return _save(fig, path)
+
+
+def plot_recon(recon: Recon, modality: str, path: str | Path, n_items: int = 10, title: str = "") -> Path:
+    """The figure for one recon file, by modality."""
+    if modality == "image":
+        return plot_image_grid(recon, path, n_items, title)
+    if modality == "audio":
+        return plot_mel_grid(recon, path, min(n_items, 6), title)
+    return plot_text_table(recon, path, n_items, title)

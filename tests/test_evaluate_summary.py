@@ -1,0 +1,198 @@
+"""The evaluate and summarize stages on small fake recon files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cortexflow._io import save_npz
+from cortexflow.cli import main as cli_main
+from cortexflow.errors import CortexflowInputError
+from cortexflow.evaluation.evaluate import (COMPARISON_COLUMNS, SUMMARY_COLUMNS, comparison_pairs, evaluate_stage,
+                                            load_recon)
+from cortexflow.evaluation.summary import summarize_stage
+
+N = 20
+PARAMS = {"n_boot": 300, "chance_permutations": 8, "figure_items": 4}
+CONTRACT_METRICS = {
+    "image": {"pixcorr", "ssim", "two_way_id_pixel", "two_way_id_feature"},
+    "audio": {"mel_corr", "two_way_id"},
+    "text": {"cer", "two_way_id"},
+}
+
+
+def smooth_images(rng, n):
+    x = rng.random((n, 3, 16, 16))
+    for axis in (2, 3):
+        x = (x + np.roll(x, 1, axis=axis) + np.roll(x, -1, axis=axis)) / 3
+    return (x - x.min()) / (x.max() - x.min())
+
+
+@pytest.fixture(scope="module")
+def recon_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("results")
+    rng = np.random.default_rng(0)
+    ids = np.array([f"stim{i:02d}" for i in range(N)])
+    truth = smooth_images(rng, N)
+    save_npz(root / "recon" / "sub-01_image.npz", ids=ids, truth=truth.astype(np.float32),
+             dit=np.clip(truth + rng.normal(0, 0.25, truth.shape), 0, 1),
+             dit_mean8=np.clip(truth + rng.normal(0, 0.1, truth.shape), 0, 1),
+             ridge=np.clip(0.3 * truth + 0.35 + rng.normal(0, 0.1, truth.shape), 0, 1),
+             ceiling=truth)
+    mel = rng.normal(size=(N, 16, 24))
+    save_npz(root / "recon" / "sub-01_audio.npz", ids=ids, truth=mel, dit=mel + rng.normal(size=mel.shape),
+             ridge=0.5 * mel + rng.normal(size=mel.shape), ceiling=mel + 0.1 * rng.normal(size=mel.shape))
+    words = "the cat sat on a mat while dogs ran across green fields under blue sky".split()
+    sentences = [" ".join(rng.choice(words, 6)) + f" {i}" for i in range(N)]
+    decoded = [s[:-4] + "zz" if i % 2 else s for i, s in enumerate(sentences)]
+    retrieved = [sentences[(i + 1) % N] for i in range(N)]
+    save_npz(root / "recon" / "sub-01_text.npz", ids=ids, truth=np.asarray(sentences, dtype=str),
+             decoder=np.asarray(decoded, dtype=str), ridge=np.asarray(retrieved, dtype=str))
+    return root
+
+
+def metric_paths(root, modality):
+    stem = root / "metrics" / f"sub-01_{modality}"
+    return {"out_summary": f"{stem}_summary.parquet", "out_items": f"{stem}_items.parquet",
+            "out_comparisons": f"{stem}_comparisons.parquet"}
+
+
+@pytest.fixture(scope="module")
+def evaluated(recon_files):
+    for modality in ("image", "audio", "text"):
+        evaluate_stage(recon=str(recon_files / "recon" / f"sub-01_{modality}.npz"), subject="01", modality=modality,
+                       params=PARAMS, seed=0, **metric_paths(recon_files, modality))
+    return recon_files
+
+
+def read(root, modality, kind):
+    return pd.read_parquet(metric_paths(root, modality)[f"out_{kind}"])
+
+
+def value(summary, method, metric):
+    return summary[(summary.method == method) & (summary.metric == metric)].iloc[0]
+
+
+def test_summary_has_the_promised_columns_methods_and_metrics(evaluated):
+    for modality, methods in [("image", {"dit", "dit_mean8", "ridge", "ceiling", "chance"}),
+                              ("audio", {"dit", "ridge", "ceiling", "chance"}),
+                              ("text", {"decoder", "ridge", "chance"})]:
+        summary = read(evaluated, modality, "summary")
+        assert list(summary.columns) == SUMMARY_COLUMNS
+        assert set(summary.method) == methods
+        assert CONTRACT_METRICS[modality] <= set(summary.metric)
+        assert (summary.subject == "01").all() and (summary.modality == modality).all() and (summary.n == N).all()
+        assert (summary.ci_low <= summary.value + 1e-12).all() and (summary.value <= summary.ci_high + 1e-12).all()
+        items = read(evaluated, modality, "items")
+        assert list(items.columns) == ["method", "metric", "item", "score"]
+        assert len(items) == len(summary) * N
+
+
+def test_perfect_reconstruction_scores_one_and_chance_is_half(evaluated):
+    image = read(evaluated, "image", "summary")
+    for metric in ("pixcorr", "ssim", "two_way_id_pixel", "two_way_id_feature"):
+        assert value(image, "ceiling", metric).value == pytest.approx(1.0)
+    for metric in ("two_way_id_pixel", "two_way_id_feature"):
+        assert value(image, "chance", metric).value == pytest.approx(0.5, abs=0.08)
+    assert abs(value(image, "chance", "pixcorr").value) < 0.05
+    assert value(image, "dit_mean8", "pixcorr").value > value(image, "dit", "pixcorr").value
+    audio = read(evaluated, "audio", "summary")
+    assert value(audio, "chance", "two_way_id").value == pytest.approx(0.5, abs=0.08)
+    assert value(audio, "ceiling", "lsd").value < value(audio, "dit", "lsd").value < value(audio, "chance", "lsd").value
+    text = read(evaluated, "text", "summary")
+    assert value(text, "decoder", "two_way_id").value == pytest.approx(1.0)
+    assert value(text, "chance", "two_way_id").value == pytest.approx(0.5, abs=0.08)
+    assert value(text, "decoder", "cer").value < value(text, "ridge", "cer").value
+    # ridge returns the neighbour's sentence: as bad as chance on CER
+    assert value(text, "ridge", "cer").value == pytest.approx(value(text, "chance", "cer").value, abs=0.1)
+
+
+def test_comparisons_are_paired_differences_of_the_item_scores(evaluated):
+    comparisons = read(evaluated, "image", "comparisons")
+    assert list(comparisons.columns) == COMPARISON_COLUMNS
+    pairs = set(zip(comparisons.method_a, comparisons.method_b))
+    assert {("dit", "ridge"), ("dit_mean8", "ridge"), ("dit_mean8", "dit"), ("dit", "chance")} <= pairs
+    summary = read(evaluated, "image", "summary")
+    row = comparisons[(comparisons.method_a == "dit_mean8") & (comparisons.method_b == "dit")
+                      & (comparisons.metric == "ssim")].iloc[0]
+    expected = value(summary, "dit_mean8", "ssim").value - value(summary, "dit", "ssim").value
+    assert row["diff"] == pytest.approx(expected)
+    assert row.ci_low > 0 and row.n == N
+    text = read(evaluated, "text", "comparisons")
+    assert ("decoder", "ridge") in set(zip(text.method_a, text.method_b))
+
+
+def test_comparison_pairs():
+    assert comparison_pairs(["decoder", "ridge"]) == [("decoder", "ridge")]
+    assert comparison_pairs(["ridge", "chance", "dit_mean8", "dit"]) == [
+        ("dit", "ridge"), ("dit", "chance"), ("dit_mean8", "ridge"), ("dit_mean8", "chance"), ("dit_mean8", "dit"),
+        ("ridge", "chance")]
+
+
+def test_summarize_writes_tables_markdown_and_figures(evaluated):
+    modalities = ("image", "audio", "text")
+    out = evaluated / "summary_out"
+    summarize_stage(summaries=[metric_paths(evaluated, m)["out_summary"] for m in modalities],
+                    comparisons=[metric_paths(evaluated, m)["out_comparisons"] for m in modalities],
+                    recons=[str(evaluated / "recon" / f"sub-01_{m}.npz") for m in modalities],
+                    out_summary=str(out / "summary.parquet"), out_comparisons=str(out / "comparisons.parquet"),
+                    out_markdown=str(out / "summary.md"), out_figures=str(out / "figures"), params=PARAMS)
+    summary = pd.read_parquet(out / "summary.parquet")
+    assert list(summary.columns) == SUMMARY_COLUMNS
+    assert set(summary.modality) == set(modalities)
+    assert len(summary) == sum(len(read(evaluated, m, "summary")) for m in modalities)
+    assert list(pd.read_parquet(out / "comparisons.parquet").columns) == COMPARISON_COLUMNS
+    figures = sorted(p.name for p in (out / "figures").iterdir())
+    assert figures == ["metrics.png", "sub-01_audio.png", "sub-01_image.png", "sub-01_text.png"]
+    assert all((out / "figures" / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in figures)
+    md = (out / "summary.md").read_text()
+    assert "## sub-01 · image (20 test items)" in md
+    assert "| metric | dit | dit_mean8 | ridge | chance | ceiling |" in md
+    assert "dit_mean8 − dit" in md and "**significant**: dit_mean8 better" in md
+    first_sentence = str(np.load(evaluated / "recon" / "sub-01_text.npz")["truth"][0])
+    assert "## sub-01 · decoded sentences" in md and first_sentence in md
+
+
+def test_bad_recon_files_are_rejected(tmp_path):
+    ids = np.array(["a", "b", "c"])
+    save_npz(tmp_path / "bad.npz", ids=ids, truth=np.zeros((3, 1, 16, 16)), dit=np.zeros((3, 1, 8, 8)))
+    with pytest.raises(CortexflowInputError, match="same shape"):
+        load_recon(tmp_path / "bad.npz", "image")
+    with pytest.raises(CortexflowInputError, match="does not fit audio"):
+        load_recon(tmp_path / "bad.npz", "audio")
+    save_npz(tmp_path / "small.npz", ids=ids, truth=np.zeros((3, 1, 8, 8)), dit=np.zeros((3, 1, 8, 8)))
+    with pytest.raises(CortexflowInputError, match="SSIM"):
+        evaluate_stage(recon=str(tmp_path / "small.npz"), subject="01", modality="image", params={},
+                       **metric_paths(tmp_path, "image"))
+    np.savez(tmp_path / "obj.npz", ids=ids, truth=np.array(["x", "y", "z"], dtype=object),
+             decoder=np.array(["x", "y", "z"], dtype=object))
+    with pytest.raises(CortexflowInputError, match="unicode"):
+        load_recon(tmp_path / "obj.npz", "text")
+
+
+def test_evaluate_runs_from_the_command_line(recon_files, tmp_path, capsys, monkeypatch):
+    # Only this stage's subcommand, so the test does not depend on the other stages' modules.
+    import cortexflow.cli
+
+    monkeypatch.setattr(cortexflow.cli, "STAGES", {"evaluate": cortexflow.cli.STAGES["evaluate"]})
+    args = ["evaluate", "--recon", str(recon_files / "recon" / "sub-01_audio.npz"), "--subject", "01",
+            "--modality", "audio", "--params", '{"n_boot": 100}', "--out-summary", str(tmp_path / "s.parquet"),
+            "--out-items", str(tmp_path / "i.parquet"), "--out-comparisons", str(tmp_path / "c.parquet")]
+    assert cli_main(args) == 0
+    assert set(pd.read_parquet(tmp_path / "s.parquet").metric) == {"mel_corr", "lsd", "two_way_id"}
+    args[2] = str(tmp_path / "missing.npz")
+    assert cli_main(args) == 2
+    assert "recon file not found" in capsys.readouterr().err
+
+
+def test_unknown_parameters_are_rejected():
+    from cortexflow.evaluation.evaluate import EvaluationConfig
+    from cortexflow.evaluation.ridge import RidgeConfig
+
+    config = EvaluationConfig.from_params({"n_boot": 50, "text_features": {"n_features": 512}})
+    assert config.n_boot == 50 and config.text_features.n_features == 512
+    with pytest.raises(CortexflowInputError, match="n_bootstrap"):
+        EvaluationConfig.from_params({"n_bootstrap": 50})
+    with pytest.raises(CortexflowInputError, match="alpha_grid"):
+        RidgeConfig.from_params({"alpha_grid": [1, 2]})
