@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test venv clean-venv
+.PHONY: run test venv clean-venv
 
 venv: $(STAMP)
 
@@ -15,6 +15,15 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $@
+
+# The whole workflow on the default config (the simulated study). The venv's
+# bin/ goes first on PATH so that every rule finds its `cortexflow` command.
+run: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores all --workflow-profile workflow/profiles/default
+	@echo
+	@echo "Results:  results/sim/summary.parquet, results/sim/comparisons.parquet"
+	@echo "Summary:  results/sim/summary.md   figures: results/sim/figures/"
+	@echo "Report:   $(BIN)/snakemake --report report.html   (a self-contained HTML report)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

@@ -88,12 +88,26 @@ def _add_stage_parser(sub, name: str) -> None:
     p.add_argument("--verbose", "-v", action="store_true")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``only`` (a stage name), import and describe just that stage,
+    so a command does not pay for importing every other stage's libraries."""
     parser = argparse.ArgumentParser(prog="cortexflow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(title="stages", metavar="STAGE")
+    if only is not None:
+        _add_stage_parser(sub, only)
+        return parser
     for name in STAGES:
         _add_stage_parser(sub, name)
     return parser
+
+
+def _requested_stage(argv: list[str]) -> str | None:
+    for arg in argv:
+        if arg.startswith("-"):
+            continue
+        key = ALIASES.get(arg, arg).replace("-", "_")
+        return key if key in STAGES else None
+    return None
 
 
 def _setup_logging(log_file: str | None, verbose: bool) -> None:
@@ -106,7 +120,8 @@ def _setup_logging(log_file: str | None, verbose: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_requested_stage(argv))
     args = parser.parse_args(argv)
     if not hasattr(args, "_stage"):
         parser.print_help()

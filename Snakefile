@@ -1,0 +1,53 @@
+"""cortexflow: from BOLD runs to reconstructions of what was seen, heard or read.
+
+    snakemake --cores all                                     # the simulated default study
+    snakemake --cores all --configfile my_study.yaml          # your fMRIPrep dataset
+    snakemake --workflow-profile workflow/profiles/slurm      # on a SLURM cluster
+
+Each rule calls one stage of the cortexflow package through its command line
+(`cortexflow <stage> ...`); see workflow/rules/ and docs/contracts.md.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+# Rules run the `cortexflow` command on PATH: an activated .venv or conda env,
+# which cluster jobs inherit. When none is on PATH (e.g. `.venv/bin/snakemake`
+# run directly), the one beside the Python that runs Snakemake is used. A shell
+# prefix, not part of any rule's command, so moving the environment reruns nothing.
+shell.prefix(f'set -euo pipefail; export PATH="$PATH{os.pathsep}{Path(sys.executable).parent}"; ')
+
+
+configfile: "config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/simulate.smk"
+include: "workflow/rules/preprocess.smk"
+include: "workflow/rules/models.smk"
+include: "workflow/rules/evaluate.smk"
+
+
+# Cheap bookkeeping on small tables: run on the submitting host, never queued
+# on a cluster.
+localrules:
+    all,
+    evaluate,
+    summarize,
+
+
+rule all:
+    input:
+        final_outputs(),
+    default_target: True

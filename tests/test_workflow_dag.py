@@ -1,0 +1,294 @@
+"""The workflow's DAG: lint, config validation, and what reruns after an edit.
+
+DESIGN.md, "Reruns after edits": a change to a stage's parameters, or to the
+cortexflow source files it depends on, reruns that stage and what follows, and
+nothing upstream. These tests check it with Snakemake's dry run on the tiny
+config, in a temporary copy of the repository whose outputs are made to look
+like those of a complete run (empty files, then ``snakemake --touch`` so that
+Snakemake records its provenance metadata), so no stage has to run.
+
+``copy_repo``, ``snakemake`` and ``scheduled`` are also used by
+test_workflow_slurm.py and test_workflow_e2e.py.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cortexflow.config import default_config, load_config, validate_config
+from cortexflow.errors import CortexflowInputError
+from cortexflow.fingerprint import STAGE_SOURCES, source_fingerprint, stage_fingerprint
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = "tests/configs/tiny.yaml"
+# generated or environment folders never copied (top level only for data/results)
+_SKIP_TOP = {".git", ".venv", "results", "data", ".snakemake", ".pytest_cache", "report.html"}
+_SKIP_ANY = {"__pycache__", ".cache", ".snakemake"}
+
+
+def copy_repo(dest: Path) -> Path:
+    """Copy the repository's sources (no venv, results, data or git state) to ``dest``."""
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        skip = {n for n in names if n in _SKIP_ANY or n.endswith(".egg-info")}
+        if Path(folder).resolve() == REPO:
+            skip |= {n for n in names if n in _SKIP_TOP}
+        return skip
+
+    shutil.copytree(REPO, dest, ignore=ignore)
+    return dest
+
+
+def workflow_env(repo: Path, path_prefix: list[Path] | None = None) -> dict[str, str]:
+    """Environment in which Snakemake and the rules import the copy's cortexflow."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_", "SRUN_"))}
+    env["PYTHONPATH"] = os.pathsep.join([str(repo), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    path = [str(p) for p in (path_prefix or [])] + [str(Path(sys.executable).parent), env.get("PATH", "")]
+    env["PATH"] = os.pathsep.join(path)
+    env.setdefault("HOME", str(repo))
+    return env
+
+
+def snakemake(repo: Path, *args: str, env: dict | None = None, timeout: float = 120, check: bool = True):
+    """Run ``python -m snakemake ARGS`` in ``repo``; return the completed process."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", *args],
+        cwd=repo, env=env or workflow_env(repo), capture_output=True, text=True, timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def scheduled(output: str) -> dict[str, int]:
+    """Rule -> number of jobs from the 'Job stats' table of a (dry) run's output."""
+    if "Nothing to be done" in output:
+        return {}
+    table = output.split("Job stats:", 1)[1]
+    counts = {}
+    for line in table.splitlines()[3:]:
+        match = re.fullmatch(r"(\w+)\s+(\d+)", line.strip())
+        if not match:
+            break
+        counts[match.group(1)] = int(match.group(2))
+    counts.pop("total", None)
+    return counts
+
+
+def fake_complete_run(repo: Path, *configs: str) -> list[str]:
+    """Make every output of the workflow exist, with provenance as after a real run.
+
+    Returns the outputs, relative to ``repo``.
+    """
+    args = ["--configfile", *configs]
+    summary = snakemake(repo, "--cores", "1", "--summary", *args).stdout
+    lines = [line for line in summary.splitlines() if "\t" in line][1:]
+    for line in lines:
+        path = repo / line.split("\t", 1)[0]
+        if path.suffix:  # the only extension-less outputs are make_dataset's folders
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+        else:
+            path.mkdir(parents=True, exist_ok=True)
+    assert lines, summary
+    snakemake(repo, "--cores", "1", "--touch", "--forceall", *args)
+    return [line.split("\t", 1)[0] for line in lines]
+
+
+def dry_run(repo: Path, *configs: str) -> dict[str, int]:
+    args = ["--configfile", *configs]
+    return scheduled(snakemake(repo, "--cores", "1", "--dry-run", *args).stdout)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """A copy of the repository where the tiny study's workflow looks complete."""
+    repo = copy_repo(tmp_path_factory.mktemp("dag") / "repo")
+    fake_complete_run(repo, TINY)
+    return repo
+
+
+@pytest.fixture(scope="module")
+def tiny() -> dict:
+    return load_config(REPO / TINY)
+
+
+def overlay(repo: Path, name: str, content: dict) -> str:
+    path = repo / name
+    path.write_text(yaml.safe_dump(content))
+    return name
+
+
+# ------------------------------------------------------------------ the DAG
+
+
+def test_lint_is_clean(finished):
+    proc = snakemake(finished, "--lint", check=False)
+    assert proc.returncode == 0 and "Lints for" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+
+
+def test_complete_run_schedules_nothing(finished, tiny):
+    assert dry_run(finished, TINY) == {}
+
+
+def test_tiny_dag_has_every_rule_once_per_unit(finished, tiny):
+    """Removing the final summary shows the expected fan-out of the DAG."""
+    proc = snakemake(finished, "--cores", "1", "--dry-run", "--forceall", "--configfile", TINY)
+    jobs = scheduled(proc.stdout)
+    modalities = tiny["data"]["modalities"]
+    continuous = [m for m in modalities if m != "text"]
+    n_subjects = jobs["make_dataset"] // len(modalities)
+    assert n_subjects >= 1
+    assert jobs["simulate_study"] == 1
+    assert jobs["extract_rois"] == n_subjects * len(modalities)
+    assert jobs["pretrain_vae"] == jobs["encode_latents"] == len(continuous)
+    for rule in ("fit_baseline", "train_decoder", "sample", "evaluate"):
+        assert jobs[rule] == n_subjects * len(modalities), rule
+    assert jobs["summarize"] == jobs["all"] == 1
+    assert jobs["glm_betas"] >= jobs["extract_rois"]
+
+
+def test_decoder_param_change_reruns_decoder_and_downstream_only(finished, tiny):
+    image = dict(tiny["decoder"]["image"])
+    image["cfg_scale_changed_by_test"] = 1.5
+    changed = overlay(finished, "decoder_change.yaml", {"decoder": {"image": image}})
+    jobs = dry_run(finished, TINY, changed)
+    n_subjects = jobs["train_decoder"]
+    assert set(jobs) == {"train_decoder", "sample", "evaluate", "summarize", "all"}, jobs
+    # only the image decoders: one per subject, and their samples and metrics
+    assert jobs["sample"] == jobs["evaluate"] == n_subjects
+    assert "glm_betas" not in jobs and "pretrain_vae" not in jobs and "fit_baseline" not in jobs
+
+
+def test_glm_param_change_reruns_from_glm_but_not_the_simulation(finished, tiny):
+    changed = overlay(finished, "glm_change.yaml", {"glm": {**tiny["glm"], "high_pass": tiny["glm"].get("high_pass", 0.01) * 1.5}})
+    jobs = dry_run(finished, TINY, changed)
+    assert "simulate_study" not in jobs and "pretrain_vae" not in jobs and "encode_latents" not in jobs
+    for rule in ("glm_betas", "extract_rois", "make_dataset", "fit_baseline", "train_decoder", "sample",
+                 "evaluate", "summarize"):
+        assert rule in jobs, (rule, jobs)
+
+
+def test_audio_vae_change_leaves_the_image_path_alone(finished, tiny):
+    audio = {**tiny["vae"]["audio"], "changed_by_test": 1}
+    jobs = dry_run(finished, TINY, overlay(finished, "vae_change.yaml", {"vae": {"audio": audio}}))
+    assert jobs["pretrain_vae"] == jobs["encode_latents"] == 1
+    n_subjects = jobs["train_decoder"]
+    assert jobs["sample"] == jobs["evaluate"] == jobs["fit_baseline"] == n_subjects  # audio only
+    assert "glm_betas" not in jobs and "make_dataset" not in jobs
+
+
+def test_editing_the_dit_source_reruns_decoders_and_downstream_only(finished):
+    dit = finished / "cortexflow" / "models" / "dit.py"
+    original = dit.read_bytes() if dit.exists() else None
+    try:
+        with open(dit, "a") as f:
+            f.write("\n# an edit that changes the DiT's source\n")
+        jobs = dry_run(finished, TINY)
+    finally:
+        if original is None:
+            dit.unlink()
+        else:
+            dit.write_bytes(original)
+    assert set(jobs) == {"train_decoder", "sample", "evaluate", "summarize", "all"}, jobs
+    assert jobs["train_decoder"] == jobs["sample"] == jobs["evaluate"]  # every subject × modality
+    assert dry_run(finished, TINY) == {}  # restoring the file restores the fingerprint
+
+
+def test_bids_source_finds_on_disk_the_runs_the_simulator_planned(finished):
+    """data.source: bids reads the runs from an fMRIPrep folder (here: the simulated one's files)."""
+    planned = scheduled(snakemake(finished, "--cores", "1", "--dry-run", "--forceall", "--configfile", TINY).stdout)
+    real = overlay(finished, "bids_source.yaml", {"data": {"source": "bids", "bids_root": "data/tiny/bids"}})
+    found = scheduled(snakemake(finished, "--cores", "1", "--dry-run", "--forceall", "--configfile", TINY, real).stdout)
+    assert "simulate_study" not in found
+    assert {rule: n for rule, n in planned.items() if rule != "simulate_study"} == found
+
+
+def test_invalid_config_stops_the_workflow_naming_the_key(finished):
+    proc = snakemake(finished, "--cores", "1", "--dry-run", "--config", "device=gpu", check=False)
+    assert proc.returncode != 0
+    assert "device" in proc.stdout + proc.stderr and "cuda" in proc.stdout + proc.stderr
+
+
+# ------------------------------------------------------------------ config.py
+
+
+def test_default_config_matches_schema_defaults():
+    cfg = default_config()
+    assert cfg["study"] == "sim" and cfg["device"] in ("auto", "cpu", "cuda")
+    assert cfg["data"]["source"] == "simulate"
+    assert cfg["data"]["tasks"] == {"image": "images", "audio": "audio", "text": "text"}
+    assert set(cfg["decoder"]) == {"image", "audio", "text"} and set(cfg["vae"]) == {"image", "audio"}
+
+
+def test_load_config_overrides_the_default_like_snakemake(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("study: mine\ndata:\n  subjects: ['01']\n")
+    cfg = load_config(path)
+    assert cfg["study"] == "mine" and cfg["data"]["subjects"] == ["01"]
+    assert cfg["data"]["modalities"] == default_config()["data"]["modalities"]  # merged, not replaced
+
+
+def test_schema_fills_nested_defaults_without_sharing_them():
+    a = validate_config({})
+    b = validate_config({})
+    assert a["data"]["space"] == "MNI152NLin2009cAsym" and a["decoder"]["text"] == {}
+    a["decoder"]["text"]["x"] = 1
+    assert b["decoder"]["text"] == {}
+
+
+@pytest.mark.parametrize(
+    ("config", "key", "fix"),
+    [
+        ({"device": "gpu"}, "device", "cpu"),
+        ({"data": {"modalities": ["video"]}}, "data.modalities.0", "image"),
+        ({"data": {"sorce": "bids"}}, "data.sorce", "remove or rename"),
+        ({"seed": -1}, "seed", "config.schema.yaml"),
+    ],
+)
+def test_invalid_config_names_key_and_fix(tmp_path, config, key, fix):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(CortexflowInputError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert f"'{key}'" in message and fix in message and str(path) in message
+
+
+# ------------------------------------------------------------------ fingerprint.py
+
+
+def test_fingerprint_follows_content_not_timestamps(tmp_path):
+    pkg = tmp_path / "pkg"
+    (pkg / "models").mkdir(parents=True)
+    (pkg / "models" / "dit.py").write_text("x = 1\n")
+    (pkg / "models" / "vae.py").write_text("y = 1\n")
+    before = source_fingerprint("models/", root=pkg)
+    os.utime(pkg / "models" / "dit.py", (0, 0))
+    assert source_fingerprint("models/", root=pkg) == before
+    vae_only = source_fingerprint("models/vae.py", root=pkg)
+    (pkg / "models" / "dit.py").write_text("x = 2\n")
+    assert source_fingerprint("models/", root=pkg) != before
+    assert source_fingerprint("models/vae.py", root=pkg) == vae_only
+    absent = source_fingerprint("models/audio.py", root=pkg)
+    (pkg / "models" / "audio.py").write_text("")
+    assert source_fingerprint("models/audio.py", root=pkg) != absent
+
+
+def test_every_rule_has_a_source_list_and_dit_is_only_downstream():
+    from cortexflow.stages import STAGES
+
+    assert set(STAGE_SOURCES) == set(STAGES)
+    upstream = ("simulate_study", "glm_betas", "extract_rois", "make_dataset", "pretrain_vae", "encode_latents",
+                "fit_baseline")
+    for rule in upstream:
+        assert not any(p in ("models/", "models/dit.py") for p in STAGE_SOURCES[rule]), rule
+    assert len({stage_fingerprint(rule) for rule in STAGES}) >= 8

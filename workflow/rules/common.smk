@@ -1,0 +1,333 @@
+# Paths, the runs of the study, and the input/params functions of every rule.
+# Layout: docs/contracts.md, "Files between stages".
+
+import json
+import os
+
+from cortexflow.errors import CortexflowInputError
+from cortexflow.fingerprint import stage_fingerprint
+
+STUDY = config["study"]
+RESULTS = f"results/{STUDY}"
+LOGS = f"{RESULTS}/logs"
+DATA = config["data"]
+BIDS_ROOT = DATA["bids_root"] or f"data/{STUDY}/bids"
+FMRIPREP_DIR = DATA["fmriprep_dir"] or f"{BIDS_ROOT}/derivatives/fmriprep"
+STIMULI_TSV = f"{BIDS_ROOT}/stimuli/stimuli.tsv"
+SIMULATED = DATA["source"] == "simulate"
+
+MODALITIES = list(DATA["modalities"])
+TASK_OF = {modality: DATA["tasks"][modality] for modality in MODALITIES}
+# Continuous modalities go through a pretrained VAE and a DiT; text has neither.
+LATENT_MODALITIES = [m for m in MODALITIES if m in ("image", "audio")]
+
+
+wildcard_constraints:
+    subject="[A-Za-z0-9]+",
+    task="[A-Za-z0-9]+",
+    run="[A-Za-z0-9]+",
+    modality="image|audio|text",
+
+
+def run_label(run, session=None):
+    """The label of a run in cortexflow's file names: "01", or "2r01" for run 1 of ses-2.
+
+    A run without a run- entity is run 1. The session goes into the label so that
+    runs with the same index in different sessions stay apart.
+    """
+    label = f"{int(run if run is not None else 1):02d}"
+    return f"{session}r{label}" if session else label
+
+
+def bids_run_files(subject, task, run):
+    """Paths of one run in the BIDS / fMRIPrep naming (docs/contracts.md, "Study layout")."""
+    stem = f"sub-{subject}_task-{task}_run-{run}"
+    func = f"{FMRIPREP_DIR}/sub-{subject}/func"
+    return {
+        "bold": f"{func}/{stem}_space-{DATA['space']}_desc-preproc_bold.nii.gz",
+        "mask": f"{func}/{stem}_space-{DATA['space']}_desc-brain_mask.nii.gz",
+        "confounds": f"{func}/{stem}_desc-confounds_timeseries.tsv",
+        "sidecar": f"{func}/{stem}_space-{DATA['space']}_desc-preproc_bold.json",
+        "events": f"{BIDS_ROOT}/sub-{subject}/func/{stem}_events.tsv",
+    }
+
+
+def find_study_runs():
+    """{(subject, task, run label): {bold, mask, confounds, sidecar, events}} for the study.
+
+    The simulated study's runs are known before it is written (the simulator's
+    plan), so the whole DAG exists from the start; a real dataset is read from
+    disk with the BIDS reader's own naming rules.
+    """
+    tasks = set(TASK_OF.values())
+    runs = {}  # in the order of the plan / of find_runs: subject, session, task, run
+    if SIMULATED:
+        from cortexflow.data.simulate import SPACE, planned_runs
+
+        if DATA["space"] != SPACE:
+            raise CortexflowInputError(
+                f"the simulated study is written in space {SPACE}, but data.space is {DATA['space']}",
+                fix=f"set data.space: {SPACE} (or data.source: bids for your own data)",
+            )
+
+        for subject, task, run in planned_runs(config["simulate"]):
+            if task in tasks:
+                runs[(subject, task, run_label(run))] = bids_run_files(subject, task, run_label(run))
+    else:
+        from cortexflow.data.bids import find_runs
+
+        for task in sorted(tasks):
+            for found in find_runs(BIDS_ROOT, task=task, fmriprep_dir=FMRIPREP_DIR, space=DATA["space"]):
+                files = {key: getattr(found, key) for key in ("bold", "mask", "confounds", "sidecar", "events")}
+                runs[(found.subject, found.task, run_label(found.run, found.session))] = {
+                    key: None if value is None else str(value) for key, value in files.items()
+                }
+    if DATA["subjects"]:
+        runs = {key: files for key, files in runs.items() if key[0] in DATA["subjects"]}
+    return runs
+
+
+RUNS = find_study_runs()
+SUBJECTS = sorted({subject for subject, _, _ in RUNS}) if not DATA["subjects"] else list(DATA["subjects"])
+
+
+def _check_runs():
+    where = "the simulator's plan (config simulate:)" if SIMULATED else FMRIPREP_DIR
+    for subject in SUBJECTS:
+        for modality, task in TASK_OF.items():
+            if not runs_of(subject, task):
+                raise CortexflowInputError(
+                    f"no runs of task '{task}' ({modality}) for sub-{subject} in {where}",
+                    fix="list only subjects that have every modality in data.subjects, drop the modality "
+                    "from data.modalities, or set data.tasks to the right task label",
+                )
+
+
+def runs_of(subject, task):
+    """Run labels of one subject and task, in run order (sessions first, then runs)."""
+    return [run for s, t, run in RUNS if s == subject and t == task]
+
+
+_check_runs()
+
+
+# ---------------------------------------------------------------- parameters
+def section(name):
+    """One config section as the JSON that the stage's --params takes.
+
+    Each rule gets only its own section, so editing one section reruns only the
+    stages that read it (and what follows them).
+    """
+    return json.dumps(config[name], sort_keys=True)
+
+
+def simulate_params(wildcards):
+    return section("simulate")
+
+
+def glm_params(wildcards):
+    return section("glm")
+
+
+def rois_params(wildcards):
+    return section("rois")
+
+
+def dataset_params(wildcards):
+    return section("dataset")
+
+
+def baseline_params(wildcards):
+    return section("baseline")
+
+
+def evaluation_params(wildcards):
+    return section("evaluation")
+
+
+def modality_section(name, modality):
+    """The section reduced to one modality's entry, e.g. {"image": {...}}.
+
+    The stage reads params[modality]; the other modalities' entries are left
+    out so that editing the audio VAE or decoder leaves the image path alone.
+    """
+    return json.dumps({modality: config[name][modality]}, sort_keys=True)
+
+
+def vae_params(wildcards):
+    return modality_section("vae", wildcards.modality)
+
+
+def decoder_params(wildcards):
+    """Training and sampling settings of the modality's decoder."""
+    return modality_section("decoder", wildcards.modality)
+
+
+def checkpoint_dir(wildcards):
+    """Where train_decoder keeps its resumable checkpoints (not a declared output).
+
+    Keyed by the decoder's settings and code, so a rerun after an edit starts
+    afresh while a killed or time-limited job with the same settings resumes.
+    """
+    import hashlib
+
+    key = hashlib.sha256(
+        f"{decoder_params(wildcards)}|{config['seed']}|{stage_fingerprint('train_decoder')}".encode()
+    ).hexdigest()[:12]
+    return f"{RESULTS}/checkpoints/sub-{wildcards.subject}_{wildcards.modality}/{key}"
+
+
+def folder_of_description(wildcards, output):
+    """The BIDS root that simulate_study writes: the folder of its dataset_description.json."""
+    return os.path.dirname(output.description)
+
+
+def folder_of_metrics_figure(wildcards, output):
+    """The figures folder that summarize writes into."""
+    return os.path.dirname(output.metrics_figure)
+
+
+def optional_arg(flag, paths):
+    """`--flag path` for inputs that only some modalities have."""
+    return f"{flag} {paths}" if paths else ""
+
+
+# ---------------------------------------------------------------- paths
+def glm_inputs(wildcards):
+    files = RUNS[(wildcards.subject, wildcards.task, wildcards.run)]
+    inputs = {key: files[key] for key in ("bold", "events", "confounds", "mask")}
+    if files.get("sidecar"):
+        inputs["sidecar"] = files["sidecar"]
+    return inputs
+
+
+def sidecar_arg(wildcards, input):
+    return optional_arg("--sidecar", input.get("sidecar"))
+
+
+def run_betas(wildcards):
+    return [
+        f"{RESULTS}/betas/sub-{wildcards.subject}/sub-{wildcards.subject}_task-{wildcards.task}_run-{run}_betas.nii.gz"
+        for run in runs_of(wildcards.subject, wildcards.task)
+    ]
+
+
+def run_trials(wildcards):
+    return [
+        f"{RESULTS}/betas/sub-{wildcards.subject}/sub-{wildcards.subject}_task-{wildcards.task}_run-{run}_trials.parquet"
+        for run in runs_of(wildcards.subject, wildcards.task)
+    ]
+
+
+def roi_prefix(subject, modality):
+    return f"{RESULTS}/rois/sub-{subject}/sub-{subject}_task-{TASK_OF[modality]}"
+
+
+def dataset_inputs(wildcards):
+    prefix = roi_prefix(wildcards.subject, wildcards.modality)
+    return {
+        "roi_betas": f"{prefix}_roi-betas.npy",
+        "trials": f"{prefix}_trials.parquet",
+        "voxels": f"{prefix}_voxels.parquet",
+        "stimuli": STIMULI_TSV,
+    }
+
+
+def dataset_dir(subject, modality):
+    return f"{RESULTS}/dataset/sub-{subject}/{modality}"
+
+
+def vae_file(modality):
+    return f"{RESULTS}/models/vae_{modality}.pt"
+
+
+def latents_file(modality):
+    return f"{RESULTS}/latents/{modality}.npz"
+
+
+def ridge_file(subject, modality):
+    return f"{RESULTS}/models/sub-{subject}_{modality}_ridge.npz"
+
+
+def decoder_file(subject, modality):
+    return f"{RESULTS}/models/sub-{subject}_{modality}_decoder.pt"
+
+
+def recon_file(subject, modality):
+    return f"{RESULTS}/recon/sub-{subject}_{modality}.npz"
+
+
+def latent_inputs(modality):
+    """Latents for image/audio; text decodes bytes and has none."""
+    return {"latents": latents_file(modality)} if modality in LATENT_MODALITIES else {}
+
+
+def baseline_inputs(wildcards):
+    return {
+        "dataset": dataset_dir(wildcards.subject, wildcards.modality),
+        "stimuli": STIMULI_TSV,
+        **latent_inputs(wildcards.modality),
+    }
+
+
+def decoder_inputs(wildcards):
+    inputs = {
+        "dataset": dataset_dir(wildcards.subject, wildcards.modality),
+        "stimuli": STIMULI_TSV,
+        **latent_inputs(wildcards.modality),
+    }
+    if wildcards.modality in LATENT_MODALITIES:
+        inputs["vae"] = vae_file(wildcards.modality)
+        # the ridge prediction conditions the DiT (a prior it refines)
+        inputs["ridge"] = ridge_file(wildcards.subject, wildcards.modality)
+    return inputs
+
+
+def sample_inputs(wildcards):
+    inputs = {
+        "dataset": dataset_dir(wildcards.subject, wildcards.modality),
+        "decoder": decoder_file(wildcards.subject, wildcards.modality),
+        "ridge": ridge_file(wildcards.subject, wildcards.modality),
+        "stimuli": STIMULI_TSV,
+        **latent_inputs(wildcards.modality),
+    }
+    if wildcards.modality in LATENT_MODALITIES:
+        inputs["vae"] = vae_file(wildcards.modality)
+    return inputs
+
+
+def latent_args(wildcards, input):
+    """The optional --latents/--vae/--ridge arguments of the model stages."""
+    return " ".join(
+        optional_arg(f"--{key}", input.get(key)) for key in ("latents", "vae", "ridge") if input.get(key)
+    )
+
+
+def summary_inputs(wildcards):
+    pairs = [(subject, modality) for subject in SUBJECTS for modality in MODALITIES]
+    return {
+        "summaries": [f"{RESULTS}/metrics/sub-{s}_{m}_summary.parquet" for s, m in pairs],
+        "comparisons": [f"{RESULTS}/metrics/sub-{s}_{m}_comparisons.parquet" for s, m in pairs],
+        "recons": [recon_file(s, m) for s, m in pairs],
+    }
+
+
+def recon_figures():
+    """One figure per reconstruction file, named after it (by summarize_stage)."""
+    return [f"{RESULTS}/figures/sub-{s}_{m}.png" for s in SUBJECTS for m in MODALITIES]
+
+
+def final_outputs():
+    return [
+        f"{RESULTS}/summary.parquet",
+        f"{RESULTS}/comparisons.parquet",
+        f"{RESULTS}/summary.md",
+        f"{RESULTS}/figures/metrics.png",
+        *recon_figures(),
+    ]
+
+
+def report_figures(paths):
+    """Reconstruction figures, flagged for `snakemake --report`."""
+    caption = "../report/reconstruction.rst"
+    return [report(path, caption=caption, category="Reconstructions") for path in paths]

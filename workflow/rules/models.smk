@@ -1,0 +1,140 @@
+# Stimulus autoencoders, brain -> stimulus decoders and the ridge baseline
+# (cortexflow.training, cortexflow.evaluation.ridge). Training rules declare
+# threads and CPU-sized resources here; profiles add GPUs and cluster limits.
+
+
+rule pretrain_vae:
+    """One autoencoder per continuous modality, trained on the training stimuli."""
+    input:
+        stimuli=STIMULI_TSV,
+    output:
+        f"{RESULTS}/models/vae_{{modality}}.pt",
+    wildcard_constraints:
+        modality="image|audio",
+    params:
+        section=vae_params,
+        seed=config["seed"],
+        device=config["device"],
+        code=stage_fingerprint("pretrain_vae"),
+    log:
+        f"{LOGS}/pretrain_vae/{{modality}}.log",
+    threads: 4
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    conda:
+        "../../environment.yml"
+    shell:
+        "cortexflow pretrain-vae --stimuli {input.stimuli} --modality {wildcards.modality} --out {output}"
+        " --params {params.section:q} --seed {params.seed} --threads {threads} --device {params.device}"
+        " --log {log}"
+
+
+rule encode_latents:
+    """Every stimulus -> its latent, computed once and cached."""
+    input:
+        stimuli=STIMULI_TSV,
+        vae=f"{RESULTS}/models/vae_{{modality}}.pt",
+    output:
+        f"{RESULTS}/latents/{{modality}}.npz",
+    wildcard_constraints:
+        modality="image|audio",
+    params:
+        section=vae_params,
+        device=config["device"],
+        code=stage_fingerprint("encode_latents"),
+    log:
+        f"{LOGS}/encode_latents/{{modality}}.log",
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    conda:
+        "../../environment.yml"
+    shell:
+        "cortexflow encode-latents --stimuli {input.stimuli} --modality {wildcards.modality}"
+        " --vae {input.vae} --out {output} --params {params.section:q} --threads {threads}"
+        " --device {params.device} --log {log}"
+
+
+rule fit_baseline:
+    """Ridge regression from voxels to the decoder's targets: the linear anchor."""
+    input:
+        unpack(baseline_inputs),
+    output:
+        f"{RESULTS}/models/sub-{{subject}}_{{modality}}_ridge.npz",
+    params:
+        section=baseline_params,
+        latents=latent_args,
+        seed=config["seed"],
+        code=stage_fingerprint("fit_baseline"),
+    log:
+        f"{LOGS}/fit_baseline/sub-{{subject}}_{{modality}}.log",
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        "../../environment.yml"
+    shell:
+        "cortexflow fit-baseline --dataset {input.dataset} --stimuli {input.stimuli} {params.latents}"
+        " --out {output} --params {params.section:q} --seed {params.seed} --log {log}"
+
+
+rule train_decoder:
+    """Brain -> DiT with rectified flow (image, audio) or byte decoder (text), with EMA.
+
+    Resumable: checkpoints live beside the declared output, so a killed or
+    time-limited job continues where it stopped when it is run again.
+    """
+    input:
+        unpack(decoder_inputs),
+    output:
+        f"{RESULTS}/models/sub-{{subject}}_{{modality}}_decoder.pt",
+    params:
+        section=decoder_params,
+        latents=latent_args,
+        checkpoints=checkpoint_dir,
+        seed=config["seed"],
+        device=config["device"],
+        code=stage_fingerprint("train_decoder"),
+    log:
+        f"{LOGS}/train_decoder/sub-{{subject}}_{{modality}}.log",
+    threads: 4
+    resources:
+        mem_mb=8000,
+        runtime=240,
+    conda:
+        "../../environment.yml"
+    shell:
+        "cortexflow train-decoder --dataset {input.dataset} --modality {wildcards.modality}"
+        " --stimuli {input.stimuli} {params.latents}"
+        " --out {output} --checkpoint-dir {params.checkpoints} --params {params.section:q}"
+        " --seed {params.seed} --threads {threads} --device {params.device} --log {log}"
+
+
+rule sample:
+    """Every held-out trial -> reconstructions by the decoder and by ridge."""
+    input:
+        unpack(sample_inputs),
+    output:
+        f"{RESULTS}/recon/sub-{{subject}}_{{modality}}.npz",
+    params:
+        section=decoder_params,
+        latents=latent_args,
+        seed=config["seed"],
+        device=config["device"],
+        code=stage_fingerprint("sample"),
+    log:
+        f"{LOGS}/sample/sub-{{subject}}_{{modality}}.log",
+    threads: 4
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        "../../environment.yml"
+    shell:
+        "cortexflow sample --dataset {input.dataset} --modality {wildcards.modality}"
+        " --decoder {input.decoder} --stimuli {input.stimuli} {params.latents} --out {output}"
+        " --params {params.section:q} --seed {params.seed} --threads {threads}"
+        " --device {params.device} --log {log}"

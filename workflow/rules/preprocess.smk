@@ -1,0 +1,77 @@
+# BOLD runs -> single-trial betas -> ROI voxels -> train/test dataset
+# (cortexflow.preprocess).
+
+
+rule glm_betas:
+    """One run: confound and drift regression, one beta per trial."""
+    input:
+        unpack(glm_inputs),
+    output:
+        betas=f"{RESULTS}/betas/sub-{{subject}}/sub-{{subject}}_task-{{task}}_run-{{run}}_betas.nii.gz",
+        trials=f"{RESULTS}/betas/sub-{{subject}}/sub-{{subject}}_task-{{task}}_run-{{run}}_trials.parquet",
+    params:
+        section=glm_params,
+        sidecar=sidecar_arg,
+        code=stage_fingerprint("glm_betas"),
+    log:
+        f"{LOGS}/glm_betas/sub-{{subject}}_task-{{task}}_run-{{run}}.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    conda:
+        "../../environment.yml"
+    shell:
+        "cortexflow glm-betas --bold {input.bold} --events {input.events} --confounds {input.confounds}"
+        " --mask {input.mask} {params.sidecar} --out-betas {output.betas} --out-trials {output.trials}"
+        " --params {params.section:q} --log {log}"
+
+
+rule extract_rois:
+    """One subject and task: the voxels of each ROI, all runs stacked in run order."""
+    input:
+        betas=run_betas,
+        trials=run_trials,
+    output:
+        betas=f"{RESULTS}/rois/sub-{{subject}}/sub-{{subject}}_task-{{task}}_roi-betas.npy",
+        trials=f"{RESULTS}/rois/sub-{{subject}}/sub-{{subject}}_task-{{task}}_trials.parquet",
+        voxels=f"{RESULTS}/rois/sub-{{subject}}/sub-{{subject}}_task-{{task}}_voxels.parquet",
+    params:
+        section=rois_params,
+        code=stage_fingerprint("extract_rois"),
+    log:
+        f"{LOGS}/extract_rois/sub-{{subject}}_task-{{task}}.log",
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=20,
+    conda:
+        "../../environment.yml"
+    shell:
+        "cortexflow extract-rois --betas {input.betas} --trials {input.trials}"
+        " --out-betas {output.betas} --out-trials {output.trials} --out-voxels {output.voxels}"
+        " --params {params.section:q} --log {log}"
+
+
+rule make_dataset:
+    """One subject and modality: split by stimulus, z-score, average test repeats."""
+    input:
+        unpack(dataset_inputs),
+    output:
+        directory(f"{RESULTS}/dataset/sub-{{subject}}/{{modality}}"),
+    params:
+        section=dataset_params,
+        seed=config["seed"],
+        code=stage_fingerprint("make_dataset"),
+    log:
+        f"{LOGS}/make_dataset/sub-{{subject}}_{{modality}}.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    conda:
+        "../../environment.yml"
+    shell:
+        "cortexflow make-dataset --roi-betas {input.roi_betas} --trials {input.trials}"
+        " --voxels {input.voxels} --stimuli {input.stimuli} --out-dir {output}"
+        " --params {params.section:q} --seed {params.seed} --log {log}"

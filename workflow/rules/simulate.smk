@@ -1,0 +1,27 @@
+# The embedded default study: a simulated experiment written in BIDS layout with
+# fMRIPrep derivatives (cortexflow.data.simulate). Only when data.source is
+# "simulate"; a real study's files already exist.
+
+if SIMULATED:
+
+    rule simulate_study:
+        output:
+            description=f"{BIDS_ROOT}/dataset_description.json",
+            stimuli=STIMULI_TSV,
+            runs=[path for files in RUNS.values() for path in files.values()],
+        params:
+            out=folder_of_description,
+            section=simulate_params,
+            seed=config["seed"],
+            code=stage_fingerprint("simulate_study"),
+        log:
+            f"{LOGS}/simulate_study.log",
+        threads: 1
+        resources:
+            mem_mb=4000,
+            runtime=30,
+        conda:
+            "../../environment.yml"
+        shell:
+            "cortexflow simulate-study --out {params.out} --params {params.section:q}"
+            " --seed {params.seed} --log {log}"
