@@ -75,7 +75,7 @@ class VAEParams:
     latent_channels: int = 4
     hidden_dims: list[int] = field(default_factory=lambda: [32, 64])
     kl_weight: float = 1e-4
-    steps: int = 1500
+    steps: int = 500
     batch_size: int = 64
     learning_rate: float = 2e-3
     warmup_steps: int = 100
@@ -87,16 +87,16 @@ class VAEParams:
 class DecoderParams:
     """Config ``decoder.<modality>``: the brain decoder, its training and sampling."""
 
-    hidden_dim: int = 192
+    hidden_dim: int = 128
     depth: int = 4
-    num_heads: int = 6
+    num_heads: int = 4
     patch_size: int = 2
     n_tokens: int = 8
     encoder_dropout: float = 0.3
     encoder_input_dropout: float = 0.1
     prior_conditioning: bool = True
     cond_drop_prob: float = 0.1
-    steps: int = 2000
+    steps: int = 1500
     batch_size: int = 64
     learning_rate: float = 5e-4
     weight_decay: float = 0.05
