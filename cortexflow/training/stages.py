@@ -24,13 +24,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 
 from cortexflow import _io
@@ -384,7 +381,7 @@ def train_decoder_stage(*, dataset: str, modality: str, out: str, checkpoint_dir
 
     _io.set_threads(threads)
     p = _modality_params(params, modality, DecoderParams, "decoder")
-    dev = _device(device)
+    _device(device)  # fail early on a CUDA request without CUDA
     data = load_dataset(dataset)
     rows = _training_rows(data, p.fit_on, dataset)
     X = data.X_train[rows].astype(np.float32)
@@ -392,7 +389,7 @@ def train_decoder_stage(*, dataset: str, modality: str, out: str, checkpoint_dir
     log.info("train_decoder %s: %d training trials x %d voxels", modality, *X.shape)
 
     if modality == "text":
-        _train_text_decoder(X, stim_ids, p, stimuli, out, checkpoint_dir, seed, dev)
+        _train_text_decoder(X, stim_ids, p, stimuli, out, checkpoint_dir, seed, device)
         return
     if latents is None:
         raise CortexflowInputError(f"train_decoder for {modality} needs --latents (the encode_latents output)")
@@ -437,19 +434,9 @@ def _final_loss(result) -> float | None:
     return float(np.mean(result.losses[-50:])) if result.losses else None
 
 
-def load_sentences(stimuli: str | Path) -> dict[str, str]:
-    from cortexflow.data.bids import load_stimuli
-
-    table = load_stimuli(_bids_root(stimuli))
-    table = table[table["modality"] == "text"]
-    if "text" not in table.columns or table.empty:
-        raise CortexflowInputError("no text stimuli with a 'text' column", path=stimuli,
-                                   fix="list the sentences in stimuli.tsv with modality 'text' and a 'text' column")
-    return dict(zip(table["stimulus_id"].astype(str), table["text"].astype(str)))
-
-
 def _train_text_decoder(X: np.ndarray, stim_ids: np.ndarray, p: DecoderParams, stimuli: str | None, out: str,
                         checkpoint_dir: str, seed: int, device: str) -> None:
+    from cortexflow.evaluation.ridge import load_sentences
     from cortexflow.models.brain2text import build_brain2text, encode_texts
     from cortexflow.models.io import save_model
     from cortexflow.models.types import BrainData
@@ -492,7 +479,7 @@ def sample_stage(*, dataset: str, modality: str, decoder: str, out: str, params:
                  threads: int = 1, device: str = "cpu", latents: str | None = None, vae: str | None = None,
                  ridge: str | None = None, stimuli: str | None = None) -> None:
     """Reconstruct every held-out stimulus with the decoder and with ridge; store the truth and the ceiling."""
-    from cortexflow.evaluation.ridge import load_ridge
+    from cortexflow.evaluation.ridge import load_ridge, load_sentences
     from cortexflow.models.io import load_model
     from cortexflow.models.types import BrainData
     from cortexflow.preprocess.dataset import load_dataset
