@@ -21,7 +21,7 @@ STAGES: dict[str, tuple[str, str, str | None]] = {
     "encode_latents": ("cortexflow.training.stages", "encode_latents_stage", "vae"),
     "train_decoder": ("cortexflow.training.stages", "train_decoder_stage", "decoder"),
     "fit_baseline": ("cortexflow.evaluation.ridge", "fit_baseline_stage", "baseline"),
-    "sample": ("cortexflow.training.stages", "sample_stage", "decoder"),
+    "sample": ("cortexflow.training.stages", "sample_stage", "sampling"),
     "evaluate": ("cortexflow.evaluation.evaluate", "evaluate_stage", "evaluation"),
     "summarize": ("cortexflow.evaluation.summary", "summarize_stage", "evaluation"),
 }

@@ -168,6 +168,13 @@ def test_decoder_param_change_reruns_decoder_and_downstream_only(finished, tiny)
     assert "glm_betas" not in jobs and "pretrain_vae" not in jobs and "fit_baseline" not in jobs
 
 
+def test_sampling_change_reruns_sampling_not_training(finished, tiny):
+    image = {**tiny["sampling"]["image"], "num_steps": tiny["sampling"]["image"]["num_steps"] + 3}
+    jobs = dry_run(finished, TINY, overlay(finished, "sampling_change.yaml", {"sampling": {"image": image}}))
+    assert set(jobs) == {"sample", "evaluate", "summarize", "all"}, jobs
+    assert jobs["sample"] == jobs["evaluate"] >= 1
+
+
 def test_glm_param_change_reruns_from_glm_but_not_the_simulation(finished, tiny):
     changed = overlay(finished, "glm_change.yaml", {"glm": {**tiny["glm"], "high_pass": tiny["glm"].get("high_pass", 0.01) * 1.5}})
     jobs = dry_run(finished, TINY, changed)

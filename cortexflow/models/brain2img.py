@@ -241,10 +241,14 @@ class LatentFlowDecoder(nn.Module):
         generator: torch.Generator | None = None,
         num_samples: int = 1,
         progress: bool = False,
+        precision: str | None = None,
     ) -> torch.Tensor:
         """Raw latents (B, *latent_shape), or (B, num_samples, *latent_shape) when
-        ``num_samples > 1``; every sample starts from its own noise."""
-        z, _ = self._sample(brain_data, num_steps, cfg_scale, solver, shift, generator, num_samples, progress)
+        ``num_samples > 1``; every sample starts from its own noise. ``precision``:
+        ``"auto"`` / ``"fp32"`` / ``"bf16"`` for the DiT's forward passes
+        (default: the flow config's, ``"auto"``; see :func:`~cortexflow.models.flow.sampling_dtype`)."""
+        z, _ = self._sample(brain_data, num_steps, cfg_scale, solver, shift, generator, num_samples, progress,
+                            precision)
         return z
 
     def _sample(
@@ -257,6 +261,7 @@ class LatentFlowDecoder(nn.Module):
         generator: torch.Generator | None,
         num_samples: int,
         progress: bool,
+        precision: str | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
             raise CortexflowInputError(f"num_samples must be a positive integer, got {num_samples!r}")
@@ -283,6 +288,7 @@ class LatentFlowDecoder(nn.Module):
                 shift=shift,
                 generator=generator,
                 progress=progress,
+                precision=precision,
             )
             z = self.denormalize_latents(z)
         # clone: ordinary tensors, usable outside inference mode
@@ -303,13 +309,15 @@ class LatentFlowDecoder(nn.Module):
         generator: torch.Generator | None = None,
         num_samples: int = 1,
         progress: bool = False,
+        precision: str | None = None,
     ) -> ReconstructionResult:
         """Sample latents for ``brain_data`` and decode them.
 
         ``output`` is (B, *stimulus_shape), or (B, num_samples, *stimulus_shape)
-        when ``num_samples > 1``.
+        when ``num_samples > 1``. ``precision`` as in :meth:`sample_latents`.
         """
-        z, brain_global = self._sample(brain_data, num_steps, cfg_scale, solver, shift, generator, num_samples, progress)
+        z, brain_global = self._sample(brain_data, num_steps, cfg_scale, solver, shift, generator, num_samples, progress,
+                                       precision)
         with torch.inference_mode():
             out = self.decode_latents(z.reshape(-1, *self.latent_shape))
         out = out.clone()
@@ -325,6 +333,7 @@ class LatentFlowDecoder(nn.Module):
                 "solver": solver,
                 "shift": shift,
                 "num_samples": num_samples,
+                "precision": self.flow_matcher.config.precision if precision is None else precision,
             },
         )
 

@@ -100,20 +100,33 @@ class DecoderParams:
     warmup_steps: int = 200
     ema_decay: float = 0.999
     checkpoint_every: int = 250
-    # sampling
+    # text
+    max_len: int = 64
+    # which training trials to fit on: "all" (final model) or "train" (the fit fold,
+    # leaving the val fold for design decisions)
+    fit_on: str = "all"
+
+
+@dataclass
+class SamplingParams:
+    """Config ``sampling.<modality>``: how rule ``sample`` draws reconstructions
+    from a trained decoder. Kept apart from ``decoder`` so that editing these
+    reruns sampling and evaluation, not training."""
+
+    # DiT + rectified flow (image, audio)
     num_steps: int = 25
     solver: str = "euler"
     cfg_scale: float = 2.0
     shift: float = 1.0
-    n_samples: int = 8
-    # text
-    max_len: int = 64
+    n_samples: int = 8  # samples per test trial: "dit" is the first, "dit_mean<n>" their mean
+    precision: str = "auto"  # auto | fp32 | bf16 (cortexflow.models.flow.sampling_dtype)
+    # autoregressive text
     temperature: float = 0.0  # 0: greedy decoding
     top_k: int = 0
     top_p: float = 1.0
-    # which training trials to fit on: "all" (final model) or "train" (the fit fold,
-    # leaving the val fold for design decisions)
-    fit_on: str = "all"
+
+
+_MOVED_TO_SAMPLING = {f.name for f in fields(SamplingParams)}
 
 
 def _modality_params(params: dict, modality: str, cls, section: str):
@@ -121,6 +134,11 @@ def _modality_params(params: dict, modality: str, cls, section: str):
         raise CortexflowInputError(f"the config section {section} has no entry for modality {modality!r}",
                                    fix=f"add {section}: {{{modality}: {{...}}}} (an empty mapping takes the defaults)")
     sub = dict(params[modality] or {})
+    moved = sorted(set(sub) & _MOVED_TO_SAMPLING) if cls is DecoderParams else []
+    if moved:
+        raise CortexflowInputError(f"{moved} in the config section {section}.{modality} are sampling settings",
+                                   fix=f"move them to sampling: {{{modality}: {{...}}}} (so that editing them "
+                                       "reruns sampling, not training)")
     if cls is VAEParams and "audio" in sub:
         sub["audio"] = _from_dict(AudioFeatures, sub["audio"], f"{section}.{modality}.audio")
     return _from_dict(cls, sub, f"{section}.{modality}")
@@ -342,7 +360,7 @@ def _build_flow_decoder(modality: str, p: DecoderParams, n_voxels: int, vae, ext
                            input_dropout=p.encoder_input_dropout)
     dit = DiTConfig(hidden_dim=p.hidden_dim, depth=p.depth, num_heads=p.num_heads, cond_dim=p.hidden_dim,
                     patch_size=p.patch_size)
-    flow = FlowConfig(num_steps=p.num_steps, solver=p.solver, cfg_scale=p.cfg_scale, shift=p.shift)
+    flow = FlowConfig(num_steps=SamplingParams.num_steps, cfg_scale=SamplingParams.cfg_scale)
     if modality == "image":
         return Brain2Image(n_voxels, int(extra["image_size"]), dit, None, flow, p.n_tokens, encoder, vae=vae,
                            prior_conditioning=p.prior_conditioning, cond_drop_prob=p.cond_drop_prob)
@@ -485,7 +503,7 @@ def sample_stage(*, dataset: str, modality: str, decoder: str, out: str, params:
     from cortexflow.preprocess.dataset import load_dataset
 
     _io.set_threads(threads)
-    p = _modality_params(params, modality, DecoderParams, "decoder")
+    p = _modality_params(params, modality, SamplingParams, "sampling")
     data = load_dataset(dataset)
     X = data.X_test.astype(np.float32)
     ids = data.test["stimulus_id"].to_numpy(str)
@@ -519,7 +537,7 @@ def sample_stage(*, dataset: str, modality: str, decoder: str, out: str, params:
         brain = BrainData(voxels=brain_x, prior=prior)
         k = max(1, p.n_samples)
         result = model.reconstruct(brain, num_steps=p.num_steps, cfg_scale=p.cfg_scale, solver=p.solver,
-                                   shift=p.shift, generator=generator, num_samples=k)
+                                   shift=p.shift, generator=generator, num_samples=k, precision=p.precision)
         samples = result.output.numpy() if k > 1 else result.output.numpy()[:, None]
         samples = _from_model_space(samples, lat, modality)
         arrays["dit"] = samples[:, 0]

@@ -159,8 +159,13 @@ def vae_params(wildcards):
 
 
 def decoder_params(wildcards):
-    """Training and sampling settings of the modality's decoder."""
+    """Model and training settings of the modality's decoder."""
     return modality_section("decoder", wildcards.modality)
+
+
+def sampling_params(wildcards):
+    """How rule sample draws from the modality's trained decoder."""
+    return modality_section("sampling", wildcards.modality)
 
 
 def checkpoint_dir(wildcards):

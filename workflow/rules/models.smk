@@ -120,7 +120,7 @@ rule sample:
     output:
         f"{RESULTS}/recon/sub-{{subject}}_{{modality}}.npz",
     params:
-        section=decoder_params,
+        section=sampling_params,
         latents=latent_args,
         seed=config["seed"],
         device=config["device"],
