@@ -31,7 +31,14 @@ cond_dim 256; batch 64; ``torch.set_num_threads(2)``; fp32.
 Rows: the seed; this library as built by ``build_brain2img`` (SwiGLU hidden
 width 2/3 x 4 x 256 -> 704, the LLaMA sizing); and this library with the seed's
 SwiGLU width (1024), so the attention projections are compared at equal
-feed-forward cost too. Timings on a shared machine are noisy: use ``--rounds``
+feed-forward cost too; all three in float32 (``precision="fp32"``). Then the
+library's default, ``precision="auto"``, which samples in bf16 autocast on
+hardware with native bf16 (AVX512-BF16/AMX CPUs, CUDA) and in fp32 elsewhere
+(so on a CPU without bf16 this row equals the fp32 one); and, for a fair
+reading of that row, the seed wrapped in ``torch.autocast("cpu", bfloat16)`` by
+the caller, which the seed does not offer but a user could do. Training steps
+are fp32 in every row (the Trainer's default on CPU: bf16 autocast made CPU
+training steps slower, not faster). Timings on a shared machine are noisy: use ``--rounds``
 to alternate the workers and keep each one's best round. On a machine whose
 cores are busy with other work, 2 threads can be several times slower than 1
 (OpenMP threads wait for each other); ``--threads 1`` then gives the steadier
@@ -44,8 +51,9 @@ projections of the 16 brain tokens; adaLN 0.6; self-attention none), this
 library about 16.8 in training (SwiGLU 8.25, self-attention Q/K/V/output 4,
 cross-attention 4, adaLN 0.6) and 14.8 in sampling, where the brain tokens'
 keys and values are projected once per run. Batching the two guidance halves
-and precomputing the condition remove overhead, not multiply-adds, so the
-guided-sampling speed-up stays well below 2x.
+and precomputing the condition remove overhead, not multiply-adds, so in fp32
+the guided-sampling speed-up stays well below 2x; bf16 matrix products, where
+the CPU has them natively, are what buys more (for either library).
 """
 
 from __future__ import annotations
@@ -66,10 +74,15 @@ SEED_VERSION = "0.4.0"
 SEED_DIR = CACHE / f"cortexflowx-{SEED_VERSION}"
 
 WORKERS = {
-    "seed": "seed (cortexflowx 0.4.0)",
-    "cortexflow": "cortexflow (this repo)",
-    "cortexflow-wide": "cortexflow, SwiGLU width 4 x hidden (the seed's)",
+    "seed": "seed (cortexflowx 0.4.0), fp32",
+    "cortexflow": "cortexflow (this repo), fp32",
+    "cortexflow-wide": "cortexflow, SwiGLU width 4 x hidden (the seed's), fp32",
+    "cortexflow-auto": "cortexflow, precision='auto' (the default)",
+    "seed-bf16": "seed inside a caller's torch.autocast(bf16)",
 }
+# Which workers sample in bf16 and how: the library's own switch, or the seed
+# wrapped by the caller (the seed has no precision setting of its own).
+SAMPLING = {"cortexflow-auto": "auto", "seed-bf16": "caller-autocast"}
 
 
 # ── parent: fetch the seed, run the workers, print the table ────────────────
@@ -95,7 +108,7 @@ def ensure_seed() -> Path:
 
 
 def run_worker(name: str, settings: dict) -> dict:
-    path = SEED_DIR if name == "seed" else ROOT
+    path = SEED_DIR if name.startswith("seed") else ROOT
     env = {**os.environ, "PYTHONPATH": str(path), "OMP_NUM_THREADS": str(settings["threads"])}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--settings", json.dumps(settings)]
     out = subprocess.run(cmd, env=env, cwd=CACHE, capture_output=True, text=True)
@@ -112,15 +125,18 @@ def table(results: dict[str, dict], settings: dict) -> str:
         f"latent 4x{settings['img_size'] // 4}x{settings['img_size'] // 4}, {settings['threads']} threads, "
         f"{settings['sample_steps']} Euler steps, guidance {settings['cfg_scale']}",
         "",
-        "| library | DiT params | pipeline params | train step (ms) | vs seed | 50-step guided sampling (s) | speed-up vs seed |",
-        "|---|---|---|---|---|---|---|",
+        "| library | DiT params | pipeline params | train step (ms) | vs seed | sampling dtype "
+        "| 50-step guided sampling (s) | speed-up vs seed fp32 | vs seed in the same dtype |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         train_ratio = f"{r['train_ms'] / seed['train_ms']:.2f}x time" if seed else "-"
         sample_ratio = f"{seed['sample_s'] / r['sample_s']:.2f}x" if seed else "-"
+        peer = results.get("seed-bf16" if r["sampling_dtype"] == "bf16" else "seed")
+        same = f"{peer['sample_s'] / r['sample_s']:.2f}x" if peer and not name.startswith("seed") else "-"
         lines.append(
             f"| {WORKERS[name]} | {r['dit_params'] / 1e6:.2f} M | {r['params'] / 1e6:.2f} M | "
-            f"{r['train_ms']:.0f} | {train_ratio} | {r['sample_s']:.2f} | {sample_ratio} |"
+            f"{r['train_ms']:.0f} | {train_ratio} | {r['sampling_dtype']} | {r['sample_s']:.2f} | {sample_ratio} | {same} |"
         )
     return "\n".join(lines)
 
@@ -173,7 +189,7 @@ def measure(name: str, s: dict) -> dict:
     import cortexflow
     from cortexflow import BrainData
 
-    expected = SEED_VERSION if name == "seed" else None
+    expected = SEED_VERSION if name.startswith("seed") else None
     where = Path(cortexflow.__file__).resolve().parent
     if expected and cortexflow.__version__ != expected or (not expected and where != ROOT / "cortexflow"):
         raise SystemExit(f"worker {name} imported the wrong cortexflow: {cortexflow.__version__} from {where}")
@@ -201,17 +217,30 @@ def measure(name: str, s: dict) -> dict:
     model.eval()
     brain = BrainData(voxels=voxels)
     sample_times = []
+    mode = SAMPLING.get(name, "fp32")
+    sampling_kwargs = {} if name.startswith("seed") else {"precision": "auto" if mode == "auto" else "fp32"}
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "caller-autocast")
     for rep in range(1 + s["sample_repeats"]):
         start = time.perf_counter()
-        out = model.reconstruct(brain, num_steps=s["sample_steps"], cfg_scale=s["cfg_scale"]).output
+        with autocast:
+            out = model.reconstruct(brain, num_steps=s["sample_steps"], cfg_scale=s["cfg_scale"], **sampling_kwargs).output
         if rep:
             sample_times.append(time.perf_counter() - start)
     assert out.shape == (b, 3, s["img_size"], s["img_size"]), out.shape
+    if mode == "caller-autocast":
+        dtype = "bf16"
+    elif mode == "auto":
+        from cortexflow.models.flow import sampling_dtype
+
+        dtype = "bf16" if sampling_dtype("auto", "cpu") == torch.bfloat16 else "fp32"
+    else:
+        dtype = "fp32"
     return {
         "train_ms": 1000 * statistics.median(times),
         "sample_s": statistics.median(sample_times),
         "params": params,
         "dit_params": dit_params,
+        "sampling_dtype": dtype,
         "version": cortexflow.__version__,
     }
 
@@ -221,7 +250,7 @@ def _build(name: str, s: dict):
     from cortexflow import BrainData, build_brain2img
 
     kwargs = dict(n_voxels=s["n_voxels"], img_size=s["img_size"], hidden_dim=s["hidden"], depth=s["depth"], num_heads=s["heads"])
-    if name == "seed":
+    if name.startswith("seed"):
         model = build_brain2img(**kwargs)
 
         def seed_loss(m, latents, voxels):
@@ -237,7 +266,7 @@ def _build(name: str, s: dict):
 
         return model, seed_loss
 
-    if name == "cortexflow":
+    if name in ("cortexflow", "cortexflow-auto"):
         model = build_brain2img(**kwargs)
     else:  # cortexflow-wide: the seed's SwiGLU width
         from dataclasses import replace
