@@ -65,15 +65,16 @@ PRECISIONS = ("auto", "fp32", "bf16")
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def _one_of(value: str, choices: tuple[str, ...], what: str) -> str:
+    name = str(value).lower()
+    if name not in choices:
+        raise CortexflowInputError(f"unknown {what} {value!r}", fix=f"use one of {', '.join(map(repr, choices))}")
+    return name
+
+
 def check_solver(solver: str) -> str:
     """Return ``solver`` lower-cased if it is one of :data:`SOLVERS`, else raise."""
-    name = str(solver).lower()
-    if name not in SOLVERS:
-        raise CortexflowInputError(
-            f"unknown ODE solver {solver!r}",
-            fix=f"use one of {', '.join(repr(s) for s in SOLVERS)}",
-        )
-    return name
+    return _one_of(solver, SOLVERS, "ODE solver")
 
 
 @dataclass
@@ -110,13 +111,7 @@ class FlowConfig:
 
 def check_precision(precision: str) -> str:
     """Return ``precision`` lower-cased if it is one of :data:`PRECISIONS`, else raise."""
-    name = str(precision).lower()
-    if name not in PRECISIONS:
-        raise CortexflowInputError(
-            f"unknown sampling precision {precision!r}",
-            fix=f"use one of {', '.join(repr(p) for p in PRECISIONS)}",
-        )
-    return name
+    return _one_of(precision, PRECISIONS, "sampling precision")
 
 
 def _cpu_has_native_bf16() -> bool:
