@@ -11,6 +11,7 @@ import tomllib
 from importlib.metadata import entry_points
 from pathlib import Path
 
+import pytest
 import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -88,3 +89,17 @@ def test_console_script_is_declared_and_installed():
     from cortexflow.cli import main
 
     assert script.load() is main
+
+
+def test_every_public_name_resolves_to_the_object_of_its_module():
+    import importlib
+
+    import cortexflow
+
+    for name in cortexflow.__all__:
+        if name == "__version__":
+            continue
+        module = importlib.import_module(cortexflow._PUBLIC[name])
+        assert getattr(cortexflow, name) is getattr(module, name), name
+    with pytest.raises(AttributeError, match="no attribute 'NotAName'"):
+        cortexflow.NotAName  # noqa: B018
