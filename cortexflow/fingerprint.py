@@ -33,7 +33,7 @@ STAGE_SOURCES: dict[str, tuple[str, ...]] = {
                        "training/stages.py", "data/bids.py"),
     "train_decoder": ("models/", "training/", "evaluation/ridge.py"),
     "fit_baseline": ("evaluation/ridge.py", "evaluation/features.py"),
-    "sample": ("models/", "training/", "evaluation/ridge.py"),
+    "sample": ("models/", "training/", "evaluation/ridge.py", "evaluation/noise_ceiling.py"),
     "evaluate": ("evaluation/evaluate.py", "evaluation/metrics.py", "evaluation/bootstrap.py",
                  "evaluation/features.py"),
     "summarize": ("evaluation/summary.py", "evaluation/figures.py"),

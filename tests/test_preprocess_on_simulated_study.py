@@ -129,3 +129,73 @@ def test_dataset_split_holds_no_training_stimulus_in_test(pipeline):
     # simulated single-trial SNR ~1, three repeats: NSD's ceiling would be ~75 %
     voxels = pd.read_parquet(pipeline["dataset"] / "voxels.parquet")
     assert 25 < voxels["noise_ceiling"].median() < 95
+
+
+def _images(bids, ids):
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.open(bids / "stimuli" / "images" / f"{s}.png"), np.float32) / 255 for s in ids])
+
+
+def test_noise_free_responses_are_the_ground_truth_of_the_datasets_voxels(pipeline):
+    from cortexflow.evaluation.noise_ceiling import noise_free_responses
+    from cortexflow.preprocess.dataset import load_dataset
+
+    data = load_dataset(pipeline["dataset"])
+    ids, clean = noise_free_responses(pipeline["bids"] / "derivatives/ground_truth/sub-01", "image", data.voxels)
+    truth, amp = pipeline["truth_voxels"], pipeline["responses"]
+    tuned = truth.iloc[amp["image_voxels"]].reset_index(drop=True)
+    # one voxel picked by its grid position carries exactly its row of the ground truth
+    row = data.voxels.merge(tuned.reset_index(), on=["i", "j", "k"], suffixes=("", "_truth")).iloc[0]
+    column = data.voxels.index[(data.voxels[["i", "j", "k"]] == row[["i", "j", "k"]].to_numpy()).all(axis=1)][0]
+    np.testing.assert_array_equal(clean[:, column], amp["image"][int(row["index"])])
+    assert list(ids) == list(amp["image_ids"])
+    # and the columns line up with the measured test betas: noise-free and measured responses agree per voxel
+    rows = [list(ids).index(s) for s in data.test["stimulus_id"]]
+    tuned_cols = clean.std(axis=0) > 0
+    assert tuned_cols.sum() > 50
+    measured, expected = data.X_test[:, tuned_cols], clean[rows][:, tuned_cols]
+    r = [np.corrcoef(measured[:, v], expected[:, v])[0, 1] for v in range(measured.shape[1])]
+    assert np.nanmedian(r) > 0.3
+
+
+def test_noise_ceiling_decoder_beats_the_same_ridge_on_noisy_betas(pipeline):
+    from cortexflow.evaluation.noise_ceiling import predict_without_noise
+    from cortexflow.evaluation.ridge import RidgeDecoder
+    from cortexflow.preprocess.dataset import load_dataset
+
+    data = load_dataset(pipeline["dataset"])
+    trial_ids = data.train["stimulus_id"].to_numpy(str)
+    train_ids, test_ids = np.unique(trial_ids), data.test["stimulus_id"].to_numpy(str)
+    baseline = RidgeDecoder(n_folds=4).fit(data.X_train, _images(pipeline["bids"], trial_ids), groups=trial_ids)
+    train_images = _images(pipeline["bids"], train_ids)
+    clean = predict_without_noise(pipeline["bids"] / "derivatives/ground_truth/sub-01", "image", data.voxels, train_ids,
+                                  train_images, test_ids, baseline)
+    noisy = baseline.predict(data.X_test)
+    # scored on what the image adds to the mean training image (the mean alone has pixel correlation ~.3 here)
+    mean = train_images.mean(axis=0).ravel()
+    truth = _images(pipeline["bids"], test_ids).reshape(len(test_ids), -1) - mean
+
+    def scores(pred):
+        r = np.corrcoef(pred.reshape(len(pred), -1) - mean, truth)[: len(pred), len(pred):]
+        two_way = np.mean([(r[i, i] > np.delete(r[i], i)).mean() for i in range(len(r))])
+        return np.diag(r).mean(), two_way
+
+    (r_clean, id_clean), (r_noisy, id_noisy) = scores(clean), scores(noisy)
+    # measured on this study (seed 0): r .42 vs .35, two-way id .95 vs .88
+    assert r_clean > r_noisy + 0.03 and id_clean >= id_noisy and id_clean > 0.8
+
+
+def test_noise_ceiling_refuses_a_ground_truth_on_another_grid(pipeline, tmp_path):
+    from cortexflow.evaluation.noise_ceiling import noise_free_responses
+    from cortexflow.preprocess.dataset import load_dataset
+
+    voxels = load_dataset(pipeline["dataset"]).voxels.copy()
+    truth = pipeline["bids"] / "derivatives/ground_truth/sub-01"
+    shifted = voxels.assign(x=voxels["x"] + 4.0)
+    with pytest.raises(CortexflowInputError, match="sub-01_voxels.tsv: .*4.0 mm apart"):
+        noise_free_responses(truth, "image", shifted)
+    with pytest.raises(CortexflowInputError, match="ground-truth folder not found"):
+        noise_free_responses(tmp_path / "nothing", "image", voxels)
+    with pytest.raises(CortexflowInputError, match="no noise-free responses for modality 'audio'"):
+        noise_free_responses(truth, "audio", voxels)

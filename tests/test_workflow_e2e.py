@@ -43,7 +43,8 @@ def test_summary_has_every_subject_modality_method_and_metric(tiny_run):
     assert set(summary["modality"]) == set(METRICS)
     for modality, metrics in METRICS.items():
         rows = summary[summary["modality"] == modality]
-        for method in (DECODER[modality], "ridge", "chance"):
+        # the simulated study also has its noise ceiling (ridge on the noise-free responses)
+        for method in (DECODER[modality], "ridge", "chance", "noise_ceiling"):
             found = set(rows.loc[rows["method"] == method, "metric"])
             assert metrics <= found, (modality, method, metrics - found)
     finite = summary.dropna(subset=["value", "ci_low", "ci_high"])

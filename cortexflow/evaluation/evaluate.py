@@ -17,6 +17,8 @@ Reference rows beside the methods:
 - ``ridge``: the linear baseline (``ridge.py``), decoded as the decoder is.
 - ``ceiling``: whatever the sample stage stored under that name (the VAE's
   reconstruction of the true stimulus: the best a latent decoder could score).
+- ``noise_ceiling`` (simulated study): ridge on the simulator's noise-free
+  responses (``noise_ceiling.py``).
 """
 
 from __future__ import annotations

@@ -129,6 +129,8 @@ def build_markdown(study: str, summary: pd.DataFrame, comparisons: pd.DataFrame,
         f"- `chance`: the decoder's outputs scored against other items' truths ({config.chance_permutations} "
         "random derangements); two-way identification is ≈ 0.5 here.",
         "- `ceiling`: the autoencoder's reconstruction of the true stimulus, the best a latent decoder can reach.",
+        "- `noise_ceiling` (simulated study only): the ridge decoder fitted and applied on the simulator's "
+        "noise-free responses of the same voxels, what linear decoding would reach without measurement noise.",
         "",
         "A comparison is marked significant when its paired interval excludes 0.",
         "",

@@ -495,8 +495,14 @@ def _train_text_decoder(X: np.ndarray, stim_ids: np.ndarray, p: DecoderParams, s
 
 def sample_stage(*, dataset: str, modality: str, decoder: str, out: str, params: dict, seed: int = 0,
                  threads: int = 1, device: str = "cpu", latents: str | None = None, vae: str | None = None,
-                 ridge: str | None = None, stimuli: str | None = None) -> None:
-    """Reconstruct every held-out stimulus with the decoder and with ridge; store the truth and the ceiling."""
+                 ridge: str | None = None, stimuli: str | None = None, ground_truth: str | None = None) -> None:
+    """Reconstruct every held-out stimulus with the decoder and with ridge; store the truth and the ceiling.
+
+    With ``ground_truth`` (a simulated subject's ``derivatives/ground_truth/sub-XX``
+    folder) and ``ridge``, also the noise ceiling: the same ridge decoder fitted and
+    applied on the simulator's noise-free responses (``noise_ceiling.py``).
+    """
+    from cortexflow.evaluation.noise_ceiling import predict_without_noise
     from cortexflow.evaluation.ridge import load_ridge, load_sentences
     from cortexflow.models.io import load_model
     from cortexflow.models.types import BrainData
@@ -523,6 +529,16 @@ def sample_stage(*, dataset: str, modality: str, decoder: str, out: str, params:
         arrays["decoder"] = np.asarray(result.metadata["texts"], dtype=str)
         if baseline is not None:
             arrays["ridge"] = np.asarray(baseline.predict_texts(X), dtype=str)
+            if ground_truth is not None:
+                from cortexflow.evaluation.features import char_ngram_features
+
+                train_ids = _training_stimuli(data)
+                if not sentences:
+                    raise CortexflowInputError("the text noise ceiling needs the sentences",
+                                               fix="pass --stimuli with the study's stimuli.tsv")
+                targets = char_ngram_features([sentences[s] for s in train_ids], baseline.text_features)
+                arrays["noise_ceiling"] = np.asarray(predict_without_noise(ground_truth, modality, data.voxels,
+                                                                           train_ids, targets, ids, baseline), dtype=str)
     else:
         lat = load_latents(latents)
         rows = lat.rows(ids, latents)
@@ -534,6 +550,11 @@ def sample_stage(*, dataset: str, modality: str, decoder: str, out: str, params:
             arrays["ridge"] = _decode_to_stimulus(model, z_ridge, lat, modality)
             if model.config.prior_conditioning:
                 prior = torch.from_numpy(z_ridge)
+            if ground_truth is not None:
+                train_ids = _training_stimuli(data)
+                z_clean = predict_without_noise(ground_truth, modality, data.voxels, train_ids,
+                                                lat.latents[lat.rows(train_ids, latents)], ids, baseline)
+                arrays["noise_ceiling"] = _decode_to_stimulus(model, z_clean.astype(np.float32), lat, modality)
         brain = BrainData(voxels=brain_x, prior=prior)
         k = max(1, p.n_samples)
         result = model.reconstruct(brain, num_steps=p.num_steps, cfg_scale=p.cfg_scale, solver=p.solver,
@@ -546,6 +567,11 @@ def sample_stage(*, dataset: str, modality: str, decoder: str, out: str, params:
     _io.save_npz(out, **arrays)
     log.info("sample %s: %d test stimuli, methods %s; wrote %s", modality, len(ids),
              sorted(k for k in arrays if k not in ("ids", "truth")), out)
+
+
+def _training_stimuli(data) -> np.ndarray:
+    """The dataset's training stimuli (both folds, as the ridge baseline is fitted), each once."""
+    return np.unique(data.train["stimulus_id"].to_numpy(str))
 
 
 def _from_model_space(x: np.ndarray, lat: Latents, modality: str) -> np.ndarray:

@@ -288,6 +288,15 @@ def decoder_inputs(wildcards):
     return inputs
 
 
+def ground_truth_files(subject):
+    """What the simulator knows of one subject: its tuned voxels and their noise-free responses."""
+    folder = f"{BIDS_ROOT}/derivatives/ground_truth/sub-{subject}"
+    return {
+        "truth_voxels": f"{folder}/sub-{subject}_voxels.tsv",
+        "truth_responses": f"{folder}/sub-{subject}_responses.npz",
+    }
+
+
 def sample_inputs(wildcards):
     inputs = {
         "dataset": dataset_dir(wildcards.subject, wildcards.modality),
@@ -298,7 +307,15 @@ def sample_inputs(wildcards):
     }
     if wildcards.modality in LATENT_MODALITIES:
         inputs["vae"] = vae_file(wildcards.modality)
+    if SIMULATED:  # the noise ceiling: the ridge decoder on the simulator's noise-free responses
+        inputs.update(ground_truth_files(wildcards.subject))
     return inputs
+
+
+def ground_truth_arg(wildcards, input):
+    """`--ground-truth <subject's ground-truth folder>` for the simulated study."""
+    responses = input.get("truth_responses")
+    return optional_arg("--ground-truth", os.path.dirname(responses) if responses else None)
 
 
 def latent_args(wildcards, input):

@@ -114,7 +114,7 @@ rule train_decoder:
 
 
 rule sample:
-    """Every held-out trial -> reconstructions by the decoder and by ridge."""
+    """Every held-out trial -> reconstructions by the decoder and by ridge (and the noise ceiling when simulated)."""
     input:
         unpack(sample_inputs),
     output:
@@ -122,6 +122,7 @@ rule sample:
     params:
         section=sampling_params,
         latents=latent_args,
+        ground_truth=ground_truth_arg,
         seed=config["seed"],
         device=config["device"],
         code=stage_fingerprint("sample"),
@@ -135,6 +136,6 @@ rule sample:
         "../../environment.yml"
     shell:
         "cortexflow sample --dataset {input.dataset} --modality {wildcards.modality}"
-        " --decoder {input.decoder} --stimuli {input.stimuli} {params.latents} --out {output}"
+        " --decoder {input.decoder} --stimuli {input.stimuli} {params.latents} {params.ground_truth} --out {output}"
         " --params {params.section:q} --seed {params.seed} --threads {threads}"
         " --device {params.device} --log {log}"
