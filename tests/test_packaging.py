@@ -103,3 +103,27 @@ def test_every_public_name_resolves_to_the_object_of_its_module():
         assert getattr(cortexflow, name) is getattr(module, name), name
     with pytest.raises(AttributeError, match="no attribute 'NotAName'"):
         cortexflow.NotAName  # noqa: B018
+
+
+def test_every_third_party_import_of_the_package_is_declared():
+    """A module imported anywhere in cortexflow (lazily included) must come from a declared dependency."""
+    import ast
+    import sys
+    from importlib.metadata import packages_distributions
+
+    imported = set()
+    for source in (REPO / "cortexflow").rglob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {"cortexflow", "__future__"}
+    project = pyproject()["project"]
+    declared = {canonicalize_name(Requirement(line).name) for line in project["dependencies"]}
+    for extra in project["optional-dependencies"].values():
+        declared |= {canonicalize_name(Requirement(line).name) for line in extra}
+    distributions = packages_distributions()
+    for module in sorted(third_party):
+        names = {canonicalize_name(d) for d in distributions.get(module, [])}
+        assert names & declared, f"cortexflow imports {module!r} (from {sorted(names)}) but pyproject.toml does not declare it"
