@@ -1,0 +1,109 @@
+"""Decide the decoder's sampling settings on the validation fold, never on the test items.
+
+After `make run` (or any complete run), this takes one subject's dataset, turns
+its validation fold (held-out training trials, single trials of stimuli never
+in the fit fold) into the "test" part of a new dataset folder, and runs the
+workflow's own stages on it: ridge baseline and decoder fitted on the fit fold
+only, then sampling with each setting asked for, then the evaluation stage.
+It prints, per setting, the decoder's scores and its paired difference to ridge.
+
+    .venv/bin/python benchmarks/validate_design.py --results results/sim --subject 01 \\
+        --modality image --cfg-scales 1 2 3 [--decoder-params '{"steps": 2500}']
+
+Costs one decoder training (2-3 min on 2 cores for the default image DiT) plus
+a few seconds of sampling per setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cortexflow.config import load_config
+from cortexflow.evaluation.evaluate import evaluate_stage
+from cortexflow.evaluation.ridge import fit_baseline_stage
+from cortexflow.training.stages import sample_stage, train_decoder_stage
+
+
+def validation_dataset(dataset: Path, out: Path) -> Path:
+    """A dataset folder whose train part is the fit fold and whose test part is the val fold."""
+    train = pd.read_parquet(dataset / "train.parquet")
+    X = np.load(dataset / "X_train.npy")
+    fit, val = (train["fold"] == "train").to_numpy(), (train["fold"] == "val").to_numpy()
+    if not val.any():
+        raise SystemExit(f"{dataset}: no val fold in train.parquet (dataset.val_fraction is 0)")
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "X_train.npy", X[fit])
+    train[fit].reset_index(drop=True).to_parquet(out / "train.parquet")
+    # the val fold: one row per trial; a stimulus shown twice in it is averaged, as test repeats are
+    val_table = train[val].reset_index(drop=True)
+    ids = val_table["stimulus_id"].astype(str)
+    order = pd.unique(ids)
+    np.save(out / "X_test.npy", np.stack([X[val][(ids == s).to_numpy()].mean(axis=0) for s in order]))
+    pd.DataFrame({"stimulus_id": order, "n_repeats": ids.value_counts()[order].to_numpy()}).to_parquet(out / "test.parquet")
+    (out / "voxels.parquet").write_bytes((dataset / "voxels.parquet").read_bytes())
+    summary = json.loads((dataset / "dataset.json").read_text())
+    (out / "dataset.json").write_text(json.dumps({**summary, "validation_of": str(dataset)}))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", default="results/sim")
+    parser.add_argument("--config", default="config.yaml")
+    parser.add_argument("--subject", default="01")
+    parser.add_argument("--modality", default="image", choices=["image", "audio"])
+    parser.add_argument("--cfg-scales", type=float, nargs="+", default=[1.0, 2.0, 3.0])
+    parser.add_argument("--decoder-params", type=json.loads, default={},
+                        help='JSON overrides of the decoder section, e.g. \'{"steps": 2500}\'')
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default=None, help="work folder (default: <results>/validation/sub-<s>_<modality>)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    results, m = Path(args.results), args.modality
+    cfg = load_config(args.config)
+    bids = Path(cfg["data"]["bids_root"] or f"data/{cfg['study']}/bids")
+    work = Path(args.out or results / "validation" / f"sub-{args.subject}_{m}")
+    data = validation_dataset(results / "dataset" / f"sub-{args.subject}" / m, work / "dataset")
+    latents, vae, stimuli = results / "latents" / f"{m}.npz", results / "models" / f"vae_{m}.pt", bids / "stimuli" / "stimuli.tsv"
+
+    start = time.perf_counter()
+    ridge = work / "ridge.npz"
+    fit_baseline_stage(dataset=str(data), out=str(ridge), params=cfg["baseline"], latents=str(latents), seed=cfg["seed"])
+    decoder = work / "decoder.pt"
+    train_decoder_stage(dataset=str(data), modality=m, out=str(decoder), checkpoint_dir=str(work / "checkpoints"),
+                        params={m: {**cfg["decoder"][m], **args.decoder_params, "fit_on": "all"}}, seed=cfg["seed"], threads=args.threads,
+                        latents=str(latents), vae=str(vae), ridge=str(ridge))
+    print(f"ridge + decoder on the fit fold: {time.perf_counter() - start:.0f} s")
+
+    rows = []
+    for scale in args.cfg_scales:
+        tag = f"cfg{scale:g}"
+        recon, out = work / f"recon_{tag}.npz", work / tag
+        sampling = {m: {**cfg["sampling"][m], "cfg_scale": scale}}
+        sample_stage(dataset=str(data), modality=m, decoder=str(decoder), out=str(recon), params=sampling,
+                     seed=cfg["seed"], threads=args.threads, latents=str(latents), vae=str(vae), ridge=str(ridge))
+        evaluate_stage(recon=str(recon), out_summary=str(out / "summary.parquet"), out_items=str(out / "items.parquet"),
+                       out_comparisons=str(out / "comparisons.parquet"), subject=args.subject, modality=m,
+                       params=cfg["evaluation"], seed=cfg["seed"])
+        summary, comparisons = pd.read_parquet(out / "summary.parquet"), pd.read_parquet(out / "comparisons.parquet")
+        for row in comparisons[comparisons["method_b"] == "ridge"].itertuples():
+            value = summary[(summary["method"] == row.method_a) & (summary["metric"] == row.metric)]["value"].iloc[0]
+            rows.append({"cfg_scale": scale, "method": row.method_a, "metric": row.metric, "value": value,
+                         "minus_ridge": f"{row.diff:+.3f} [{row.ci_low:+.3f}, {row.ci_high:+.3f}]"})
+    table = pd.DataFrame(rows)
+    ridge_rows = summary[summary["method"] == "ridge"].set_index("metric")["value"]
+    print(f"\nsub-{args.subject} {m}, validation fold ({len(pd.read_parquet(data / 'test.parquet'))} items); "
+          f"ridge: {', '.join(f'{k} {v:.3f}' for k, v in ridge_rows.items())}\n")
+    print(table.sort_values(["metric", "method", "cfg_scale"]).to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()
