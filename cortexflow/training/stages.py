@@ -224,9 +224,11 @@ def pretrain_vae_stage(*, stimuli: str, modality: str, out: str, params: dict, s
                        device: str = "cpu") -> None:
     """Train the autoencoder of one continuous modality on its training stimuli."""
     from cortexflow.models.io import save_model
-    from cortexflow.training.trainer import Trainer, TrainingConfig, batch_indices
+    from cortexflow.training.trainer import Trainer, TrainingConfig, batch_indices, seed_everything
 
     _io.set_threads(threads)
+    # torch seeds each new process at random: seed before the model draws its initial weights
+    seed_everything(seed)
     if modality not in CONTINUOUS:
         raise CortexflowInputError(f"pretrain_vae is for image or audio, not {modality!r}")
     p = _modality_params(params, modality, VAEParams, "vae")
@@ -395,9 +397,10 @@ def train_decoder_stage(*, dataset: str, modality: str, out: str, checkpoint_dir
     from cortexflow.models.io import save_model
     from cortexflow.models.types import BrainData
     from cortexflow.preprocess.dataset import load_dataset
-    from cortexflow.training.trainer import Trainer, batch_indices
+    from cortexflow.training.trainer import Trainer, batch_indices, seed_everything
 
     _io.set_threads(threads)
+    seed_everything(seed)  # before any model is built: its initial weights come from torch's global generator
     p = _modality_params(params, modality, DecoderParams, "decoder")
     _device(device)  # fail early on a CUDA request without CUDA
     data = load_dataset(dataset)
