@@ -18,6 +18,7 @@ rule pretrain_vae:
         code=stage_fingerprint("pretrain_vae"),
     log:
         f"{LOGS}/pretrain_vae/{{modality}}.log",
+    priority: modality_priority
     threads: 4
     resources:
         mem_mb=8000,
@@ -45,6 +46,7 @@ rule encode_latents:
         code=stage_fingerprint("encode_latents"),
     log:
         f"{LOGS}/encode_latents/{{modality}}.log",
+    priority: modality_priority
     threads: 2
     resources:
         mem_mb=8000,
@@ -70,6 +72,7 @@ rule fit_baseline:
         code=stage_fingerprint("fit_baseline"),
     log:
         f"{LOGS}/fit_baseline/sub-{{subject}}_{{modality}}.log",
+    priority: modality_priority
     threads: 2
     resources:
         mem_mb=8000,
@@ -100,6 +103,7 @@ rule train_decoder:
         code=stage_fingerprint("train_decoder"),
     log:
         f"{LOGS}/train_decoder/sub-{{subject}}_{{modality}}.log",
+    priority: modality_priority
     threads: 4
     resources:
         mem_mb=8000,
@@ -128,6 +132,7 @@ rule sample:
         code=stage_fingerprint("sample"),
     log:
         f"{LOGS}/sample/sub-{{subject}}_{{modality}}.log",
+    priority: modality_priority
     threads: 4
     resources:
         mem_mb=8000,

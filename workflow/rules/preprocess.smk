@@ -15,6 +15,7 @@ rule glm_betas:
         code=stage_fingerprint("glm_betas"),
     log:
         f"{LOGS}/glm_betas/sub-{{subject}}_task-{{task}}_run-{{run}}.log",
+    priority: modality_priority
     threads: 1
     resources:
         mem_mb=4000,
@@ -41,6 +42,7 @@ rule extract_rois:
         code=stage_fingerprint("extract_rois"),
     log:
         f"{LOGS}/extract_rois/sub-{{subject}}_task-{{task}}.log",
+    priority: modality_priority
     threads: 1
     resources:
         mem_mb=8000,
@@ -65,6 +67,7 @@ rule make_dataset:
         code=stage_fingerprint("make_dataset"),
     log:
         f"{LOGS}/make_dataset/sub-{{subject}}_{{modality}}.log",
+    priority: modality_priority
     threads: 1
     resources:
         mem_mb=4000,
