@@ -18,8 +18,9 @@ from cortexflow.errors import CortexflowInputError
 
 SPACE = "MNI152NLin2009cAsym"
 # Small enough to be quick, large enough (40 single image trials) for per-voxel statistics.
+# Single-trial SNR 1 (above the default study's) so per-voxel checks on 40 trials have power.
 SMALL = {"subjects": 2, "image_train": 36, "image_test": 4, "sentence_train": 6, "sentence_test": 2, "test_repeats": 2,
-         "runs": {"image": 2, "audio": 2, "text": 2}}
+         "runs": {"image": 2, "audio": 2, "text": 2}, "beta_snr": 1.0}
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +116,7 @@ def test_voxels_prefer_what_the_ground_truth_says(study, modality, task, region)
     """A voxel's estimated response to its preferred stimuli exceeds its response to the others."""
     voxels, resp = _truth(study, "01")
     rows = resp[f"{modality}_voxels"]
-    keep = (voxels.loc[rows, "region"] == region).to_numpy()
+    keep = ((voxels.loc[rows, "region"] == region) & voxels.loc[rows, "tuned"]).to_numpy()
     betas, ids = _betas(study, "01", task, rows[keep], voxels)
     col = {s: i for i, s in enumerate(resp[f"{modality}_ids"])}
     truth = resp[modality][keep][:, [col[s] for s in ids]].T  # trials x voxels
@@ -134,20 +135,22 @@ def test_voxels_prefer_what_the_ground_truth_says(study, modality, task, region)
 def test_single_trial_snr_is_near_the_configured_level(study):
     voxels, resp = _truth(study, "01")
     rows = resp["image_voxels"]
-    early = (voxels.loc[rows, "region"] == "early_visual").to_numpy()
+    early = ((voxels.loc[rows, "region"] == "early_visual") & voxels.loc[rows, "tuned"]).to_numpy()
     betas, ids = _betas(study, "01", "images", rows[early], voxels)
     col = {s: i for i, s in enumerate(resp["image_ids"])}
     truth = resp["image"][early][:, [col[s] for s in ids]].T
     ratio = np.median(truth.std(0) / (betas - truth).std(0))
-    assert 0.6 < ratio < 1.5, ratio  # beta_snr 1 (nuisance regressed by lsa + motion + csf/wm)
+    # beta_snr 1 (nuisance regressed by lsa + motion); a canonical-HRF GLM on voxels whose HRFs
+    # vary loses part of the signal, so the measured ratio sits somewhat below the configured one
+    assert 0.5 < ratio < 1.3, ratio
 
 
 def test_subjects_differ_in_tuning_but_share_part_of_it(study):
     _, a = _truth(study, "01")
     _, b = _truth(study, "02")
     assert np.array_equal(a["image_voxels"], b["image_voxels"])  # same MNI voxels ...
-    r = [np.corrcoef(x, y)[0, 1] for x, y in zip(a["image"], b["image"])]
-    assert 0.1 < np.median(r) < 0.95  # ... different, related tuning
+    r = [np.corrcoef(x, y)[0, 1] for x, y in zip(a["image"], b["image"]) if x.std() > 0 and y.std() > 0]
+    assert 0.1 < np.median(r) < 0.95  # ... different, related tuning (voxels tuned in both subjects)
 
 
 def test_ground_truth_regions_match_the_configured_spheres(study):
