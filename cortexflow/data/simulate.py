@@ -9,19 +9,25 @@ what, so results can be compared with what is knowable.
 
 What a voxel's time series holds (in % of its baseline intensity):
 
-    y(t) = b * (1 + [ sum_trials amp(voxel, stimulus) * hrf_regressor(t)   task signal
+    y(t) = b * (1 + [ sum_trials amp(voxel, stimulus) * hrf_regressor(t)   task signal, the voxel's own HRF
                       + slow drift (cosines, period > 128 s)
                       + head-motion leakage (strongest at the brain's edge)
                       + physiological signal (shared, strongest in CSF)
-                      + AR(1) noise ] / 100)
+                      + noise: AR(1) in time; smooth in space (a Gaussian-smoothed
+                        field) plus a few global components plus independent noise ] / 100)
+
+A share ``untuned_fraction`` of every region's voxels is untuned (one evoked
+response to every stimulus); every voxel's HRF is a double gamma whose shape
+is drawn per subject and voxel, while the GLM assumes the canonical one.
 
 ``amp`` comes from the encoding model (cortexflow.data.encoding_model), scaled
 so that the *single-trial beta* signal-to-noise ratio is ``beta_snr`` on
 average: the time-series noise level is fixed (``noise_pct``), and each voxel's
 signal sd across stimuli is ``snr * noise_pct * k``, where ``k`` is the sd of a
 least-squares single-trial beta under that AR(1) noise for the task's design.
-With ``beta_snr = 1`` a single trial carries as much noise as signal, as in
-real data (NSD's single-trial ncsnr is mostly below 1; Allen et al., 2022).
+The default ``beta_snr = 0.6`` (tuned voxels) puts the test-repeat ncsnr of the
+ROI voxels at a median of about 0.4, within NSD's visual cortex range (0.2-0.6;
+Allen et al., 2022); ``beta_snr`` alone scales the study's difficulty.
 
 Test stimuli are shown ``test_repeats`` times in different runs, training
 stimuli once, as in NSD. Every subject sees the same stimuli in its own order,
@@ -81,7 +87,9 @@ class SimulationConfig:
     Sizes are chosen so the whole default workflow (training included) fits in
     about 15 minutes on 2 CPU cores while decoding stays hard: ~1,000 single
     training trials of images (the decoder needs about that many to beat ridge),
-    ~250 sentences heard and read, single-trial beta SNR 1.
+    ~250 sentences heard and read; noise as real studies have it (test-repeat
+    ncsnr of the ROIs in NSD's range, spatially correlated noise, untuned voxels,
+    HRFs that differ from the GLM's).
     """
 
     subjects: int = 2
@@ -829,9 +837,12 @@ Files
   region, network, roi (index in nilearn's Seitzman list), grid indices i j k, MNI x y z (mm),
   tuning (pRF position/size in image half-widths with y up, preferred orientation in degrees,
   orientation selectivity (von Mises kappa), preferred spatial frequency in cycles/image; preferred
-  category index into {categories}; best frequency, preferred modulation rate and scale), and
-  noise_sd_pct (AR(1) noise sd, % of baseline), signal_sd_pct (sd of the response across stimuli),
-  mean_response_pct, beta_snr (signal sd / expected single-trial beta noise sd, set on the design of the
+  category index into {categories}; best frequency, preferred modulation rate and scale), `tuned`
+  (False for the untuned share of each region: same response to every stimulus), the voxel's own
+  HRF (`hrf_peak_shape`, `hrf_undershoot_shape`, `hrf_undershoot_ratio` of SPM's double gamma; the
+  canonical is 6, 16, 1/6), and
+  noise_sd_pct (noise sd, % of baseline), signal_sd_pct (sd of the response across stimuli, 0 when
+  untuned), mean_response_pct, beta_snr (signal sd / expected single-trial beta noise sd, set on the design of the
   region's primary task: language voxels on reading; when they listen, scale by the ratio of the tasks'
   `beta_noise_factor`). Drift, motion and physiological noise come on top unless regressed out.
 - `sub-XX/sub-XX_responses.npz`: noise-free response amplitudes (% signal change at plateau) per
@@ -842,9 +853,12 @@ Files
 - `simulation.json`: the full configuration, seed, and the expected single-trial beta noise sd per
   unit time-series noise for each task's design (`beta_noise_factor`).
 
-Signal model (per voxel, in % of baseline): task signal (HRF-convolved trial amplitudes) + slow
-drift + head-motion leakage (motion parameters and their derivatives, 3x stronger on the brain's
-edge) + a shared physiological signal (strongest in CSF) + AR(1) noise (rho = {rho}).
+Signal model (per voxel, in % of baseline): task signal (trial amplitudes convolved with the voxel's
+own HRF) + slow drift + head-motion leakage (motion parameters and their derivatives, 3x stronger on
+the brain's edge) + a shared physiological signal (strongest in CSF) + noise, AR(1) in time
+(rho = {rho}) and correlated in space: {smooth:.0%} of its variance a Gaussian-smoothed field
+(FWHM {fwhm} mm), {shared:.0%} {rank} global components with smooth spatial loadings, the rest
+independent per voxel.
 """
 
 
@@ -1001,7 +1015,9 @@ def _write_study_truth(truth: Path, regions: pd.DataFrame, brain_index: np.ndarr
                                            "space": SPACE, "regions": regions["region"].value_counts().sort_index().to_dict()})
     _write_text(truth / "README.md", GROUND_TRUTH_README.format(
         space=SPACE, radius=cfg.roi_radius_mm, networks=dict(cfg.networks), early_y=cfg.early_visual_max_y,
-        categories=list(IMAGE_CATEGORIES), rho=cfg.ar_rho))
+        categories=list(IMAGE_CATEGORIES), rho=cfg.ar_rho, smooth=cfg.noise_smooth_fraction,
+        fwhm=cfg.noise_smooth_fwhm_mm, shared=cfg.noise_shared_fraction if cfg.noise_shared_rank else 0.0,
+        rank=cfg.noise_shared_rank))
     # the simulation's own files (arrays, settings, voxel tables) have no BIDS name
     _write_text(truth / ".bidsignore", "features.npz\nsimulation.json\nsub-*/sub-*_voxels.tsv\nsub-*/sub-*_responses.npz\n")
     _write_json(truth / "dataset_description.json", {
