@@ -25,7 +25,7 @@ so that the *single-trial beta* signal-to-noise ratio is ``beta_snr`` on
 average: the time-series noise level is fixed (``noise_pct``), and each voxel's
 signal sd across stimuli is ``snr * noise_pct * k``, where ``k`` is the sd of a
 least-squares single-trial beta under that AR(1) noise for the task's design.
-The default ``beta_snr = 0.6`` (tuned voxels) puts the test-repeat ncsnr of the
+The default ``beta_snr = 0.5`` (tuned voxels) puts the test-repeat ncsnr of the
 ROI voxels at a median of about 0.4, within NSD's visual cortex range (0.2-0.6;
 Allen et al., 2022); ``beta_snr`` alone scales the study's difficulty.
 
@@ -122,10 +122,10 @@ class SimulationConfig:
     lead_out: float = 14.0
     # responses and noise
     # Single-trial beta SNR of a tuned voxel (signal sd across stimuli / beta noise sd), the one
-    # key that scales the study's difficulty (a robustness sweep varies it). 0.6 puts the
+    # key that scales the study's difficulty (a robustness sweep varies it). 0.5 puts the
     # test-repeat ncsnr of the ROIs (tuned and untuned voxels) at a median of about 0.4, in
     # NSD's range for visual cortex (0.2-0.6; Allen et al., 2022); see the README.
-    beta_snr: float = 0.6
+    beta_snr: float = 0.5
     snr_spread: float = 0.4  # sd of log voxel SNR
     untuned_fraction: float = 0.4  # share of each region's voxels with no stimulus-specific response
     tuning_shared_fraction: float = 0.5
