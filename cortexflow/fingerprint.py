@@ -35,13 +35,14 @@ STAGE_SOURCES: dict[str, tuple[str, ...]] = {
                        "models/vae.py", "models/audio.py", "models/io.py", "models/latents.py"),
     "train_decoder": ("stages/decoder.py", "stages/vae.py", "stages/params.py", "data/stimulus_arrays.py",
                       "models/", "training/"),
-    "fit_baseline": ("stages/baseline.py", "data/stimulus_arrays.py", "models/ridge.py", "models/latents.py",
-                     "evaluation/features.py"),
+    "fit_baseline": ("stages/baseline.py", "data/stimulus_arrays.py", "models/ridge.py", "models/baselines.py",
+                     "models/latents.py", "evaluation/features.py"),
     "sample": ("stages/sample.py", "stages/params.py", "data/stimulus_arrays.py", "models/",
-               "evaluation/noise_ceiling.py", "evaluation/features.py"),
+               "evaluation/noise_free_linear.py", "evaluation/features.py"),
     "evaluate": ("stages/evaluate.py", "evaluation/evaluate.py", "evaluation/metrics.py", "evaluation/bootstrap.py",
                  "evaluation/features.py"),
-    "summarize": ("stages/evaluate.py", "evaluation/summary.py", "evaluation/figures.py"),
+    "summarize": ("stages/evaluate.py", "evaluation/summary.py", "evaluation/figures.py", "evaluation/evaluate.py",
+                  "evaluation/bootstrap.py", "preprocess/dataset.py"),
 }
 
 

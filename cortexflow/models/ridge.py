@@ -49,14 +49,15 @@ class RidgeConfig:
     alphas: tuple[float, ...] = DEFAULT_ALPHAS
     cv_folds: int = 5
     text_features: CharNgramConfig = field(default_factory=CharNgramConfig)
+    nn_k: int = 8  # the nn_mean<k> retrieval baseline (models/baselines.py)
 
     @classmethod
     def from_params(cls, params: dict | None) -> "RidgeConfig":
         params = dict(params or {})
-        unknown = sorted(set(params) - {"alphas", "cv_folds", "text_features"})
+        unknown = sorted(set(params) - {"alphas", "cv_folds", "text_features", "nn_k"})
         if unknown:
             raise CortexflowInputError(f"unknown baseline parameters {unknown}",
-                                       fix="use only alphas, cv_folds and text_features in the baseline section")
+                                       fix="use only alphas, cv_folds, text_features and nn_k in the baseline section")
         alphas = tuple(float(a) for a in params.get("alphas", DEFAULT_ALPHAS))
         if not alphas or min(alphas) <= 0:
             raise CortexflowInputError(f"baseline.alphas must be positive numbers, got {alphas}",
@@ -65,7 +66,10 @@ class RidgeConfig:
         folds = int(params.get("cv_folds", 5))
         if folds < 2:
             raise CortexflowInputError(f"baseline.cv_folds must be at least 2, got {folds}")
-        return cls(alphas=alphas, cv_folds=folds, text_features=text_cfg)
+        nn_k = int(params.get("nn_k", 8))
+        if nn_k < 2:
+            raise CortexflowInputError(f"baseline.nn_k must be at least 2 (nn is the k = 1 case), got {nn_k}")
+        return cls(alphas=alphas, cv_folds=folds, text_features=text_cfg, nn_k=nn_k)
 
 
 # ------------------------------------------------------------------ the solver
