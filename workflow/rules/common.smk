@@ -6,6 +6,7 @@ import os
 
 from cortexflow.errors import CortexflowInputError
 from cortexflow.fingerprint import stage_fingerprint
+from cortexflow.stages.params import training_seeds
 
 STUDY = config["study"]
 RESULTS = f"results/{STUDY}"
@@ -27,6 +28,7 @@ wildcard_constraints:
     task="[A-Za-z0-9]+",
     run="[A-Za-z0-9]+",
     modality="image|audio|text",
+    train_seed="[0-9]+",
 
 
 def run_label(run, session=None):
@@ -159,8 +161,20 @@ def vae_params(wildcards):
 
 
 def decoder_params(wildcards):
-    """Model and training settings of the modality's decoder."""
-    return modality_section("decoder", wildcards.modality)
+    """Model and training settings of the modality's decoder (without `seeds`: how many runs the
+    workflow trains is not a setting of one run, so changing it retrains none of the others)."""
+    entry = {k: v for k, v in (config["decoder"][wildcards.modality] or {}).items() if k != "seeds"}
+    return json.dumps({wildcards.modality: entry}, sort_keys=True)
+
+
+def seeds_of(modality):
+    """Training-seed indices 0..n-1 of the modality's decoder (config decoder.<modality>.seeds)."""
+    return list(range(training_seeds(config["decoder"], modality)))
+
+
+def train_seed(wildcards):
+    """The integer seed of training run `train_seed`: config.seed + its index."""
+    return int(config["seed"]) + int(wildcards.train_seed)
 
 
 def sampling_params(wildcards):
@@ -177,9 +191,9 @@ def checkpoint_dir(wildcards):
     import hashlib
 
     key = hashlib.sha256(
-        f"{decoder_params(wildcards)}|{config['seed']}|{stage_fingerprint('train_decoder')}".encode()
+        f"{decoder_params(wildcards)}|{train_seed(wildcards)}|{stage_fingerprint('train_decoder')}".encode()
     ).hexdigest()[:12]
-    return f"{RESULTS}/checkpoints/sub-{wildcards.subject}_{wildcards.modality}/{key}"
+    return f"{RESULTS}/checkpoints/sub-{wildcards.subject}_{wildcards.modality}_seed{wildcards.train_seed}/{key}"
 
 
 def folder_of_description(wildcards, output):
@@ -270,12 +284,21 @@ def ridge_file(subject, modality):
     return f"{RESULTS}/models/sub-{subject}_{modality}_ridge.npz"
 
 
-def decoder_file(subject, modality):
-    return f"{RESULTS}/models/sub-{subject}_{modality}_decoder.pt"
+def baselines_file(subject, modality):
+    return f"{RESULTS}/models/sub-{subject}_{modality}_baselines.npz"
 
 
-def recon_file(subject, modality):
-    return f"{RESULTS}/recon/sub-{subject}_{modality}.npz"
+def decoder_file(subject, modality, seed):
+    return f"{RESULTS}/models/sub-{subject}_{modality}_decoder_seed{seed}.pt"
+
+
+def recon_file(subject, modality, seed):
+    return f"{RESULTS}/recon/sub-{subject}_{modality}_seed{seed}.npz"
+
+
+def recon_files(wildcards):
+    """Every training seed's recon file of one subject and modality, in seed order."""
+    return [recon_file(wildcards.subject, wildcards.modality, k) for k in seeds_of(wildcards.modality)]
 
 
 def latent_inputs(modality):
@@ -316,14 +339,15 @@ def ground_truth_files(subject):
 def sample_inputs(wildcards):
     inputs = {
         "dataset": dataset_dir(wildcards.subject, wildcards.modality),
-        "decoder": decoder_file(wildcards.subject, wildcards.modality),
+        "decoder": decoder_file(wildcards.subject, wildcards.modality, wildcards.train_seed),
         "ridge": ridge_file(wildcards.subject, wildcards.modality),
+        "baselines": baselines_file(wildcards.subject, wildcards.modality),
         "stimuli": STIMULI_TSV,
         **latent_inputs(wildcards.modality),
     }
     if wildcards.modality in LATENT_MODALITIES:
         inputs["vae"] = vae_file(wildcards.modality)
-    if SIMULATED:  # the noise ceiling: the ridge decoder on the simulator's noise-free responses
+    if SIMULATED:  # noise_free_linear: the ridge decoder on the simulator's noise-free responses
         inputs.update(ground_truth_files(wildcards.subject))
     return inputs
 
@@ -335,9 +359,9 @@ def ground_truth_arg(wildcards, input):
 
 
 def latent_args(wildcards, input):
-    """The optional --latents/--vae/--ridge arguments of the model stages."""
+    """The optional --latents/--vae/--ridge/--baselines arguments of the model stages."""
     return " ".join(
-        optional_arg(f"--{key}", input.get(key)) for key in ("latents", "vae", "ridge") if input.get(key)
+        optional_arg(f"--{key}", input.get(key)) for key in ("latents", "vae", "ridge", "baselines") if input.get(key)
     )
 
 
@@ -346,7 +370,11 @@ def summary_inputs(wildcards):
     return {
         "summaries": [f"{RESULTS}/metrics/sub-{s}_{m}_summary.parquet" for s, m in pairs],
         "comparisons": [f"{RESULTS}/metrics/sub-{s}_{m}_comparisons.parquet" for s, m in pairs],
-        "recons": [recon_file(s, m) for s, m in pairs],
+        "item_scores": [f"{RESULTS}/metrics/sub-{s}_{m}_items.parquet" for s, m in pairs],
+        # the figures show the first training seed's reconstructions
+        "recons": [recon_file(s, m, 0) for s, m in pairs],
+        "datasets": [dataset_dir(s, m) for s, m in pairs],
+        "stimuli": STIMULI_TSV,
     }
 
 
@@ -361,6 +389,8 @@ def final_outputs():
         f"{RESULTS}/comparisons.parquet",
         f"{RESULTS}/summary.md",
         f"{RESULTS}/figures/metrics.png",
+        f"{RESULTS}/summary_by_category.parquet",
+        f"{RESULTS}/figures/by_category.png",
         *recon_figures(),
     ]
 

@@ -3,9 +3,10 @@
 
 
 rule evaluate:
-    """One subject and modality: every metric for every method, with chance and ceiling."""
+    """One subject and modality: every metric for every method (the decoder over its training seeds),
+    with chance and ceiling."""
     input:
-        recon=f"{RESULTS}/recon/sub-{{subject}}_{{modality}}.npz",
+        recon=recon_files,
     output:
         summary=f"{RESULTS}/metrics/sub-{{subject}}_{{modality}}_summary.parquet",
         per_item=f"{RESULTS}/metrics/sub-{{subject}}_{{modality}}_items.parquet",
@@ -41,10 +42,17 @@ rule summarize:
             caption="../report/metrics.rst",
             category="Metrics",
         ),
+        by_category=f"{RESULTS}/summary_by_category.parquet",
+        category_figure=report(
+            f"{RESULTS}/figures/by_category.png",
+            caption="../report/by_category.rst",
+            category="Metrics",
+        ),
         recon_figures=report_figures(recon_figures()),
     params:
         figures=folder_of_metrics_figure,
         section=evaluation_params,
+        seed=config["seed"],
         code=stage_fingerprint("summarize"),
     log:
         f"{LOGS}/summarize.log",
@@ -56,6 +64,7 @@ rule summarize:
         "../../environment.yml"
     shell:
         "cortexflow summarize --summaries {input.summaries} --comparisons {input.comparisons}"
-        " --recons {input.recons} --out-summary {output.summary} --out-comparisons {output.comparisons}"
-        " --out-markdown {output.markdown} --out-figures {params.figures}"
-        " --params {params.section:q} --log {log}"
+        " --recons {input.recons} --items {input.item_scores} --datasets {input.datasets} --stimuli {input.stimuli}"
+        " --out-summary {output.summary} --out-comparisons {output.comparisons}"
+        " --out-by-category {output.by_category} --out-markdown {output.markdown} --out-figures {params.figures}"
+        " --params {params.section:q} --seed {params.seed} --log {log}"

@@ -61,11 +61,13 @@ rule encode_latents:
 
 rule fit_baseline:
     """Ridge regression from voxels to the decoder's targets: the linear anchor, with its out-of-fold
-    predictions of the training trials (the prior train_decoder conditions on)."""
+    predictions of the training trials (the prior train_decoder conditions on); and the other
+    baselines (per-target ridge, ridge to pixels, nearest-neighbour retrieval, n-gram LM)."""
     input:
         unpack(baseline_inputs),
     output:
-        f"{RESULTS}/models/sub-{{subject}}_{{modality}}_ridge.npz",
+        ridge=f"{RESULTS}/models/sub-{{subject}}_{{modality}}_ridge.npz",
+        baselines=f"{RESULTS}/models/sub-{{subject}}_{{modality}}_baselines.npz",
     params:
         section=baseline_params,
         latents=latent_args,
@@ -82,7 +84,8 @@ rule fit_baseline:
         "../../environment.yml"
     shell:
         "cortexflow fit-baseline --dataset {input.dataset} --stimuli {input.stimuli} {params.latents}"
-        " --out {output} --params {params.section:q} --seed {params.seed} --log {log}"
+        " --out {output.ridge} --out-baselines {output.baselines} --params {params.section:q}"
+        " --seed {params.seed} --log {log}"
 
 
 rule train_decoder:
@@ -94,16 +97,16 @@ rule train_decoder:
     input:
         unpack(decoder_inputs),
     output:
-        f"{RESULTS}/models/sub-{{subject}}_{{modality}}_decoder.pt",
+        f"{RESULTS}/models/sub-{{subject}}_{{modality}}_decoder_seed{{train_seed}}.pt",
     params:
         section=decoder_params,
         latents=latent_args,
         checkpoints=checkpoint_dir,
-        seed=config["seed"],
+        seed=train_seed,
         device=config["device"],
         code=stage_fingerprint("train_decoder"),
     log:
-        f"{LOGS}/train_decoder/sub-{{subject}}_{{modality}}.log",
+        f"{LOGS}/train_decoder/sub-{{subject}}_{{modality}}_seed{{train_seed}}.log",
     priority: modality_priority
     threads: 4
     resources:
@@ -119,20 +122,21 @@ rule train_decoder:
 
 
 rule sample:
-    """Every held-out trial -> reconstructions by the decoder and by ridge (and the noise ceiling when simulated)."""
+    """Every held-out trial -> reconstructions by one training seed's decoder and by every baseline
+    (and noise_free_linear when simulated)."""
     input:
         unpack(sample_inputs),
     output:
-        f"{RESULTS}/recon/sub-{{subject}}_{{modality}}.npz",
+        f"{RESULTS}/recon/sub-{{subject}}_{{modality}}_seed{{train_seed}}.npz",
     params:
         section=sampling_params,
         latents=latent_args,
         ground_truth=ground_truth_arg,
-        seed=config["seed"],
+        seed=train_seed,
         device=config["device"],
         code=stage_fingerprint("sample"),
     log:
-        f"{LOGS}/sample/sub-{{subject}}_{{modality}}.log",
+        f"{LOGS}/sample/sub-{{subject}}_{{modality}}_seed{{train_seed}}.log",
     priority: modality_priority
     threads: 4
     resources:
