@@ -27,6 +27,7 @@ import cortexflow
 from cortexflow.config import default_config, load_config, validate_config
 from cortexflow.errors import CortexflowInputError
 from cortexflow.fingerprint import STAGE_SOURCES, source_fingerprint, stage_fingerprint
+from cortexflow.stages.params import training_seeds
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = "tests/configs/tiny.yaml"
@@ -151,8 +152,12 @@ def test_tiny_dag_has_every_rule_once_per_unit(finished, tiny):
     assert jobs["simulate_study"] == 1
     assert jobs["extract_rois"] == n_subjects * len(modalities)
     assert jobs["pretrain_vae"] == jobs["encode_latents"] == len(continuous)
-    for rule in ("fit_baseline", "train_decoder", "sample", "evaluate"):
+    for rule in ("fit_baseline", "evaluate"):
         assert jobs[rule] == n_subjects * len(modalities), rule
+    # one decoder (and one recon file) per training seed: decoder.<modality>.seeds
+    runs = sum(training_seeds(tiny["decoder"], m) for m in modalities)
+    assert training_seeds(tiny["decoder"], "image") == 2
+    assert jobs["train_decoder"] == jobs["sample"] == n_subjects * runs
     assert jobs["summarize"] == jobs["all"] == 1
     assert jobs["glm_betas"] >= jobs["extract_rois"]
 
@@ -162,10 +167,11 @@ def test_decoder_param_change_reruns_decoder_and_downstream_only(finished, tiny)
     image["cfg_scale_changed_by_test"] = 1.5
     changed = overlay(finished, "decoder_change.yaml", {"decoder": {"image": image}})
     jobs = dry_run(finished, TINY, changed)
-    n_subjects = jobs["train_decoder"]
+    n_seeds = training_seeds(tiny["decoder"], "image")
+    n_subjects = jobs["train_decoder"] // n_seeds
     assert set(jobs) == {"train_decoder", "sample", "evaluate", "summarize", "all"}, jobs
-    # only the image decoders: one per subject, and their samples and metrics
-    assert jobs["sample"] == jobs["evaluate"] == n_subjects
+    # only the image decoders: one per subject and training seed, their samples, one evaluation per subject
+    assert jobs["sample"] == jobs["train_decoder"] == n_subjects * n_seeds and jobs["evaluate"] == n_subjects
     assert "glm_betas" not in jobs and "pretrain_vae" not in jobs and "fit_baseline" not in jobs
 
 
@@ -173,7 +179,7 @@ def test_sampling_change_reruns_sampling_not_training(finished, tiny):
     image = {**tiny["sampling"]["image"], "num_steps": tiny["sampling"]["image"]["num_steps"] + 3}
     jobs = dry_run(finished, TINY, overlay(finished, "sampling_change.yaml", {"sampling": {"image": image}}))
     assert set(jobs) == {"sample", "evaluate", "summarize", "all"}, jobs
-    assert jobs["sample"] == jobs["evaluate"] >= 1
+    assert jobs["sample"] == jobs["evaluate"] * training_seeds(tiny["decoder"], "image") >= 1
 
 
 def test_glm_param_change_reruns_from_glm_but_not_the_simulation(finished, tiny):
@@ -207,7 +213,7 @@ def test_editing_the_dit_source_reruns_decoders_and_downstream_only(finished):
         else:
             dit.write_bytes(original)
     assert set(jobs) == {"train_decoder", "sample", "evaluate", "summarize", "all"}, jobs
-    assert jobs["train_decoder"] == jobs["sample"] == jobs["evaluate"]  # every subject × modality
+    assert jobs["train_decoder"] == jobs["sample"] > jobs["evaluate"]  # every subject × modality × training seed
     assert dry_run(finished, TINY) == {}  # restoring the file restores the fingerprint
 
 

@@ -144,7 +144,7 @@ def slurm_run(tmp_path_factory):
     _write_standins(bin_dir)
     log.mkdir()
 
-    decoder = next(p for p in outputs if p.endswith("_image_decoder.pt"))
+    decoder = next(p for p in outputs if p.endswith("_image_decoder_seed0.pt"))
     subject = decoder.split("/")[-1].split("_")[0]
     betas = next(p for p in outputs if "_task-text_" in p and p.endswith("_betas.nii.gz"))
     metrics = next(p for p in outputs if p.endswith(f"{subject}_audio_summary.parquet"))
