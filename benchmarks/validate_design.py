@@ -5,8 +5,11 @@ its validation fold (held-out training trials, single trials of stimuli never
 in the fit fold) into the "test" part of a new dataset folder, and runs the
 workflow's own stages on it: ridge baseline and decoder (with any decoder
 overrides) fitted on the fit fold only, then sampling at each guidance scale,
-then the evaluation stage. It prints, per guidance scale, the decoder's scores
-and its paired difference to ridge.
+then the evaluation stage. It prints every baseline's scores on the validation
+fold (ridge, ridge_pt, ridge_pixels, nn, nn_mean<k>: fit_baseline's), the
+strongest baseline per metric there (the validation-fold choice of "best
+baseline"), and, per guidance scale, the decoder's scores with its paired
+difference to every baseline.
 
     .venv/bin/python benchmarks/validate_design.py --results results/sim --subject 01 \\
         --modality image --cfg-scales 1 2 3 [--decoder-params '{"steps": 2500}']
@@ -29,7 +32,8 @@ import pandas as pd
 
 from cortexflow import _io
 from cortexflow.config import load_config
-from cortexflow.evaluation.evaluate import evaluate_stage
+from cortexflow.evaluation.evaluate import evaluate_stage, is_baseline_method, is_decoder_method, method_order
+from cortexflow.evaluation.summary import best_baselines
 from cortexflow.stages.baseline import fit_baseline_stage
 from cortexflow.stages.decoder import train_decoder_stage
 from cortexflow.stages.sample import sample_stage
@@ -77,8 +81,9 @@ def main() -> None:
     latents, vae = results / "latents" / f"{m}.npz", results / "models" / f"vae_{m}.pt"
 
     start = time.perf_counter()
-    ridge = work / "ridge.npz"
-    fit_baseline_stage(dataset=str(data), out=str(ridge), params=cfg["baseline"], latents=str(latents), seed=cfg["seed"])
+    ridge, baselines = work / "ridge.npz", work / "baselines.npz"
+    fit_baseline_stage(dataset=str(data), out=str(ridge), params=cfg["baseline"], latents=str(latents), seed=cfg["seed"],
+                       out_baselines=str(baselines))
     decoder = work / "decoder.pt"
     train_decoder_stage(dataset=str(data), modality=m, out=str(decoder), checkpoint_dir=str(work / "checkpoints"),
                         params={m: {**cfg["decoder"][m], **args.decoder_params, "fit_on": "all"}}, seed=cfg["seed"], threads=args.threads,
@@ -91,20 +96,33 @@ def main() -> None:
         recon, out = work / f"recon_{tag}.npz", work / tag
         sampling = {m: {**cfg["sampling"][m], "cfg_scale": scale}}
         sample_stage(dataset=str(data), modality=m, decoder=str(decoder), out=str(recon), params=sampling,
-                     seed=cfg["seed"], threads=args.threads, latents=str(latents), vae=str(vae), ridge=str(ridge))
-        evaluate_stage(recon=str(recon), out_summary=str(out / "summary.parquet"), out_items=str(out / "items.parquet"),
+                     seed=cfg["seed"], threads=args.threads, latents=str(latents), vae=str(vae), ridge=str(ridge),
+                     baselines=str(baselines))
+        evaluate_stage(recon=[str(recon)], out_summary=str(out / "summary.parquet"), out_items=str(out / "items.parquet"),
                        out_comparisons=str(out / "comparisons.parquet"), subject=args.subject, modality=m,
                        params=cfg["evaluation"], seed=cfg["seed"])
         summary, comparisons = pd.read_parquet(out / "summary.parquet"), pd.read_parquet(out / "comparisons.parquet")
-        for row in comparisons[comparisons["method_b"] == "ridge"].itertuples():
+        decoders = comparisons[comparisons["method_a"].map(is_decoder_method)
+                               & comparisons["method_b"].map(is_baseline_method)]
+        for row in decoders.itertuples():
             value = summary[(summary["method"] == row.method_a) & (summary["metric"] == row.metric)]["value"].iloc[0]
             rows.append({"cfg_scale": scale, "method": row.method_a, "metric": row.metric, "value": value,
-                         "minus_ridge": f"{row.diff:+.3f} [{row.ci_low:+.3f}, {row.ci_high:+.3f}]"})
+                         "baseline": row.method_b,
+                         "minus_baseline": f"{row.diff:+.3f} [{row.ci_low:+.3f}, {row.ci_high:+.3f}]"})
     table = pd.DataFrame(rows)
-    ridge_rows = summary[summary["method"] == "ridge"].set_index("metric")["value"]
-    print(f"\nsub-{args.subject} {m}, validation fold ({len(pd.read_parquet(data / 'test.parquet'))} items); "
-          f"ridge: {', '.join(f'{k} {v:.3f}' for k, v in ridge_rows.items())}\n")
-    print(table.sort_values(["metric", "method", "cfg_scale"]).to_string(index=False))
+    n_items = len(pd.read_parquet(data / "test.parquet"))
+    base = summary[summary["method"].map(is_baseline_method)].pivot(index="metric", columns="method", values="value")
+    print(f"\nsub-{args.subject} {m}, validation fold ({n_items} items): every baseline\n")
+    print(base[method_order(base.columns)].to_string(float_format=lambda v: f"{v:.3f}"))
+    best = best_baselines(summary.assign(subject=args.subject))
+    print("\nstrongest baseline per metric on the validation fold: "
+          + ", ".join(f"{r.metric} {r.baseline}" for r in best.itertuples()) + "\n")
+    strongest = table.merge(best[["metric", "baseline"]], on=["metric", "baseline"])
+    print("decoder against the validation fold's strongest baseline:\n")
+    print(strongest.sort_values(["metric", "method", "cfg_scale"]).to_string(index=False))
+    out_table = work / "validation_comparisons.csv"
+    table.to_csv(out_table, index=False)
+    print(f"\ndecoder against every baseline: {out_table}")
 
 
 if __name__ == "__main__":
