@@ -265,7 +265,7 @@ def category_markdown(table: pd.DataFrame) -> list[str]:
 
 
 def ncsnr_table(datasets: list[str]) -> pd.DataFrame:
-    """Per dataset (subject, modality) and ROI region: ncsnr median and IQR of the test repeats, and NSD's
+    """Per dataset (subject, modality) and ROI group (network): ncsnr median and IQR of the test repeats, and NSD's
     noise ceiling NC = 100 ncsnr² / (ncsnr² + 1/n) at the median ncsnr (n: the mean number of test repeats).
 
     Read from make_dataset's ``voxels.parquet`` (every voxel, selected or not) and ``test.parquet``.
@@ -285,9 +285,12 @@ def ncsnr_table(datasets: list[str]) -> pd.DataFrame:
                                        fix="rerun the make_dataset stage")
         n_rep = test["n_repeats"].to_numpy(float)
         subject, modality = folder.parent.name.removeprefix("sub-"), folder.name
-        group_col = "region" if "region" in voxels.columns else None
-        groups = voxels.groupby(group_col, sort=True) if group_col else [("all", voxels)]
-        for region, block in [("all", voxels), *groups]:
+        # ROI groups: the networks of the ROI definition (rois.networks), all voxels besides when there are several
+        group_col = "network" if "network" in voxels.columns else "region" if "region" in voxels.columns else None
+        groups = list(voxels.groupby(group_col, sort=True)) if group_col else []
+        if len(groups) != 1:
+            groups = [("all", voxels), *groups]
+        for region, block in groups:
             values = block["ncsnr"].to_numpy(float)
             values = values[np.isfinite(values)]
             if not len(values):
@@ -310,7 +313,7 @@ def ncsnr_markdown(table: pd.DataFrame) -> list[str]:
             "ROI's voxels, and NSD's noise ceiling NC = 100·ncsnr²/(ncsnr² + 1/n) at the median ncsnr, with n the "
             "mean number of repeats averaged per test item: the share of a voxel's test-response variance that "
             "the stimulus can explain.", ""] + \
-        _markdown_table(["subject", "modality", "region", "voxels", "ncsnr median [IQR]", "NC (%)", "repeats"],
+        _markdown_table(["subject", "modality", "ROI group", "voxels", "ncsnr median [IQR]", "NC (%)", "repeats"],
                         rows) + [""]
 
 
@@ -333,7 +336,7 @@ def load_categories(stimuli: str | Path) -> dict[str, str]:
 
 def summarize_stage(*, summaries: list[str], comparisons: list[str], recons: list[str], out_summary: str,
                     out_comparisons: str, out_markdown: str, out_figures: str, params: dict,
-                    items: list[str] | None = None, stimuli: str | None = None, datasets: list[str] | None = None,
+                    items: list[str] = (), stimuli: str | None = None, datasets: list[str] = (),
                     out_by_category: str | None = None, seed: int = 0) -> None:
     """Concatenate the per-subject results; write summary tables, summary.md and figures.
 
