@@ -400,6 +400,12 @@ def load_run(run_files: RunFiles, stimulus_ids: Iterable[str] | None = None) -> 
     return LoadedRun(files=f, bold=bold, mask=mask, events=events, confounds=confounds, tr=tr)
 
 
+def read_events(path: str | Path, run_seconds: float = np.inf, stimulus_ids: Iterable[str] | None = None) -> pd.DataFrame:
+    """One events file, read and validated (``check_events``); ``run_seconds`` inf skips the run-length check."""
+    path = require_file(path, "events file", "put the run's events.tsv in the raw BIDS folder, named like the run")
+    return check_events(_read_tsv(path, "events file"), path, run_seconds, stimulus_ids)
+
+
 def check_events(events: pd.DataFrame, path: Path, run_seconds: float,
                  stimulus_ids: Iterable[str] | None = None) -> pd.DataFrame:
     """Validate an events table (sorted by onset on return)."""

@@ -255,6 +255,9 @@ def labels_regions(cfg: ROIConfig, modality: str, shape: Sequence[int], affine: 
     except FileNotFoundError:
         raise CortexflowInputError("labels table does not exist", path=table_path,
                                    fix="give a TSV with columns index and name") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise CortexflowInputError(f"cannot read the labels table as TSV ({e})", path=table_path,
+                                   fix="write it as a TSV with columns index, name") from None
     if not {"index", "name"} <= set(table.columns):
         raise CortexflowInputError(f"labels table needs columns index and name, has {list(table.columns)}",
                                    path=table_path, fix="write the table as a TSV with columns index, name")
@@ -352,8 +355,15 @@ def extract_rois_stage(
                                    fix="pass one trials table per betas image, in the same order")
     runs = []
     for b_path, t_path in zip(betas, trials):
-        table = pd.read_parquet(t_path)
-        img = nib.load(b_path)
+        rerun = "rerun glm_betas for this run (delete the file first)"
+        table = _io.read_parquet(t_path, "trials table", rerun)
+        if not Path(b_path).is_file():
+            raise CortexflowInputError("the betas image does not exist", path=b_path, fix="run glm_betas for this run first")
+        try:
+            img = nib.load(b_path)
+        except Exception as e:  # nibabel raises several types for broken headers
+            raise CortexflowInputError(f"cannot read the betas image ({type(e).__name__}: {e})", path=b_path,
+                                       fix=rerun) from None
         n_vol = img.shape[3] if len(img.shape) == 4 else 1
         if n_vol != len(table):
             raise CortexflowInputError(f"{n_vol} beta volumes but {len(table)} rows in {t_path}", path=b_path,
@@ -375,7 +385,7 @@ def extract_rois_stage(
                                    path=runs[0][2], fix="give events.tsv a modality column (image, audio or text)")
     modality = str(modalities[0])
 
-    volumes = [np.asarray(r[3].dataobj, dtype=np.float32).reshape(shape + (-1,)) for r in runs]
+    volumes = [np.asarray(_io.image_data(r[3], r[1], "betas image"), dtype=np.float32).reshape(shape + (-1,)) for r in runs]
     brain = np.logical_and.reduce([np.any(v != 0, axis=3) for v in volumes])
     regions = build_regions(cfg, modality, shape, affine)
     voxels = select_voxels(regions, brain, cfg)
