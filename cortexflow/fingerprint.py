@@ -24,7 +24,7 @@ from pathlib import Path
 STAGE_SOURCES: dict[str, tuple[str, ...]] = {
     "simulate_study": ("data/simulate.py", "data/stimuli.py", "data/speech.py", "data/sentences.py",
                        "data/encoding_model.py", "data/hrf.py"),
-    "glm_betas": ("preprocess/glm.py", "preprocess/hrf.py", "data/bids.py"),
+    "glm_betas": ("preprocess/glm.py", "preprocess/glmsingle.py", "preprocess/hrf.py", "data/bids.py"),
     "extract_rois": ("preprocess/rois.py",),
     "make_dataset": ("preprocess/dataset.py", "data/bids.py"),
     "pretrain_vae": ("models/vae.py", "models/audio.py", "models/io.py", "models/layers.py",
