@@ -82,14 +82,14 @@ def read_parquet(path: str | Path, what: str = "table", fix: str | None = None):
         raise _damaged(path, what, e, fix) from None
 
 
-def image_data(img: Any, path: str | Path, what: str, dtype: Any = None) -> np.ndarray:
+def image_data(img: Any, path: str | Path, what: str, dtype: Any = None, fix: str | None = None) -> np.ndarray:
     """The voxel array of a nibabel image; a truncated file (whose header reads but whose
     data do not) becomes an input error naming it. ``dtype``: float type for ``get_fdata``."""
     try:
         return img.get_fdata(dtype=dtype) if dtype is not None else np.asanyarray(img.dataobj)
     except _DAMAGED as e:
-        raise _damaged(path, what, e, "re-export or re-copy the file (a .nii.gz that was cut short, e.g. "
-                                      "by an interrupted transfer, has a readable header but not all its data)") from None
+        raise _damaged(path, what, e, fix or "re-export or re-copy the file (a .nii.gz that was cut short, e.g. "
+                                             "by an interrupted transfer, has a readable header but not all its data)") from None
 
 
 def _write_error(path: Path, e: OSError) -> CortexflowInputError | None:

@@ -323,6 +323,9 @@ def _read_tsv(path: Path, what: str) -> pd.DataFrame:
                 f"line {i} of the {what} has {lines[i - 1].count(chr(9)) + 1} fields but the header has {width + 1}{cut}",
                 path=path, fix="give every row a value for every column (n/a when missing); if the file was cut off, "
                                "restore it from its source")
+        if len(lines) > 1 and not text.endswith(("\n", "\r")):
+            log.warning("%s does not end with a newline: if it was cut off mid-line, its last row (line %d) is "
+                        "incomplete", path, len(lines))
     try:
         return pd.read_csv(io.StringIO(text), sep="\t", na_values=["n/a"], keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:

@@ -385,7 +385,7 @@ def extract_rois_stage(
                                    path=runs[0][2], fix="give events.tsv a modality column (image, audio or text)")
     modality = str(modalities[0])
 
-    volumes = [np.asarray(_io.image_data(r[3], r[1], "betas image"), dtype=np.float32).reshape(shape + (-1,)) for r in runs]
+    volumes = [np.asarray(_io.image_data(r[3], r[1], "betas image", fix="rerun glm_betas for this run (delete the file first)"), dtype=np.float32).reshape(shape + (-1,)) for r in runs]
     brain = np.logical_and.reduce([np.any(v != 0, axis=3) for v in volumes])
     regions = build_regions(cfg, modality, shape, affine)
     voxels = select_voxels(regions, brain, cfg)
