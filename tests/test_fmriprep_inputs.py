@@ -151,3 +151,15 @@ def test_glmsingle_with_other_trials_is_refused(study, tmp_path):
     with pytest.raises(CortexflowInputError, match="no betasmd"):
         _run(study, tmp_path, run="02", params={}, glmsingle=str(path), glmsingle_events=all_events)
     assert not (tmp_path / "b.nii.gz").exists()
+
+
+def test_a_strategy_with_confounds_elsewhere_is_refused(study, tmp_path):
+    """nilearn reads the confounds beside the BOLD run: a --confounds elsewhere would be ignored silently."""
+    files = _files(study["bids"], "01")
+    moved = tmp_path / "my_confounds.tsv"
+    shutil.copy(files["confounds"], moved)
+    paths = {"out_betas": str(tmp_path / "b.nii.gz"), "out_trials": str(tmp_path / "t.parquet")}
+    with pytest.raises(CortexflowInputError, match=r"my_confounds.tsv: glm.confounds_strategy reads the confounds through "
+                                                   r"nilearn.*found .*run-01_desc-confounds_timeseries.tsv"):
+        glm_betas_stage(**{**files, "confounds": str(moved)}, **paths, params={"confounds_strategy": ["motion"]})
+    assert not (tmp_path / "b.nii.gz").exists()

@@ -422,7 +422,19 @@ def strategy_confounds(bold: str | Path, cfg: GLMConfig, confounds_path: str | P
     the ``<run>_desc-confounds_timeseries.tsv`` beside it), so errors name that file.
     """
     from nilearn.interfaces.fmriprep import load_confounds
+    from nilearn.interfaces.fmriprep.load_confounds_utils import get_confounds_file
 
+    try:
+        found = Path(get_confounds_file(str(bold), flag_full_aroma=False, flag_tedana=False))
+    except (ValueError, FileNotFoundError) as e:
+        found = None
+        reason = f"{type(e).__name__}: {e}"
+    if found is None or found.resolve() != Path(confounds_path).resolve():
+        raise CortexflowInputError(
+            "glm.confounds_strategy reads the confounds through nilearn, which looks for them beside the BOLD run "
+            + (f"under fMRIPrep's name and found {found}" if found is not None else f"and did not find them ({reason})"),
+            path=confounds_path, fix="keep fMRIPrep's <run>_desc-confounds_timeseries.tsv beside the BOLD run and pass "
+                                     "that file, or list the columns in glm.confounds instead of a strategy")
     try:
         table, sample_mask = load_confounds(str(bold), strategy=cfg.confounds_strategy, **dict(cfg.confounds_options))
     except (ValueError, KeyError, TypeError, FileNotFoundError) as e:  # missing columns, bad options, misnamed files
