@@ -286,7 +286,7 @@ def test_ema_default_is_the_seeds_constant_decay_and_warmup_is_opt_in():
 
 
 def test_the_workflow_keeps_its_ema_warmup_explicitly():
-    from cortexflow.training.stages import DecoderParams, _training_config
+    from cortexflow.stages.decoder import DecoderParams, _training_config
 
     assert _training_config(DecoderParams(), 0, "cpu").ema_warmup is True
 
