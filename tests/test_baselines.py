@@ -103,3 +103,20 @@ def test_fit_baseline_stage_writes_every_baseline(tmp_path):
     assert r2(pixels.reshape(len(X_test), -1), (Y_test @ mix)) > 0.8
     with pytest.raises(CortexflowInputError, match="not found"):
         load_baselines(tmp_path / "missing.npz")
+
+
+def test_lm_guided_by_an_embedding_writes_the_sentence_it_points_at():
+    from cortexflow.evaluation.features import CharNgramConfig, char_ngram_features
+    from cortexflow.evaluation.metrics import character_error_rate
+    from cortexflow.models.baselines import conditioned_decode
+
+    training = ["the young child ate the bread", "a old man ate the cheese", "the child saw the young dog",
+                "a dog ate the cheese", "the man saw a child", "the old dog saw the bread"]
+    held_out = "the young child ate the cheese"  # never seen whole, made of seen pieces
+    lm = CharNgramLM(order=3, add_k=0.1).fit(training)
+    features = CharNgramConfig()
+    target = char_ngram_features([held_out], features)[0]
+    assert conditioned_decode(lm, target, features, weight=0.0) == lm.most_probable(beam=8)
+    guided = conditioned_decode(lm, target, features, weight=30.0)
+    unguided_cer = character_error_rate([lm.most_probable()], [held_out])[0]
+    assert character_error_rate([guided], [held_out])[0] < unguided_cer - 0.15  # measured: .33 against .53

@@ -29,7 +29,7 @@ DECODER = {"image": "dit", "audio": "dit", "text": "decoder"}
 # every baseline of issue 12 item 3, and the simulated study's noise-free linear decoder
 BASELINES = {"image": {"ridge", "ridge_pt", "ridge_pixels", "nn", "nn_mean8"},
              "audio": {"ridge", "ridge_pt", "nn", "nn_mean8"},
-             "text": {"retrieval", "ngram_lm"}}
+             "text": {"retrieval", "ngram_lm", "ngram_lm_ridge"}}
 
 
 @pytest.fixture(scope="module")

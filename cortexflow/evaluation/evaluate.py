@@ -22,8 +22,8 @@ Reference rows beside the methods:
   the metric gives on this test set when the reconstruction carries no
   information about its own stimulus. Two-way identification comes out ~0.5.
 - baselines (``BASELINES``): ``ridge`` (``ridge.py``), ``ridge_pt``,
-  ``ridge_pixels``, ``nn``, ``nn_mean<k>``; text ``retrieval`` and
-  ``ngram_lm`` (``models/baselines.py``), decoded as the decoder is.
+  ``ridge_pixels``, ``nn``, ``nn_mean<k>``; text ``retrieval``, ``ngram_lm``
+  and ``ngram_lm_ridge`` (``models/baselines.py``), decoded as the decoder is.
 - ``ceiling``: whatever the sample stage stored under that name (the VAE's
   reconstruction of the true stimulus: the best a latent decoder could score).
 - ``noise_free_linear`` (simulated study): ridge on the simulator's noise-free
@@ -61,7 +61,7 @@ METRICS = {
 }
 LOWER_IS_BETTER = frozenset({"cer", "wer", "lsd"})
 # the baselines a decoder is compared against, in the order they are shown (nn_mean<k> after nn)
-BASELINES = ("ridge", "ridge_pt", "ridge_pixels", "nn", "retrieval", "ngram_lm")
+BASELINES = ("ridge", "ridge_pt", "ridge_pixels", "nn", "retrieval", "ngram_lm", "ngram_lm_ridge")
 REFERENCE_METHODS = ("chance", "ceiling", "noise_free_linear")
 SUMMARY_COLUMNS = ["subject", "modality", "method", "metric", "value", "ci_low", "ci_high", "n"]
 COMPARISON_COLUMNS = ["subject", "modality", "metric", "method_a", "method_b", "diff", "ci_low", "ci_high", "n"]

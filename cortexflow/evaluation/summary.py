@@ -142,7 +142,9 @@ def build_markdown(study: str, summary: pd.DataFrame, comparisons: pd.DataFrame,
         "predicted latent; `nn_mean<k>`: the mean of the VAE reconstructions of the k best;",
         "  `retrieval` (text): the training sentence nearest to the ridge-predicted character n-gram embedding;",
         "  `ngram_lm` (text): the most probable sentence of a character n-gram LM of the training sentences, "
-        "the same for every item (no brain data: what language statistics alone score).",
+        "the same for every item (no brain data: what language statistics alone score); `ngram_lm_ridge` (text): "
+        "that LM's beam search guided towards the ridge-predicted n-gram embedding (weight by CV on training "
+        "trials), which can write sentences never seen in training.",
         f"- `chance`: the decoder's outputs scored against other items' truths ({config.chance_permutations} "
         "random derangements); two-way identification is ≈ 0.5 here.",
         "- `ceiling`: the autoencoder's reconstruction of the true stimulus, the best a latent decoder can reach.",

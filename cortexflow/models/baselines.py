@@ -24,6 +24,13 @@ their hyper-parameters chosen by the same grouped cross-validation (folds by
   log-likelihood) decoding its most probable sentence per character, with no
   brain data: the same sentence for every item. It shows how much of a text
   decoder's CER is language statistics alone.
+- text ``ngram_lm_ridge``: the same LM guided by the brain: beam search for the
+  sentence maximising LM log-probability per symbol plus a weight times the
+  cosine between its character n-gram embedding and the ridge prediction of
+  it (``conditioned_decode``); the weight is chosen by CER on training trials
+  decoded from the ridge's out-of-fold predictions with LMs fitted on the other
+  folds (``choose_lm_weight``). Unlike ``retrieval`` it can write sentences
+  never seen in training.
 """
 
 from __future__ import annotations
@@ -222,6 +229,85 @@ class CharNgramLM:
         return best
 
 
+def conditioned_decode(lm: CharNgramLM, target: np.ndarray, features, weight: float, beam: int = 8,
+                       prune: int = 48, max_len: int | None = None) -> str:
+    """The sentence maximising LM log-probability per symbol + ``weight`` x cosine(char n-gram embedding,
+    ``target``), by beam search: the n-gram LM guided by a brain prediction of the sentence's embedding.
+
+    Each step expands every beam by every symbol, keeps the ``prune`` best by the LM alone, and of those
+    the ``beam`` best by the combined score (the embedding of a prefix is compared with the target).
+    ``weight`` 0 is the LM's own most probable sentence.
+    """
+    from cortexflow.evaluation.features import char_ngram_features
+
+    target = np.asarray(target, dtype=np.float64).ravel()
+    target = target / max(float(np.linalg.norm(target)), 1e-12)
+    max_len = int(max_len or max(lm.lengths))
+
+    def similarity(texts):
+        return char_ngram_features(texts, features) @ target if weight else np.zeros(len(texts))
+
+    beams = [("", 0.0)]
+    best, best_score = "", -math.inf
+    for _ in range(max_len):
+        expanded, finished = [], []
+        for text, score in beams:
+            for c, lp in lm._logprob_next_ctx(lm._context_of(text)).items():
+                if c == EOS:
+                    if text:
+                        finished.append((text, (score + lp) / (len(text) + 1)))
+                else:
+                    expanded.append((text + c, score + lp))
+        if finished:
+            sims = similarity([t for t, _ in finished])
+            for (text, lm_score), sim in zip(finished, sims):
+                if lm_score + weight * sim > best_score:
+                    best, best_score = text, lm_score + weight * sim
+        expanded.sort(key=lambda t: -t[1] / len(t[0]))
+        expanded = expanded[:prune]
+        if not expanded:
+            break
+        sims = similarity([t for t, _ in expanded])
+        combined = [score / len(text) + weight * sim for (text, score), sim in zip(expanded, sims)]
+        order = sorted(range(len(combined)), key=lambda i: -combined[i])[:beam]  # stable: ties as most_probable
+        beams = [expanded[i] for i in order]
+    return best
+
+
+def choose_lm_weight(sentences: dict[str, str], stimulus_ids: np.ndarray, predictions: np.ndarray,
+                     folds: np.ndarray, order: int, add_k: float, features, weights=(0.0, 2.0, 8.0, 32.0),
+                     max_items: int = 24, seed: int = 0) -> tuple[float, dict[float, float]]:
+    """The guidance weight of ``conditioned_decode`` with the lowest CER on training trials.
+
+    ``predictions`` are the ridge's out-of-fold embeddings of the training trials (``folds``: its grouped
+    CV folds); each trial is decoded with an LM fitted on the other folds' sentences, so neither the
+    ridge nor the LM has seen its sentence. Up to ``max_items`` trials (one per stimulus) keep it cheap.
+    """
+    from cortexflow.evaluation.metrics import character_error_rate
+
+    first = {}
+    for row, sid in enumerate(stimulus_ids):
+        first.setdefault(sid, row)
+    rows = np.asarray(sorted(first.values()))
+    rows = np.sort(np.random.default_rng(seed).permutation(rows)[:max_items])
+    lms = {}
+    cer = {}
+    for w in weights:
+        hyps, refs = [], []
+        for r in rows:
+            f = folds[r]
+            if f not in lms:
+                lms[f] = CharNgramLM(order, add_k).fit(sorted({sentences[s] for s, g in zip(stimulus_ids, folds)
+                                                               if g != f}))
+            hyps.append(conditioned_decode(lms[f], predictions[r], features, w))
+            refs.append(sentences[stimulus_ids[r]])
+        cer[w] = float(np.mean(character_error_rate(hyps, refs)))
+    best = min(weights, key=lambda w: (cer[w], w))
+    log.info("n-gram LM guided by the ridge embedding: weight %.3g (CV CER %s on %d training trials)", best,
+             ", ".join(f"{w:g}: {c:.3f}" for w, c in cer.items()), len(rows))
+    return best, cer
+
+
 def fit_ngram_lm(sentences: list[str], orders=(2, 3, 4, 5), add_ks=(0.01, 0.1, 1.0), n_folds: int = 5,
                  seed: int = 0) -> tuple[CharNgramLM, dict]:
     """The n-gram LM whose (order, add_k) gives the best held-out log-likelihood per symbol over
@@ -265,6 +351,7 @@ class FittedBaselines:
     ngram_lm: str | None = None
     lm_order: int | None = None
     lm_add_k: float | None = None
+    lm_weight: float | None = None  # ngram_lm_ridge's guidance weight (choose_lm_weight)
 
     def save(self, path) -> "object":
         from cortexflow import _io
@@ -278,7 +365,7 @@ class FittedBaselines:
                                f"{name}_target_shape": np.asarray(m.target_shape, np.int64)})
         if self.ngram_lm is not None:
             arrays.update(ngram_lm=np.asarray(self.ngram_lm, dtype=str), lm_order=np.int64(self.lm_order),
-                          lm_add_k=np.float64(self.lm_add_k))
+                          lm_add_k=np.float64(self.lm_add_k), lm_weight=np.float64(self.lm_weight or 0.0))
         return _io.save_npz(path, **arrays)
 
 
@@ -300,5 +387,6 @@ def load_baselines(path) -> FittedBaselines:
                                        tuple(int(d) for d in f[f"{name}_target_shape"]))
         text = {}
         if "ngram_lm" in f.files:
-            text = dict(ngram_lm=str(f["ngram_lm"]), lm_order=int(f["lm_order"]), lm_add_k=float(f["lm_add_k"]))
+            text = dict(ngram_lm=str(f["ngram_lm"]), lm_order=int(f["lm_order"]), lm_add_k=float(f["lm_add_k"]),
+                        lm_weight=float(f["lm_weight"]) if "lm_weight" in f.files else 0.0)
         return FittedBaselines(f["training_ids"].astype(str), int(f["nn_k"]), **maps, **text)

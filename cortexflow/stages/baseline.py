@@ -80,6 +80,7 @@ def fit_baseline_stage(*, dataset: str, out: str, params: dict, latents: str | N
                  config.text_features.ngram_range, config.text_features.n_features)
         decoder.fit(X, Y, groups=stimulus_ids)
         # no decoder takes a text prior: the out-of-fold embeddings (trials x n_features) are not kept
+        text_oof = decoder.oof_predictions_
         decoder.oof_predictions_ = decoder.training_ids_ = None
         unique_ids = np.unique(stimulus_ids)
         decoder.candidate_ids = unique_ids
@@ -91,12 +92,14 @@ def fit_baseline_stage(*, dataset: str, out: str, params: dict, latents: str | N
     decoder.save(out)
     log.info("wrote %s in %.1f s", out, time.perf_counter() - start)
     if out_baselines is not None:
-        _fit_other_baselines(X, stimulus_ids, config, seed, out_baselines, latents=latents, stimuli=stimuli)
+        _fit_other_baselines(X, stimulus_ids, config, seed, out_baselines, latents=latents, stimuli=stimuli,
+                             text_oof=text_oof if latents is None else None)
 
 
 def _fit_other_baselines(X: np.ndarray, stimulus_ids: np.ndarray, config: RidgeConfig, seed: int, out: str, *,
-                         latents: str | None, stimuli: str | None) -> None:
-    from cortexflow.models.baselines import FittedBaselines, fit_ngram_lm, fit_ridge_per_target
+                         latents: str | None, stimuli: str | None, text_oof: np.ndarray | None = None) -> None:
+    from cortexflow.models.baselines import FittedBaselines, choose_lm_weight, fit_ngram_lm, fit_ridge_per_target
+    from cortexflow.models.ridge import grouped_folds
     from cortexflow.models.latents import load_latents
 
     start = time.perf_counter()
@@ -118,5 +121,9 @@ def _fit_other_baselines(X: np.ndarray, stimulus_ids: np.ndarray, config: RidgeC
         lm, info = fit_ngram_lm([sentences[s] for s in unique_ids], n_folds=config.cv_folds, seed=seed)
         fitted.ngram_lm, fitted.lm_order, fitted.lm_add_k = lm.most_probable(), info["order"], info["add_k"]
         log.info("n-gram LM's most probable sentence: %r", fitted.ngram_lm)
+        if text_oof is not None:  # the ridge's own grouped folds: its out-of-fold predictions never saw the trial
+            folds = grouped_folds(len(stimulus_ids), config.cv_folds, stimulus_ids, seed)
+            fitted.lm_weight, _ = choose_lm_weight(sentences, stimulus_ids, text_oof, folds, info["order"],
+                                                   info["add_k"], config.text_features, seed=seed)
     fitted.save(out)
     log.info("wrote %s in %.1f s", out, time.perf_counter() - start)

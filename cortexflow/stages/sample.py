@@ -69,6 +69,8 @@ def sample_stage(*, dataset: str, modality: str, decoder: str, out: str, params:
         if baseline is not None:
             # ridge to the n-gram embedding, decoded as the nearest training sentence
             arrays["retrieval"] = np.asarray(baseline.predict_texts(X), dtype=str)
+            if others is not None and others.ngram_lm is not None and sentences:
+                arrays["ngram_lm_ridge"] = _guided_lm(baseline, others, sentences, X)
             if ground_truth is not None:
                 from cortexflow.evaluation.features import char_ngram_features
 
@@ -126,6 +128,17 @@ def _other_baselines(model, X: np.ndarray, z_ridge: np.ndarray, others, lat: Lat
     out["nn"] = lat.vae_reconstructions[nearest[:, 0]]
     out[f"nn_mean{others.nn_k}"] = lat.vae_reconstructions[nearest].mean(axis=1)
     return out
+
+
+def _guided_lm(baseline, others, sentences: dict[str, str], X: np.ndarray) -> np.ndarray:
+    """ngram_lm_ridge: the n-gram LM (refitted on the training sentences with the stored order and
+    smoothing) guided by the ridge-predicted embedding of each test item."""
+    from cortexflow.models.baselines import CharNgramLM, conditioned_decode
+
+    lm = CharNgramLM(others.lm_order, others.lm_add_k).fit([sentences[s] for s in others.training_ids])
+    predicted = baseline.predict(X).reshape(len(X), -1)
+    return np.asarray([conditioned_decode(lm, p, baseline.text_features, others.lm_weight) for p in predicted],
+                      dtype=str)
 
 
 def _training_stimuli(data) -> np.ndarray:
