@@ -3,7 +3,7 @@
 Every function computes nothing but a figure and saves it atomically as PNG.
 Figures are built on ``matplotlib.figure.Figure`` directly rather than through
 pyplot, so no display, no global backend switch and no figure registry to leak. The summarize stage names
-files after their recon file (``sub-01_image.npz`` -> ``sub-01_image.png``) so
+files after their subject and modality (``sub-01_image_seed0.npz`` -> ``sub-01_image.png``) so
 the workflow can declare them as outputs flagged with ``report()``.
 """
 

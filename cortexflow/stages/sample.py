@@ -76,7 +76,7 @@ def sample_stage(*, dataset: str, modality: str, decoder: str, out: str, params:
 
                 train_ids = _training_stimuli(data)
                 if not sentences:
-                    raise CortexflowInputError("the text noise ceiling needs the sentences",
+                    raise CortexflowInputError("noise_free_linear for text needs the sentences",
                                                fix="pass --stimuli with the study's stimuli.tsv")
                 targets = char_ngram_features([sentences[s] for s in train_ids], baseline.text_features)
                 arrays["noise_free_linear"] = np.asarray(predict_without_noise(ground_truth, modality, data.voxels,
