@@ -45,7 +45,8 @@ class ReconstructionResult:
     """What ``reconstruct`` returns: ``output`` in the modality's space
     (images (B, C, H, W) in [0, 1]; mel spectrograms (B, n_mels, T); text bytes
     (B, L)), the modality name and anything else in ``metadata``
-    (``metadata["texts"]`` for text)."""
+    (``metadata["texts"]`` for text). Every model's ``reconstruct`` returns its
+    tensors on the CPU, whatever device it ran on."""
 
     output: torch.Tensor
     modality: str

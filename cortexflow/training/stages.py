@@ -124,9 +124,11 @@ class SamplingParams:
     temperature: float = 0.0  # 0: greedy decoding
     top_k: int = 0
     top_p: float = 1.0
+    # test trials per forward pass (bounds memory; samples do not depend on it)
+    batch_size: int = 64
 
 
-_MOVED_TO_SAMPLING = {f.name for f in fields(SamplingParams)}
+_MOVED_TO_SAMPLING = {f.name for f in fields(SamplingParams)} - {"batch_size"}
 
 
 def _modality_params(params: dict, modality: str, cls, section: str):
@@ -260,9 +262,8 @@ def pretrain_vae_stage(*, stimuli: str, modality: str, out: str, params: dict, s
 
     trainer.fit(batch_fn, steps=p.steps, loss_fn=loss_fn)
     vae.eval()
-    with torch.no_grad():
-        _, mu, _ = vae.encode(data[:256].to(trainer.device))
-        mse = float(torch.mean((vae.decode(mu) - data[:256].to(trainer.device)) ** 2))
+    _, recon = _encode_decode(vae, data[:256], batch_size=256)
+    mse = float(np.mean((recon - data[:256].numpy()) ** 2))
     log.info("pretrain_vae %s: training-set reconstruction MSE %.4g (normalised units)", modality, mse)
     save_model(vae.cpu(), out, extra={"modality": modality, "norm": norm, "params": asdict(p),
                                       "train_recon_mse": mse})
@@ -286,13 +287,12 @@ def encode_latents_stage(*, stimuli: str, modality: str, vae: str, out: str, par
     """
     _io.set_threads(threads)
     model, extra = _load_vae(vae)
+    model.to(_device(device))
     audio = AudioFeatures(**extra["params"]["audio"])
     ids, x, splits = load_stimulus_arrays(stimuli, modality, audio)
     norm = extra["norm"]
     xn = torch.from_numpy((x - norm["mean"]) / norm["std"])
-    with torch.no_grad():
-        mu = torch.cat([model.encode(xn[i:i + 256])[1] for i in range(0, len(xn), 256)]).numpy()
-        recon = torch.cat([model.decode(torch.from_numpy(mu[i:i + 256])) for i in range(0, len(mu), 256)]).numpy()
+    mu, recon = _encode_decode(model, xn, batch_size=256)
     recon = recon * norm["std"] + norm["mean"]
     if modality == "image":
         recon = np.clip(recon, 0.0, 1.0)
@@ -303,6 +303,18 @@ def encode_latents_stage(*, stimuli: str, modality: str, vae: str, out: str, par
     log.info("encode_latents %s: %d stimuli -> latents %s; VAE reconstruction MSE train %.4g, test %.4g; wrote %s",
              modality, len(ids), mu.shape[1:], float(np.mean((recon[~test] - x[~test]) ** 2)),
              float(np.mean((recon[test] - x[test]) ** 2)) if test.any() else float("nan"), out)
+
+
+def _encode_decode(vae, x: torch.Tensor, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(posterior means, their reconstructions) of ``x`` as numpy arrays, batch by batch on the VAE's device."""
+    device = next(vae.parameters()).device
+    mus, recons = [], []
+    with torch.inference_mode():
+        for i in range(0, len(x), batch_size):
+            mu = vae.encode(x[i:i + batch_size].to(device))[1]
+            mus.append(mu.cpu())
+            recons.append(vae.decode(mu).cpu())
+    return torch.cat(mus).numpy(), torch.cat(recons).numpy()
 
 
 @dataclass
@@ -507,8 +519,8 @@ def sample_stage(*, dataset: str, modality: str, decoder: str, out: str, params:
     """
     from cortexflow.evaluation.noise_ceiling import predict_without_noise
     from cortexflow.evaluation.ridge import load_ridge, load_sentences
+    from cortexflow.models.inference import reconstruct_in_batches, texts_in_batches
     from cortexflow.models.io import load_model
-    from cortexflow.models.types import BrainData
     from cortexflow.preprocess.dataset import load_dataset
 
     _io.set_threads(threads)
@@ -518,8 +530,6 @@ def sample_stage(*, dataset: str, modality: str, decoder: str, out: str, params:
     ids = data.test["stimulus_id"].to_numpy(str)
     model = load_model(decoder, map_location=_device(device))
     baseline = load_ridge(ridge) if ridge is not None else None
-    generator = torch.Generator(device=model.device if hasattr(model, "device") and modality == "text" else "cpu")
-    generator.manual_seed(seed)
     arrays: dict[str, np.ndarray] = {"ids": ids}
     brain_x = torch.from_numpy(X)
 
@@ -527,9 +537,10 @@ def sample_stage(*, dataset: str, modality: str, decoder: str, out: str, params:
         sentences = load_sentences(stimuli) if stimuli else {}
         arrays["truth"] = np.asarray([sentences.get(s, "") for s in ids], dtype=str)
         greedy = p.temperature <= 0
-        result = model.reconstruct(BrainData(voxels=brain_x), temperature=max(p.temperature, 1e-6),
-                                   top_k=p.top_k or None, top_p=p.top_p, greedy=greedy, generator=generator)
-        arrays["decoder"] = np.asarray(result.metadata["texts"], dtype=str)
+        texts = texts_in_batches(model, brain_x, batch_size=p.batch_size, seed=seed,
+                                 temperature=max(p.temperature, 1e-6), top_k=p.top_k or None, top_p=p.top_p,
+                                 greedy=greedy)
+        arrays["decoder"] = np.asarray(texts, dtype=str)
         if baseline is not None:
             arrays["ridge"] = np.asarray(baseline.predict_texts(X), dtype=str)
             if ground_truth is not None:
@@ -550,19 +561,19 @@ def sample_stage(*, dataset: str, modality: str, decoder: str, out: str, params:
         prior = None
         if baseline is not None:
             z_ridge = baseline.predict(X).astype(np.float32)
-            arrays["ridge"] = _decode_to_stimulus(model, z_ridge, lat, modality)
+            arrays["ridge"] = _decode_to_stimulus(model, z_ridge, lat, modality, p.batch_size)
             if model.config.prior_conditioning:
                 prior = torch.from_numpy(z_ridge)
             if ground_truth is not None:
                 train_ids = _training_stimuli(data)
                 z_clean = predict_without_noise(ground_truth, modality, data.voxels, train_ids,
                                                 lat.latents[lat.rows(train_ids, latents)], ids, baseline)
-                arrays["noise_ceiling"] = _decode_to_stimulus(model, z_clean.astype(np.float32), lat, modality)
-        brain = BrainData(voxels=brain_x, prior=prior)
+                arrays["noise_ceiling"] = _decode_to_stimulus(model, z_clean.astype(np.float32), lat, modality,
+                                                              p.batch_size)
         k = max(1, p.n_samples)
-        result = model.reconstruct(brain, num_steps=p.num_steps, cfg_scale=p.cfg_scale, solver=p.solver,
-                                   shift=p.shift, generator=generator, num_samples=k, precision=p.precision)
-        samples = result.output.numpy() if k > 1 else result.output.numpy()[:, None]
+        samples = reconstruct_in_batches(model, brain_x, prior, batch_size=p.batch_size, seed=seed, num_samples=k,
+                                         num_steps=p.num_steps, cfg_scale=p.cfg_scale, solver=p.solver, shift=p.shift,
+                                         precision=p.precision).numpy()
         samples = _from_model_space(samples, lat, modality)
         arrays["dit"] = samples[:, 0]
         if k > 1:
@@ -583,7 +594,8 @@ def _from_model_space(x: np.ndarray, lat: Latents, modality: str) -> np.ndarray:
     return np.clip(x, 0.0, 1.0) if modality == "image" else x
 
 
-def _decode_to_stimulus(model, z: np.ndarray, lat: Latents, modality: str) -> np.ndarray:
-    with torch.inference_mode():
-        x = model.decode_latents(torch.from_numpy(z)).numpy()
+def _decode_to_stimulus(model, z: np.ndarray, lat: Latents, modality: str, batch_size: int) -> np.ndarray:
+    from cortexflow.models.inference import decode_in_batches
+
+    x = decode_in_batches(model, torch.from_numpy(z), batch_size).numpy()
     return _from_model_space(x, lat, modality)
