@@ -88,7 +88,9 @@ rule train_decoder:
     """Brain -> DiT with rectified flow (image, audio) or byte decoder (text), with EMA.
 
     Resumable: checkpoints live beside the declared output, so a killed or
-    time-limited job continues where it stopped when it is run again.
+    time-limited job continues where it stopped when it is run again. Given
+    several GPUs by the profile (`gpu: N`), torchrun starts one process per GPU
+    and they train data-parallel (decoder_launcher).
     """
     input:
         unpack(decoder_inputs),
@@ -98,6 +100,7 @@ rule train_decoder:
         section=decoder_params,
         latents=latent_args,
         checkpoints=checkpoint_dir,
+        launcher=decoder_launcher,
         seed=config["seed"],
         device=config["device"],
         code=stage_fingerprint("train_decoder"),
@@ -111,7 +114,7 @@ rule train_decoder:
     conda:
         "../../environment.yml"
     shell:
-        "cortexflow train-decoder --dataset {input.dataset} --modality {wildcards.modality}"
+        "{params.launcher} train-decoder --dataset {input.dataset} --modality {wildcards.modality}"
         " --stimuli {input.stimuli} {params.latents}"
         " --out {output} --checkpoint-dir {params.checkpoints} --params {params.section:q}"
         " --seed {params.seed} --threads {threads} --device {params.device} --log {log}"
