@@ -169,9 +169,9 @@ def sampling_params(wildcards):
 
 
 def decoder_launcher(wildcards, resources):
-    """The command that starts train_decoder: `cortexflow`, or torchrun with one
-    process per GPU when the profile gives the rule several (`gpu: N`); the
-    processes train one model data-parallel (cortexflow.training.distributed)."""
+    """The command that starts train_decoder: cortexflow itself, or torchrun with
+    one process per GPU when the profile gives the job several (resource gpu);
+    the processes train one model data-parallel (cortexflow.training.distributed)."""
     n_gpus = int(getattr(resources, "gpu", 0) or 0)
     if n_gpus <= 1:
         return "cortexflow"
