@@ -21,7 +21,7 @@ rule evaluate:
         mem_mb=4000,
         runtime=20,
     conda:
-        "../../environment.yml"
+        "../envs/cortexflow.yml"
     shell:
         "cortexflow evaluate --recon {input.recon} --out-summary {output.summary} --out-items {output.per_item}"
         " --out-comparisons {output.comparisons} --subject {wildcards.subject} --modality {wildcards.modality}"
@@ -53,7 +53,7 @@ rule summarize:
         mem_mb=4000,
         runtime=10,
     conda:
-        "../../environment.yml"
+        "../envs/cortexflow.yml"
     shell:
         "cortexflow summarize --summaries {input.summaries} --comparisons {input.comparisons}"
         " --recons {input.recons} --out-summary {output.summary} --out-comparisons {output.comparisons}"

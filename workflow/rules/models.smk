@@ -24,7 +24,7 @@ rule pretrain_vae:
         mem_mb=8000,
         runtime=120,
     conda:
-        "../../environment.yml"
+        "../envs/cortexflow.yml"
     shell:
         "cortexflow pretrain-vae --stimuli {input.stimuli} --modality {wildcards.modality} --out {output}"
         " --params {params.section:q} --seed {params.seed} --threads {threads} --device {params.device}"
@@ -52,7 +52,7 @@ rule encode_latents:
         mem_mb=8000,
         runtime=30,
     conda:
-        "../../environment.yml"
+        "../envs/cortexflow.yml"
     shell:
         "cortexflow encode-latents --stimuli {input.stimuli} --modality {wildcards.modality}"
         " --vae {input.vae} --out {output} --params {params.section:q} --threads {threads}"
@@ -78,7 +78,7 @@ rule fit_baseline:
         mem_mb=8000,
         runtime=60,
     conda:
-        "../../environment.yml"
+        "../envs/cortexflow.yml"
     shell:
         "cortexflow fit-baseline --dataset {input.dataset} --stimuli {input.stimuli} {params.latents}"
         " --out {output} --params {params.section:q} --seed {params.seed} --log {log}"
@@ -112,7 +112,7 @@ rule train_decoder:
         mem_mb=8000,
         runtime=240,
     conda:
-        "../../environment.yml"
+        "../envs/cortexflow.yml"
     shell:
         "{params.launcher} train-decoder --dataset {input.dataset} --modality {wildcards.modality}"
         " --stimuli {input.stimuli} {params.latents}"
@@ -141,7 +141,7 @@ rule sample:
         mem_mb=8000,
         runtime=60,
     conda:
-        "../../environment.yml"
+        "../envs/cortexflow.yml"
     shell:
         "cortexflow sample --dataset {input.dataset} --modality {wildcards.modality}"
         " --decoder {input.decoder} --stimuli {input.stimuli} {params.latents} {params.ground_truth} --out {output}"

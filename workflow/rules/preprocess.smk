@@ -21,7 +21,7 @@ rule glm_betas:
         mem_mb=4000,
         runtime=20,
     conda:
-        "../../environment.yml"
+        "../envs/cortexflow.yml"
     shell:
         "cortexflow glm-betas --bold {input.bold} --events {input.events} --confounds {input.confounds}"
         " --mask {input.mask} {params.sidecar} --out-betas {output.betas} --out-trials {output.trials}"
@@ -48,7 +48,7 @@ rule extract_rois:
         mem_mb=8000,
         runtime=20,
     conda:
-        "../../environment.yml"
+        "../envs/cortexflow.yml"
     shell:
         "cortexflow extract-rois --betas {input.betas} --trials {input.trials}"
         " --out-betas {output.betas} --out-trials {output.trials} --out-voxels {output.voxels}"
@@ -73,7 +73,7 @@ rule make_dataset:
         mem_mb=4000,
         runtime=10,
     conda:
-        "../../environment.yml"
+        "../envs/cortexflow.yml"
     shell:
         "cortexflow make-dataset --roi-betas {input.roi_betas} --trials {input.trials}"
         " --voxels {input.voxels} --stimuli {input.stimuli} --out-dir {output}"
