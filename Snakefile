@@ -26,7 +26,7 @@ shell.prefix(f'set -euo pipefail; export PATH="$PATH{os.pathsep}{Path(sys.execut
 # The rules' conda environment (workflow/envs/cortexflow.yml) installs this
 # checkout with `pip install -e ${CORTEXFLOW_SOURCE}`: Snakemake copies env files
 # away from the repository, so only an absolute path finds the package.
-os.environ["CORTEXFLOW_SOURCE"] = str(Path(workflow.basedir).resolve())
+os.environ.update(CORTEXFLOW_SOURCE=str(Path(workflow.basedir).resolve()))
 
 
 configfile: "config.yaml"

@@ -65,7 +65,7 @@ def test_the_pip_entry_finds_the_checkout_from_snakemakes_copy(tmp_path):
     copy_folder.mkdir(parents=True)
     # what the Snakefile sets before Snakemake creates environments
     snakefile = (REPO / "Snakefile").read_text()
-    assert 'os.environ["CORTEXFLOW_SOURCE"] = str(Path(workflow.basedir).resolve())' in snakefile
+    assert 'os.environ.update(CORTEXFLOW_SOURCE=str(Path(workflow.basedir).resolve()))' in snakefile
     environ = {"CORTEXFLOW_SOURCE": str(REPO)}
     (project,) = _editable_paths(_pip_section(ENV), copy_folder, environ)
     assert project == REPO and (project / "pyproject.toml").exists()
