@@ -5,11 +5,11 @@ How to run (from the repository root, with the project's virtualenv):
     .venv/bin/python benchmarks/bench_nsd_scale.py                 # CPU, batches 2 and 4
     .venv/bin/python benchmarks/bench_nsd_scale.py --device cuda --batches 32 64 128 --bf16
 
-The model is the one docs/nsd-scale.yaml asks the workflow for: 15,000 voxels,
-256 px RGB images through a 3-level VAE (32 x 32 x 4 latents), a DiT-B/2-like
-decoder (hidden 768, depth 12, 12 heads, patch 2: 256 latent tokens, 16 brain
-tokens, prior conditioning on the ridge latent), built through the workflow's
-own ``_build_flow_decoder``. Measured, per batch size:
+The model is the one docs/nsd-scale.yaml asks the workflow for (read from it):
+15,000 voxels, 256 px RGB images through a 3-level VAE (32 x 32 x 4 latents), a
+DiT-B/2-like decoder (hidden 768, depth 12, 12 heads, patch 2: 256 latent
+tokens, 16 brain tokens, prior conditioning on the ridge latent), built by the
+workflow's own ``_build_vae`` and ``_build_flow_decoder``. Measured, per batch size:
 
 - train step: one ``Trainer._step`` (brain encoder + DiT forward with 10% condition
   dropout, backward, gradient clipping, AdamW, EMA), median after one warm-up;
@@ -36,24 +36,32 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cortexflow.models.types import BrainData  # noqa: E402
-from cortexflow.models.vae import LatentVAE, VAEConfig  # noqa: E402
-from cortexflow.training.stages import DecoderParams, _build_flow_decoder  # noqa: E402
+from cortexflow.training.stages import (  # noqa: E402
+    DecoderParams,
+    VAEParams,
+    _build_flow_decoder,
+    _build_vae,
+    _modality_params,
+)
 from cortexflow.training.trainer import Trainer, TrainingConfig  # noqa: E402
 
 N_VOXELS = 15_000
 IMAGE_SIZE = 256
-VAE_HIDDEN = [64, 128, 256]  # 3 downsamplings: 256 px -> 32 x 32 latents
-DECODER = dict(hidden_dim=768, depth=12, num_heads=12, patch_size=2, n_tokens=16, prior_conditioning=True)
+CONFIG = Path(__file__).resolve().parents[1] / "docs" / "nsd-scale.yaml"
 
 
 def build(device: torch.device):
+    """The VAE and decoder of docs/nsd-scale.yaml, built as the workflow's stages build them."""
+    config = yaml.safe_load(CONFIG.read_text())
+    vae_params = _modality_params(config["vae"], "image", VAEParams, "vae")
+    p = _modality_params(config["decoder"], "image", DecoderParams, "decoder")
     torch.manual_seed(0)
-    vae = LatentVAE(VAEConfig(in_channels=3, latent_channels=4, hidden_dims=VAE_HIDDEN))
-    p = DecoderParams(**DECODER)
+    vae = _build_vae("image", vae_params, in_channels=3)
     model = _build_flow_decoder("image", p, N_VOXELS, vae, {"image_size": IMAGE_SIZE})
     return model.to(device), p
 
