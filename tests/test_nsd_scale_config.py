@@ -28,4 +28,4 @@ def test_nsd_config_validates_and_builds_a_dit_b2_sized_decoder():
     assert (32 // params.patch_size) ** 2 == 256  # DiT-B/2's token count at 256 px
     dit = sum(p.numel() for p in model.dit.parameters())
     assert 130e6 < dit < 200e6, dit  # DiT-B/2 is 130M; cross-attention to brain tokens adds the rest
-    assert config["sampling"]["image"]["batch_size"] * config["sampling"]["image"]["n_samples"] <= 512
+    assert config["sampling"]["image"]["batch_size"] * config["sampling"]["image"]["n_samples"] <= 128
