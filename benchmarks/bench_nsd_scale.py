@@ -41,13 +41,9 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cortexflow.models.types import BrainData  # noqa: E402
-from cortexflow.training.stages import (  # noqa: E402
-    DecoderParams,
-    VAEParams,
-    _build_flow_decoder,
-    _build_vae,
-    _modality_params,
-)
+from cortexflow.stages.decoder import _build_flow_decoder  # noqa: E402
+from cortexflow.stages.params import DecoderParams, VAEParams, modality_params  # noqa: E402
+from cortexflow.stages.vae import _build_vae  # noqa: E402
 from cortexflow.training.trainer import Trainer, TrainingConfig  # noqa: E402
 
 N_VOXELS = 15_000
@@ -58,8 +54,8 @@ CONFIG = Path(__file__).resolve().parents[1] / "docs" / "nsd-scale.yaml"
 def build(device: torch.device):
     """The VAE and decoder of docs/nsd-scale.yaml, built as the workflow's stages build them."""
     config = yaml.safe_load(CONFIG.read_text())
-    vae_params = _modality_params(config["vae"], "image", VAEParams, "vae")
-    p = _modality_params(config["decoder"], "image", DecoderParams, "decoder")
+    vae_params = modality_params(config["vae"], "image", VAEParams, "vae")
+    p = modality_params(config["decoder"], "image", DecoderParams, "decoder")
     torch.manual_seed(0)
     vae = _build_vae("image", vae_params, in_channels=3)
     model = _build_flow_decoder("image", p, N_VOXELS, vae, {"image_size": IMAGE_SIZE})

@@ -30,8 +30,9 @@ import pandas as pd
 from cortexflow import _io
 from cortexflow.config import load_config
 from cortexflow.evaluation.evaluate import evaluate_stage
-from cortexflow.evaluation.ridge import fit_baseline_stage
-from cortexflow.training.stages import sample_stage, train_decoder_stage
+from cortexflow.stages.baseline import fit_baseline_stage
+from cortexflow.stages.decoder import train_decoder_stage
+from cortexflow.stages.sample import sample_stage
 
 
 def validation_dataset(dataset: Path, out: Path) -> Path:

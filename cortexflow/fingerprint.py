@@ -17,26 +17,31 @@ import hashlib
 from pathlib import Path
 
 # rule -> source files and packages (relative to the cortexflow package) whose
-# code decides that rule's outputs. Shared plumbing (_io, errors, cli, config,
-# stages) is left out on purpose: it moves files and arguments, not numbers.
+# code decides that rule's outputs: the rule's module in ``stages/`` and the
+# library code it calls. Shared plumbing (_io, errors, cli, config, the stage
+# table in stages/__init__.py) is left out on purpose: it moves files and
+# arguments, not numbers.
 # A listed path that does not exist counts as "absent", so creating it later
 # (e.g. splitting a helper into its own module) also reruns the stage.
 STAGE_SOURCES: dict[str, tuple[str, ...]] = {
-    "simulate_study": ("data/simulate.py", "data/stimuli.py", "data/speech.py", "data/sentences.py",
-                       "data/encoding_model.py", "data/hrf.py"),
-    "glm_betas": ("preprocess/glm.py", "preprocess/hrf.py", "data/bids.py"),
-    "extract_rois": ("preprocess/rois.py",),
-    "make_dataset": ("preprocess/dataset.py", "data/bids.py"),
-    "pretrain_vae": ("models/vae.py", "models/audio.py", "models/io.py", "models/layers.py",
-                     "training/", "data/bids.py"),
-    "encode_latents": ("models/vae.py", "models/audio.py", "models/io.py", "models/layers.py",
-                       "training/stages.py", "data/bids.py"),
-    "train_decoder": ("models/", "training/", "evaluation/ridge.py"),
-    "fit_baseline": ("evaluation/ridge.py", "evaluation/features.py"),
-    "sample": ("models/", "training/", "evaluation/ridge.py", "evaluation/noise_ceiling.py"),
-    "evaluate": ("evaluation/evaluate.py", "evaluation/metrics.py", "evaluation/bootstrap.py",
+    "simulate_study": ("stages/simulate.py", "data/simulate.py", "data/stimuli.py", "data/speech.py",
+                       "data/sentences.py", "data/encoding_model.py", "data/hrf.py"),
+    "glm_betas": ("stages/preprocess.py", "preprocess/glm.py", "preprocess/hrf.py", "data/bids.py"),
+    "extract_rois": ("stages/preprocess.py", "preprocess/rois.py"),
+    "make_dataset": ("stages/preprocess.py", "preprocess/dataset.py", "data/bids.py"),
+    "pretrain_vae": ("stages/vae.py", "stages/params.py", "data/stimulus_arrays.py", "data/bids.py",
+                     "models/vae.py", "models/audio.py", "models/io.py", "training/"),
+    "encode_latents": ("stages/vae.py", "stages/params.py", "data/stimulus_arrays.py", "data/bids.py",
+                       "models/vae.py", "models/audio.py", "models/io.py", "models/latents.py"),
+    "train_decoder": ("stages/decoder.py", "stages/vae.py", "stages/params.py", "data/stimulus_arrays.py",
+                      "models/", "training/"),
+    "fit_baseline": ("stages/baseline.py", "data/stimulus_arrays.py", "models/ridge.py", "models/latents.py",
+                     "evaluation/features.py"),
+    "sample": ("stages/sample.py", "stages/params.py", "data/stimulus_arrays.py", "models/",
+               "evaluation/noise_ceiling.py", "evaluation/features.py"),
+    "evaluate": ("stages/evaluate.py", "evaluation/evaluate.py", "evaluation/metrics.py", "evaluation/bootstrap.py",
                  "evaluation/features.py"),
-    "summarize": ("evaluation/summary.py", "evaluation/figures.py"),
+    "summarize": ("stages/evaluate.py", "evaluation/summary.py", "evaluation/figures.py"),
 }
 
 

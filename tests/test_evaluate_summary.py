@@ -188,7 +188,7 @@ def test_evaluate_runs_from_the_command_line(recon_files, tmp_path, capsys, monk
 
 def test_unknown_parameters_are_rejected():
     from cortexflow.evaluation.evaluate import EvaluationConfig
-    from cortexflow.evaluation.ridge import RidgeConfig
+    from cortexflow.models.ridge import RidgeConfig
 
     config = EvaluationConfig.from_params({"n_boot": 50, "text_features": {"n_features": 512}})
     assert config.n_boot == 50 and config.text_features.n_features == 512

@@ -161,7 +161,7 @@ def test_noise_free_responses_are_the_ground_truth_of_the_datasets_voxels(pipeli
 
 def test_noise_ceiling_decoder_beats_the_same_ridge_on_noisy_betas(pipeline):
     from cortexflow.evaluation.noise_ceiling import predict_without_noise
-    from cortexflow.evaluation.ridge import RidgeDecoder
+    from cortexflow.models.ridge import RidgeDecoder
     from cortexflow.preprocess.dataset import load_dataset
 
     data = load_dataset(pipeline["dataset"])

@@ -8,8 +8,8 @@ import pytest
 from sklearn.linear_model import Ridge
 
 from cortexflow.errors import CortexflowInputError
-from cortexflow.evaluation.ridge import (RidgeDecoder, cross_val_predict_ridge, fit_baseline_stage, grouped_folds,
-                                         load_ridge)
+from cortexflow.models.ridge import RidgeDecoder, cross_val_predict_ridge, grouped_folds, load_ridge
+from cortexflow.stages.baseline import fit_baseline_stage
 
 
 def linear_problem(n=240, p=60, q=12, noise=0.5, seed=0, n_test=100):
@@ -110,6 +110,17 @@ def test_fit_baseline_stage_with_latents_roundtrips(tmp_path):
     assert decoder.alpha_ == direct.alpha_
     assert np.allclose(pred.reshape(100, -1), direct.predict(X_test), atol=1e-4)
 
+    # the prior train_decoder reads: the baseline's own out-of-fold predictions (its 4 grouped folds, its seed),
+    # in the dataset's row order, each trial predicted by a ridge that never saw it
+    prior = decoder.training_prior(stim, source=out)
+    expected = cross_val_predict_ridge(X, Y.reshape(-1, 4, 2, 2), n_folds=4, alphas=(decoder.alpha_,), groups=stim)
+    assert prior.shape == (len(X), 4, 2, 2) and prior.dtype == np.float32
+    np.testing.assert_allclose(prior, expected, atol=1e-5)
+    assert not np.allclose(prior, decoder.predict(X[:, :]), atol=1e-3)  # not the in-sample fit
+    assert r2(prior.reshape(len(X), -1), Y) > 0.5
+    with pytest.raises(CortexflowInputError, match="other training trials"):
+        decoder.training_prior(stim[::-1], source=out)
+
     np.savez(tmp_path / "short.npz", ids=stim[:5], latents=Y[:5])
     with pytest.raises(CortexflowInputError, match="no latent"):
         fit_baseline_stage(dataset=str(tmp_path / "ds"), out=str(tmp_path / "x.npz"), params={},
@@ -139,6 +150,8 @@ def test_text_baseline_retrieves_the_nearest_training_sentence(tmp_path):
     fit_baseline_stage(dataset=str(tmp_path / "ds"), out=str(out), params={"cv_folds": 4}, stimuli=str(bids))
     decoder = load_ridge(out)
     assert decoder.candidate_texts.tolist() == sentences
+    with pytest.raises(CortexflowInputError, match="no out-of-fold predictions"):  # no decoder takes a text prior
+        decoder.training_prior(np.asarray(ids)[repeats], source=out)
     X_new = signal + 0.2 * rng.normal(size=signal.shape)
     retrieved = decoder.predict_texts(X_new)
     assert np.mean(retrieved == np.asarray(sentences)) > 0.9

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from cortexflow.models.io import load_model
-from cortexflow.training.stages import pretrain_vae_stage
+from cortexflow.stages.vae import pretrain_vae_stage
 
 
 def _stimuli(root):
@@ -39,3 +39,53 @@ def test_pretrain_vae_with_the_same_seed_gives_the_same_weights(tmp_path):
     pretrain_vae_stage(stimuli=str(stimuli), modality="image", out=str(tmp_path / "other.pt"), params=params, seed=8)
     c = load_model(tmp_path / "other.pt").state_dict()
     assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def _dataset(folder, train_ids, test_ids, n_voxels=30, seed=0):
+    """A make_dataset folder: every voxel selected, 2 repeats of each training stimulus."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    np.save(folder / "X_train.npy", rng.normal(size=(len(train_ids), n_voxels)).astype(np.float32))
+    np.save(folder / "X_test.npy", rng.normal(size=(len(test_ids), n_voxels)).astype(np.float32))
+    pd.DataFrame({"stimulus_id": train_ids, "run": 1, "fold": "train"}).to_parquet(folder / "train.parquet")
+    pd.DataFrame({"stimulus_id": test_ids, "n_repeats": 2}).to_parquet(folder / "test.parquet")
+    pd.DataFrame({"region": "V1", "selected": [True] * n_voxels}).to_parquet(folder / "voxels.parquet")
+    (folder / "dataset.json").write_text("{}")
+    return folder
+
+
+def test_train_decoder_takes_its_prior_from_the_baseline_file(tmp_path):
+    """The DiT's training prior is fit_baseline's out-of-fold prediction (a DAG edge), not a refit:
+    a baseline fitted on other trials is refused, naming the file."""
+    import pytest
+
+    from cortexflow.errors import CortexflowInputError
+    from cortexflow.models.ridge import load_ridge
+    from cortexflow.stages.baseline import fit_baseline_stage
+    from cortexflow.stages.decoder import train_decoder_stage
+    from cortexflow.stages.vae import encode_latents_stage
+
+    stimuli = _stimuli(tmp_path)
+    vae_params = {"image": {"hidden_dims": [8, 16], "steps": 2, "batch_size": 4, "warmup_steps": 1}}
+    pretrain_vae_stage(stimuli=str(stimuli), modality="image", out=str(tmp_path / "vae.pt"), params=vae_params)
+    encode_latents_stage(stimuli=str(stimuli), modality="image", vae=str(tmp_path / "vae.pt"),
+                         out=str(tmp_path / "latents.npz"), params=vae_params)
+    train_ids = [f"img-{n}" for n in range(10)] * 2
+    dataset = _dataset(tmp_path / "ds", train_ids, ["img-10", "img-11"])
+    ridge = tmp_path / "ridge.npz"
+    fit_baseline_stage(dataset=str(dataset), out=str(ridge), params={"cv_folds": 3, "alphas": [1.0, 10.0]},
+                       latents=str(tmp_path / "latents.npz"))
+    assert load_ridge(ridge).training_prior(np.asarray(train_ids)).shape[0] == len(train_ids)
+    decoder_params = {"image": {"hidden_dim": 32, "depth": 1, "num_heads": 2, "n_tokens": 2, "steps": 2,
+                                "batch_size": 4, "warmup_steps": 1}}
+    common = dict(modality="image", params=decoder_params, latents=str(tmp_path / "latents.npz"),
+                  vae=str(tmp_path / "vae.pt"), stimuli=str(stimuli))
+    train_decoder_stage(dataset=str(dataset), out=str(tmp_path / "decoder.pt"),
+                        checkpoint_dir=str(tmp_path / "ckpt"), ridge=str(ridge), **common)
+    assert load_model(tmp_path / "decoder.pt").config.prior_conditioning
+
+    other = _dataset(tmp_path / "other", train_ids[::-1], ["img-10", "img-11"], seed=1)
+    with pytest.raises(CortexflowInputError, match="other training trials") as error:
+        train_decoder_stage(dataset=str(other), out=str(tmp_path / "decoder2.pt"),
+                            checkpoint_dir=str(tmp_path / "ckpt2"), ridge=str(ridge), **common)
+    assert str(ridge) in str(error.value)

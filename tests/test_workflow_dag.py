@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import cortexflow
 from cortexflow.config import default_config, load_config, validate_config
 from cortexflow.errors import CortexflowInputError
 from cortexflow.fingerprint import STAGE_SOURCES, source_fingerprint, stage_fingerprint
@@ -299,3 +300,10 @@ def test_every_rule_has_a_source_list_and_dit_is_only_downstream():
     for rule in upstream:
         assert not any(p in ("models/", "models/dit.py") for p in STAGE_SOURCES[rule]), rule
     assert len({stage_fingerprint(rule) for rule in STAGES}) >= 8
+
+    # every listed source exists (a stale path would hash as "absent" and never change)
+    root = Path(cortexflow.__file__).parent
+    for rule, sources in STAGE_SOURCES.items():
+        for source in sources:
+            assert (root / source).exists(), (rule, source)
+        assert any(s.startswith("stages/") for s in sources), rule  # the rule's own stage module

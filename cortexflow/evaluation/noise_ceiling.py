@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from cortexflow.errors import CortexflowInputError
-from cortexflow.evaluation.ridge import RidgeDecoder
+from cortexflow.models.ridge import RidgeDecoder
 
 log = logging.getLogger("cortexflow.evaluation.noise_ceiling")
 

@@ -1,5 +1,5 @@
 # Stimulus autoencoders, brain -> stimulus decoders and the ridge baseline
-# (cortexflow.training, cortexflow.evaluation.ridge). Training rules declare
+# (cortexflow.stages: vae, baseline, decoder, sample). Training rules declare
 # threads and CPU-sized resources here; profiles add GPUs and cluster limits.
 
 
@@ -60,7 +60,8 @@ rule encode_latents:
 
 
 rule fit_baseline:
-    """Ridge regression from voxels to the decoder's targets: the linear anchor."""
+    """Ridge regression from voxels to the decoder's targets: the linear anchor, with its out-of-fold
+    predictions of the training trials (the prior train_decoder conditions on)."""
     input:
         unpack(baseline_inputs),
     output:

@@ -28,18 +28,16 @@ out one repeat while training on its twins would favour too little shrinkage.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from cortexflow import _io
 from cortexflow.errors import CortexflowInputError
 from cortexflow.evaluation.features import CharNgramConfig, char_ngram_features
 
-log = logging.getLogger("cortexflow.evaluation.ridge")
+log = logging.getLogger("cortexflow.models.ridge")
 
 DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-1, 7, 25))
 
@@ -219,7 +217,10 @@ class RidgeDecoder:
     """Ridge regression voxels -> targets with one CV-chosen penalty for all targets.
 
     After ``fit``: ``coef_`` (n_voxels, n_targets), ``intercept_`` (n_targets,),
-    ``x_mean_``, ``alpha_``, ``cv_mse_`` (per alpha of the grid), ``target_shape``.
+    ``x_mean_``, ``alpha_``, ``cv_mse_`` (per alpha of the grid), ``target_shape``,
+    ``oof_predictions_`` (each training row predicted by the CV fold that left
+    out its group, at the chosen alpha) and ``training_ids_`` (the ``groups``
+    given to ``fit``, which name the rows of ``oof_predictions_``).
     For text, ``candidate_texts`` and ``text_features`` make ``predict_texts``
     return the nearest training sentence.
     """
@@ -231,13 +232,17 @@ class RidgeDecoder:
         self.candidate_texts: np.ndarray | None = None
         self.candidate_ids: np.ndarray | None = None
         self.text_features: CharNgramConfig | None = None
+        self.oof_predictions_: np.ndarray | None = None
+        self.training_ids_: np.ndarray | None = None
 
     def fit(self, X: np.ndarray, Y: np.ndarray, groups: np.ndarray | None = None) -> "RidgeDecoder":
         Y = np.asarray(Y)
         X2, Y2 = _as_2d(X, Y)
         self.target_shape = tuple(Y.shape[1:])
         folds = grouped_folds(len(X2), self.n_folds, groups, self.seed)
-        self.cv_mse_, best, self.oof_predictions_ = _cross_validate(X2, Y2, self.alphas, folds)
+        self.cv_mse_, best, oof = _cross_validate(X2, Y2, self.alphas, folds)
+        self.oof_predictions_ = oof.reshape(Y.shape).astype(np.float32)
+        self.training_ids_ = None if groups is None else np.asarray(groups, dtype=str)
         self.alpha_ = float(self.alphas[best])
         if best in (0, len(self.alphas) - 1) and len(self.alphas) > 1:
             log.warning("ridge alpha %.3g is at the edge of the grid [%.3g, %.3g]; widen baseline.alphas",
@@ -270,6 +275,8 @@ class RidgeDecoder:
         arrays = dict(coef=self.coef_, intercept=self.intercept_, x_mean=self.x_mean_, alpha=np.float64(self.alpha_),
                       alphas=self.alphas, cv_mse=self.cv_mse_, target_shape=np.asarray(self.target_shape, np.int64),
                       n_folds=np.int64(self.n_folds), seed=np.int64(self.seed))
+        if self.oof_predictions_ is not None and self.training_ids_ is not None:
+            arrays.update(oof_predictions=self.oof_predictions_, training_ids=self.training_ids_)
         if self.candidate_texts is not None:
             arrays.update(candidate_texts=np.asarray(self.candidate_texts, dtype=str),
                           candidate_ids=np.asarray(self.candidate_ids, dtype=str),
@@ -277,6 +284,24 @@ class RidgeDecoder:
                           n_features=np.int64(self.text_features.n_features),
                           normalize_text=np.bool_(self.text_features.normalize))
         return _io.save_npz(path, **arrays)
+
+
+    def training_prior(self, training_ids: np.ndarray, source: str | Path | None = None) -> np.ndarray:
+        """The out-of-fold predictions of the training trials ``training_ids`` (a dataset's
+        training trials, in its row order), float32, shaped (n, *target_shape).
+
+        They are what ``fit`` saw: a baseline fitted on another dataset (other
+        trials or another order) is refused, naming ``source``.
+        """
+        if self.oof_predictions_ is None or self.training_ids_ is None:
+            raise CortexflowInputError("this ridge baseline holds no out-of-fold predictions of its training trials",
+                                       path=source, fix="rerun the fit_baseline stage")
+        training_ids = np.asarray(training_ids, dtype=str)
+        if not np.array_equal(training_ids, self.training_ids_):
+            raise CortexflowInputError(f"this ridge baseline was fitted on {len(self.training_ids_)} other training "
+                                       f"trials than the dataset's {len(training_ids)}", path=source,
+                                       fix="rerun fit_baseline on the same dataset as train_decoder")
+        return self.oof_predictions_
 
 
 def load_ridge(path: str | Path) -> RidgeDecoder:
@@ -295,113 +320,12 @@ def load_ridge(path: str | Path) -> RidgeDecoder:
         decoder.alpha_ = float(f["alpha"])
         decoder.cv_mse_ = f["cv_mse"] if "cv_mse" in f.files else None
         decoder.target_shape = tuple(int(d) for d in f["target_shape"])
+        if "oof_predictions" in f.files:
+            decoder.oof_predictions_ = f["oof_predictions"]
+            decoder.training_ids_ = f["training_ids"]
         if "candidate_texts" in f.files:
             decoder.candidate_texts = f["candidate_texts"]
             decoder.candidate_ids = f["candidate_ids"]
             decoder.text_features = CharNgramConfig(tuple(int(n) for n in f["ngram_range"]), int(f["n_features"]),
                                                     bool(f["normalize_text"]))
     return decoder
-
-
-# -------------------------------------------------------------------- the stage
-
-
-def _load_training_set(dataset: str | Path) -> tuple[np.ndarray, pd.DataFrame]:
-    """Training trials (train and val folds) on the dataset's *selected* voxels.
-
-    Read through ``load_dataset``, as the decoder and the sample stage read it,
-    so the baseline's columns are the voxels its ``predict`` will be given.
-    """
-    from cortexflow.preprocess.dataset import load_dataset
-
-    folder = Path(dataset)
-    for name in ("X_train.npy", "train.parquet", "X_test.npy", "test.parquet", "voxels.parquet", "dataset.json"):
-        if not (folder / name).is_file():
-            raise CortexflowInputError("dataset file missing", path=folder / name, fix="run the make_dataset stage first")
-    data = load_dataset(folder)
-    X, table = data.X_train, data.train
-    if "stimulus_id" not in table.columns:
-        raise CortexflowInputError("no 'stimulus_id' column", path=folder / "train.parquet",
-                                   fix="rerun the make_dataset stage")
-    if X.ndim != 2 or len(X) != len(table):
-        raise CortexflowInputError(f"X_train has shape {X.shape} but train.parquet has {len(table)} rows",
-                                   path=folder / "X_train.npy", fix="rerun the make_dataset stage")
-    log.info("dataset %s: %d training trials x %d selected voxels", folder, *X.shape)
-    return X, table
-
-
-def _latent_targets(latents: str | Path, stimulus_ids: np.ndarray) -> np.ndarray:
-    path = Path(latents)
-    if not path.is_file():
-        raise CortexflowInputError("latents file not found", path=path, fix="run the encode_latents stage first")
-    with np.load(path, allow_pickle=False) as f:
-        if "ids" not in f.files or "latents" not in f.files:
-            raise CortexflowInputError("latents file needs arrays 'ids' and 'latents'", path=path,
-                                       fix="rerun the encode_latents stage")
-        ids, values = f["ids"].astype(str), f["latents"]
-    index = {sid: i for i, sid in enumerate(ids)}
-    missing = sorted({s for s in stimulus_ids if s not in index})
-    if missing:
-        raise CortexflowInputError(f"{len(missing)} training stimuli have no latent (e.g. {missing[:3]})", path=path,
-                                   fix="encode latents for every stimulus of the dataset")
-    return values[[index[s] for s in stimulus_ids]]
-
-
-def load_sentences(stimuli: str | Path) -> dict[str, str]:
-    """stimulus_id -> sentence, from a BIDS root, its ``stimuli/`` folder or a TSV.
-
-    The TSV (``stimuli/stimuli.tsv``, or ``stimuli/text/sentences.tsv`` when the
-    former has no ``text`` column) needs columns ``stimulus_id`` and ``text``.
-    """
-    path = Path(stimuli)
-    if path.is_dir():
-        folder = path / "stimuli" if (path / "stimuli" / "stimuli.tsv").is_file() else path
-        candidates = [folder / "stimuli.tsv", folder / "text" / "sentences.tsv"]
-    else:
-        candidates = [path, path.parent / "text" / "sentences.tsv"]
-    for tsv in candidates:
-        if tsv.is_file():
-            table = pd.read_csv(tsv, sep="\t", dtype=str, keep_default_na=False)
-            if {"stimulus_id", "text"} <= set(table.columns):
-                if "modality" in table.columns:
-                    table = table[table["modality"].isin(["text", ""])]
-                return dict(zip(table["stimulus_id"], table["text"]))
-    raise CortexflowInputError("no table with columns stimulus_id and text found", path=path,
-                               fix="pass the BIDS root or stimuli/stimuli.tsv with a 'text' column")
-
-
-def fit_baseline_stage(*, dataset: str, out: str, params: dict, latents: str | None = None,
-                       stimuli: str | None = None, seed: int = 0) -> None:
-    """Fit the ridge baseline of one subject and modality and save it as .npz.
-
-    Image/audio: voxels -> VAE latents (``latents``). Text: voxels -> character
-    n-gram embedding of the sentence (``stimuli``), decoded by retrieval.
-    """
-    start = time.perf_counter()
-    config = RidgeConfig.from_params(params)
-    X, table = _load_training_set(dataset)
-    stimulus_ids = table["stimulus_id"].astype(str).to_numpy()
-    decoder = RidgeDecoder(config.alphas, config.cv_folds, seed)
-    if latents is not None:
-        Y = _latent_targets(latents, stimulus_ids)
-        log.info("ridge targets: latents %s from %s", Y.shape[1:], latents)
-        decoder.fit(X, Y, groups=stimulus_ids)
-    elif stimuli is not None:
-        sentences = load_sentences(stimuli)
-        missing = sorted(set(stimulus_ids) - set(sentences))
-        if missing:
-            raise CortexflowInputError(f"{len(missing)} training stimuli have no sentence (e.g. {missing[:3]})",
-                                       path=stimuli, fix="check stimuli.tsv against the dataset")
-        Y = char_ngram_features([sentences[s] for s in stimulus_ids], config.text_features)
-        log.info("ridge targets: character %s-gram embeddings (%d features)",
-                 config.text_features.ngram_range, config.text_features.n_features)
-        decoder.fit(X, Y, groups=stimulus_ids)
-        unique_ids = np.unique(stimulus_ids)
-        decoder.candidate_ids = unique_ids
-        decoder.candidate_texts = np.asarray([sentences[s] for s in unique_ids], dtype=str)
-        decoder.text_features = config.text_features
-    else:
-        raise CortexflowInputError("fit_baseline needs latents (image, audio) or stimuli (text)",
-                                   fix="pass --latents results/<study>/latents/<modality>.npz or --stimuli <bids root>")
-    decoder.save(out)
-    log.info("wrote %s in %.1f s", out, time.perf_counter() - start)

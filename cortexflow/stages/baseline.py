@@ -1,0 +1,87 @@
+"""Stage of rule ``fit_baseline`` (workflow/rules/models.smk): the ridge baseline
+(``cortexflow.models.ridge``) of one subject and modality.
+
+Besides the fitted model, the output holds the out-of-fold predictions of the
+training trials from the baseline's own grouped cross-validation: the prior that
+``train_decoder`` conditions the DiT on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cortexflow.data.stimulus_arrays import load_sentences
+from cortexflow.errors import CortexflowInputError
+from cortexflow.evaluation.features import char_ngram_features
+from cortexflow.models.latents import latent_targets
+from cortexflow.models.ridge import RidgeConfig, RidgeDecoder
+
+log = logging.getLogger("cortexflow.stages.baseline")
+
+
+def _load_training_set(dataset: str | Path) -> tuple[np.ndarray, pd.DataFrame]:
+    """Training trials (train and val folds) on the dataset's *selected* voxels.
+
+    Read through ``load_dataset``, as the decoder and the sample stage read it,
+    so the baseline's columns are the voxels its ``predict`` will be given.
+    """
+    from cortexflow.preprocess.dataset import load_dataset
+
+    folder = Path(dataset)
+    for name in ("X_train.npy", "train.parquet", "X_test.npy", "test.parquet", "voxels.parquet", "dataset.json"):
+        if not (folder / name).is_file():
+            raise CortexflowInputError("dataset file missing", path=folder / name, fix="run the make_dataset stage first")
+    data = load_dataset(folder)
+    X, table = data.X_train, data.train
+    if "stimulus_id" not in table.columns:
+        raise CortexflowInputError("no 'stimulus_id' column", path=folder / "train.parquet",
+                                   fix="rerun the make_dataset stage")
+    if X.ndim != 2 or len(X) != len(table):
+        raise CortexflowInputError(f"X_train has shape {X.shape} but train.parquet has {len(table)} rows",
+                                   path=folder / "X_train.npy", fix="rerun the make_dataset stage")
+    log.info("dataset %s: %d training trials x %d selected voxels", folder, *X.shape)
+    return X, table
+
+
+def fit_baseline_stage(*, dataset: str, out: str, params: dict, latents: str | None = None,
+                       stimuli: str | None = None, seed: int = 0) -> None:
+    """Fit the ridge baseline of one subject and modality and save it as .npz.
+
+    Image/audio: voxels -> VAE latents (``latents``). Text: voxels -> character
+    n-gram embedding of the sentence (``stimuli``), decoded by retrieval.
+    """
+    start = time.perf_counter()
+    config = RidgeConfig.from_params(params)
+    X, table = _load_training_set(dataset)
+    stimulus_ids = table["stimulus_id"].astype(str).to_numpy()
+    decoder = RidgeDecoder(config.alphas, config.cv_folds, seed)
+    if latents is not None:
+        Y = latent_targets(latents, stimulus_ids)
+        log.info("ridge targets: latents %s from %s", Y.shape[1:], latents)
+        decoder.fit(X, Y, groups=stimulus_ids)
+    elif stimuli is not None:
+        sentences = load_sentences(stimuli)
+        missing = sorted(set(stimulus_ids) - set(sentences))
+        if missing:
+            raise CortexflowInputError(f"{len(missing)} training stimuli have no sentence (e.g. {missing[:3]})",
+                                       path=stimuli, fix="check stimuli.tsv against the dataset")
+        Y = char_ngram_features([sentences[s] for s in stimulus_ids], config.text_features)
+        log.info("ridge targets: character %s-gram embeddings (%d features)",
+                 config.text_features.ngram_range, config.text_features.n_features)
+        decoder.fit(X, Y, groups=stimulus_ids)
+        # no decoder takes a text prior: the out-of-fold embeddings (trials x n_features) are not kept
+        decoder.oof_predictions_ = decoder.training_ids_ = None
+        unique_ids = np.unique(stimulus_ids)
+        decoder.candidate_ids = unique_ids
+        decoder.candidate_texts = np.asarray([sentences[s] for s in unique_ids], dtype=str)
+        decoder.text_features = config.text_features
+    else:
+        raise CortexflowInputError("fit_baseline needs latents (image, audio) or stimuli (text)",
+                                   fix="pass --latents results/<study>/latents/<modality>.npz or --stimuli <bids root>")
+    decoder.save(out)
+    log.info("wrote %s in %.1f s", out, time.perf_counter() - start)
