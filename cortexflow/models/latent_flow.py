@@ -41,6 +41,7 @@ import torch.nn as nn
 
 from cortexflow.errors import CortexflowInputError
 from cortexflow.models.brain_encoder import BrainEncoder
+from cortexflow.models.brain_noise import check_brain_noise, perturb_condition
 from cortexflow.models.dit import DiffusionTransformer, DiTConfig
 from cortexflow.models.flow import FlowConfig, RectifiedFlowMatcher, random_tensor
 from cortexflow.models.io import module_from_spec, module_spec
@@ -179,7 +180,7 @@ class LatentFlowDecoder(nn.Module):
                 f"expected a BrainData, got {type(brain_data).__name__}",
                 fix="wrap the voxels: BrainData(voxels=fmri)",
             )
-        return self.brain_encoder(brain_data.voxels)
+        return self.brain_encoder(brain_data.encoder_input(self.brain_encoder))
 
     def _prior(self, brain_data: BrainData, batch: int) -> torch.Tensor | None:
         prior = brain_data.prior
@@ -252,6 +253,7 @@ class LatentFlowDecoder(nn.Module):
         progress: bool = False,
         precision: str | None = None,
         noise: torch.Tensor | None = None,
+        brain_noise: float = 0.0,
     ) -> torch.Tensor:
         """Raw latents (B, *latent_shape), or (B, num_samples, *latent_shape) when
         ``num_samples > 1``, on the CPU; every sample starts from its own noise,
@@ -259,9 +261,10 @@ class LatentFlowDecoder(nn.Module):
         (see :func:`cortexflow.models.inference.trial_noise`). ``precision``:
         ``"auto"`` / ``"fp32"`` / ``"bf16"`` for the DiT's forward passes
         (default: the flow config's, ``"auto"``; see :func:`~cortexflow.models.flow.sampling_dtype`).
-        Inputs may be on any device; the model samples on its own."""
+        ``brain_noise`` as in :meth:`reconstruct`. Inputs may be on any device; the
+        model samples on its own."""
         z, _ = self._sample(brain_data, num_steps, cfg_scale, solver, shift, generator, num_samples, progress,
-                            precision, noise)
+                            precision, noise, brain_noise)
         return z.cpu()
 
     def _sample(
@@ -276,6 +279,7 @@ class LatentFlowDecoder(nn.Module):
         progress: bool,
         precision: str | None = None,
         noise: torch.Tensor | None = None,
+        brain_noise: float = 0.0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(latents, brain_global) on the model's device."""
         if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
@@ -294,6 +298,7 @@ class LatentFlowDecoder(nn.Module):
                     fix="give num_samples noise tensors per brain trial (cortexflow.models.inference.trial_noise)",
                 )
             noise = noise.reshape(-1, *self.latent_shape).to(self.device, torch.float32)
+        brain_noise = check_brain_noise(brain_noise)
         with torch.inference_mode(), _eval_mode(self):
             brain_global, brain_tokens = self.encode_brain(brain_data)
             batch = brain_global.shape[0]
@@ -303,6 +308,9 @@ class LatentFlowDecoder(nn.Module):
                 cond_global = brain_global.repeat_interleave(num_samples, dim=0)
                 cond_tokens = brain_tokens.repeat_interleave(num_samples, dim=0)
                 prior = None if prior is None else prior.repeat_interleave(num_samples, dim=0)
+            if brain_noise > 0:
+                cond_global = perturb_condition(cond_global, brain_noise, generator)
+                cond_tokens = perturb_condition(cond_tokens, brain_noise, generator)
             z = self.flow_matcher.sample(
                 self.dit,
                 (batch * num_samples, *self.latent_shape),
@@ -334,24 +342,32 @@ class LatentFlowDecoder(nn.Module):
         brain_data: BrainData,
         num_steps: int = 50,
         cfg_scale: float = 4.0,
+        num_samples: int = 1,
+        brain_noise: float = 0.0,
+        *,
         solver: str = "euler",
         shift: float = 1.0,
         generator: torch.Generator | None = None,
-        num_samples: int = 1,
         progress: bool = False,
         precision: str | None = None,
         noise: torch.Tensor | None = None,
     ) -> ReconstructionResult:
         """Sample latents for ``brain_data`` and decode them.
 
+        The seed library's positional order (``brain_data, num_steps,
+        cfg_scale, num_samples, brain_noise``); the rest is keyword-only.
         ``output`` is (B, *stimulus_shape), or (B, num_samples, *stimulus_shape)
-        when ``num_samples > 1``. ``precision`` and ``noise`` as in :meth:`sample_latents`.
+        when ``num_samples > 1``. ``brain_noise`` > 0 adds Gaussian noise to each
+        sample's brain embedding and tokens, scaled by ``brain_noise`` times the
+        vector's norm (the seed's rule), so samples explore different readings
+        of the brain signal; the null condition of guidance is not perturbed.
+        ``precision`` and ``noise`` as in :meth:`sample_latents`.
         Inputs may be on any device; sampling and decoding run on the model's,
         and ``output`` and ``brain_global`` come back on the CPU. For many trials use
         :func:`cortexflow.models.inference.reconstruct_in_batches`, which bounds memory.
         """
         z, brain_global = self._sample(brain_data, num_steps, cfg_scale, solver, shift, generator, num_samples, progress,
-                                       precision, noise)
+                                       precision, noise, brain_noise)
         with torch.inference_mode(), _eval_mode(self):
             out = self.decode_latents(z.reshape(-1, *self.latent_shape))
         out = out.cpu().clone()
@@ -367,6 +383,7 @@ class LatentFlowDecoder(nn.Module):
                 "solver": solver,
                 "shift": shift,
                 "num_samples": num_samples,
+                "brain_noise": float(brain_noise),
                 "precision": self.flow_matcher.config.precision if precision is None else precision,
             },
         )
