@@ -23,6 +23,12 @@ min_version("9.0")
 shell.prefix(f'set -euo pipefail; export PATH="$PATH{os.pathsep}{Path(sys.executable).parent}"; ')
 
 
+# The rules' conda environment (workflow/envs/cortexflow.yml) installs this
+# checkout with `pip install -e ${CORTEXFLOW_SOURCE}`: Snakemake copies env files
+# away from the repository, so only an absolute path finds the package.
+os.environ.update(CORTEXFLOW_SOURCE=str(Path(workflow.basedir).resolve()))
+
+
 configfile: "config.yaml"
 
 

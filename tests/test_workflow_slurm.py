@@ -77,6 +77,14 @@ while args and args[0].startswith("-"):
     args.pop(0)
 os.execvp(args[0], args)
 """,
+    # torchrun: records its options, runs the command after --no-python once (the stand-in
+    # stage does no training, so one copy stands for the N processes)
+    "torchrun": _RECORD + """
+record("torchrun")
+args = sys.argv[1:]
+command = args[args.index("--no-python") + 1:]
+os.execvp(command[0], command)
+""",
     # the stage command: creates what it is asked to write
     "cortexflow": _RECORD + """
 record("cortexflow")
@@ -99,10 +107,15 @@ def _write_standins(bin_dir: Path) -> None:
         path.chmod(0o755)
 
 
+TRAIN_GPUS = 2  # what a user with multi-GPU nodes sets for train_decoder
+
+
 def _test_profile(repo: Path, dest: Path) -> Path:
-    """The shipped SLURM profile, with what a user adds (an account) and fast polling."""
+    """The shipped SLURM profile, with what a user adds (an account, two GPUs for
+    training, as the profile's comment says) and fast polling."""
     profile = yaml.safe_load((repo / "workflow/profiles/slurm/config.yaml").read_text())
     profile["default-resources"]["slurm_account"] = ACCOUNT
+    profile["set-resources"]["train_decoder"]["gpu"] = TRAIN_GPUS
     profile.update({"slurm-init-seconds-before-status-checks": 1, "seconds-between-status-checks": 1,
                     "latency-wait": 5, "retries": 0, "jobs": 3})
     dest.mkdir(parents=True)
@@ -175,7 +188,7 @@ def test_training_job_gets_the_gpu_memory_time_and_cpus_the_profile_promises(slu
     train = submitted["train_decoder"]
     promised = shipped["set-resources"]["train_decoder"]
     argv = train["argv"]
-    assert "--gpus=1" in argv and promised["gpu"] == 1
+    assert promised["gpu"] == 1 and f"--gpus={TRAIN_GPUS}" in argv
     assert _option(argv, "--mem") == str(promised["mem_mb"])
     assert _option(argv, "-t") == str(promised["runtime"])
     assert _option(argv, "--cpus-per-task") == str(shipped["set-threads"]["train_decoder"])
@@ -207,3 +220,11 @@ def test_local_rule_runs_without_sbatch_and_jobs_run_the_cortexflow_command(slur
     train_sbatch = _submitted_by_rule(slurm_run["log"])["train_decoder"]
     wrap = next(a for a in train_sbatch["argv"] if a.startswith("--wrap="))
     assert "--target-jobs" in wrap and "train_decoder:" in wrap
+
+
+def test_a_multi_gpu_training_job_is_launched_by_torchrun_with_one_process_per_gpu(slurm_run):
+    launches = [r["argv"] for r in _records(slurm_run["log"], "torchrun")]
+    assert len(launches) == 1, launches  # train_decoder only; the CPU job and the local rule run cortexflow
+    argv = launches[0]
+    assert _option(argv, "--nproc-per-node") == str(TRAIN_GPUS) and "--standalone" in argv
+    assert argv[argv.index("--no-python") + 1:][:2] == ["cortexflow", "train-decoder"]

@@ -202,7 +202,7 @@ def integrate(
     dev = x.device
 
     def at(t: float) -> torch.Tensor:
-        return torch.tensor(t, dtype=torch.float32, device=dev)
+        return torch.full((), t, dtype=torch.float32, device=dev)
 
     for i in steps:
         t0, t1 = grid[i], grid[i + 1]

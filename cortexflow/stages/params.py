@@ -59,6 +59,8 @@ class DecoderParams:
     warmup_steps: int = 200
     ema_decay: float = 0.999
     checkpoint_every: int = 250
+    grad_accum_steps: int = 1  # micro-batches per step: batch_size / grad_accum_steps rows in memory at once
+    compile: bool = False  # torch.compile the training loss (pays off on long GPU runs only)
     # text
     max_len: int = 64
     # which training trials to fit on: "all" (final model) or "train" (the fit fold,
@@ -86,6 +88,8 @@ class SamplingParams:
     temperature: float = 0.0  # 0: greedy decoding
     top_k: int = 0
     top_p: float = 1.0
+    # test trials per forward pass (bounds memory; samples do not depend on it)
+    batch_size: int = 64
 
 
 # training seeds per modality when decoder.<modality>.seeds is not set: three image runs
@@ -103,7 +107,7 @@ def training_seeds(section: dict, modality: str) -> int:
     return n
 
 
-_MOVED_TO_SAMPLING = {f.name for f in fields(SamplingParams)}
+_MOVED_TO_SAMPLING = {f.name for f in fields(SamplingParams)} - {"batch_size"}
 
 
 def modality_params(params: dict, modality: str, cls, section: str):

@@ -40,8 +40,8 @@ def sample_stage(*, dataset: str, modality: str, decoder: str, out: str, params:
     from cortexflow.models.baselines import load_baselines
     from cortexflow.data.stimulus_arrays import load_sentences
     from cortexflow.models.ridge import load_ridge
+    from cortexflow.models.inference import reconstruct_in_batches, texts_in_batches
     from cortexflow.models.io import load_model
-    from cortexflow.models.types import BrainData
     from cortexflow.preprocess.dataset import load_dataset
 
     _io.set_threads(threads)
@@ -52,8 +52,6 @@ def sample_stage(*, dataset: str, modality: str, decoder: str, out: str, params:
     model = load_model(decoder, map_location=resolve_device(device))
     baseline = load_ridge(ridge) if ridge is not None else None
     others = load_baselines(baselines) if baselines is not None else None
-    generator = torch.Generator(device=model.device if hasattr(model, "device") and modality == "text" else "cpu")
-    generator.manual_seed(seed)
     arrays: dict[str, np.ndarray] = {"ids": ids}
     brain_x = torch.from_numpy(X)
 
@@ -61,9 +59,10 @@ def sample_stage(*, dataset: str, modality: str, decoder: str, out: str, params:
         sentences = load_sentences(stimuli) if stimuli else {}
         arrays["truth"] = np.asarray([sentences.get(s, "") for s in ids], dtype=str)
         greedy = p.temperature <= 0
-        result = model.reconstruct(BrainData(voxels=brain_x), temperature=max(p.temperature, 1e-6),
-                                   top_k=p.top_k or None, top_p=p.top_p, greedy=greedy, generator=generator)
-        arrays["decoder"] = np.asarray(result.metadata["texts"], dtype=str)
+        texts = texts_in_batches(model, brain_x, batch_size=p.batch_size, seed=seed,
+                                 temperature=max(p.temperature, 1e-6), top_k=p.top_k or None, top_p=p.top_p,
+                                 greedy=greedy)
+        arrays["decoder"] = np.asarray(texts, dtype=str)
         if others is not None and others.ngram_lm is not None:  # the LM's prior: one sentence for every item
             arrays["ngram_lm"] = np.full(len(ids), others.ngram_lm, dtype=f"<U{max(1, len(others.ngram_lm))}")
         if baseline is not None:
@@ -89,21 +88,22 @@ def sample_stage(*, dataset: str, modality: str, decoder: str, out: str, params:
         prior = None
         if baseline is not None:
             z_ridge = baseline.predict(X).astype(np.float32)
-            arrays["ridge"] = _decode_to_stimulus(model, z_ridge, lat, modality)
+            arrays["ridge"] = _decode_to_stimulus(model, z_ridge, lat, modality, p.batch_size)
             if model.config.prior_conditioning:
                 prior = torch.from_numpy(z_ridge)
             if others is not None:
-                arrays.update(_other_baselines(model, X, z_ridge, others, lat, modality, latents))
+                arrays.update(_other_baselines(model, X, z_ridge, others, lat, modality, latents, p.batch_size))
             if ground_truth is not None:
                 train_ids = _training_stimuli(data)
                 z_clean = predict_without_noise(ground_truth, modality, data.voxels, train_ids,
                                                 lat.latents[lat.rows(train_ids, latents)], ids, baseline)
-                arrays["noise_free_linear"] = _decode_to_stimulus(model, z_clean.astype(np.float32), lat, modality)
-        brain = BrainData(voxels=brain_x, prior=prior)
+                arrays["noise_free_linear"] = _decode_to_stimulus(model, z_clean.astype(np.float32), lat, modality,
+                                                                  p.batch_size)
         k = max(1, p.n_samples)
-        result = model.reconstruct(brain, num_steps=p.num_steps, cfg_scale=p.cfg_scale, solver=p.solver,
-                                   shift=p.shift, generator=generator, num_samples=k, precision=p.precision)
-        samples = result.output.numpy() if k > 1 else result.output.numpy()[:, None]
+        # batch by batch on the model's device; each trial's noise from its own seed (models/inference.py)
+        samples = reconstruct_in_batches(model, brain_x, prior, batch_size=p.batch_size, seed=seed, num_samples=k,
+                                         num_steps=p.num_steps, cfg_scale=p.cfg_scale, solver=p.solver, shift=p.shift,
+                                         precision=p.precision).numpy()
         samples = _from_model_space(samples, lat, modality)
         arrays["dit"] = samples[:, 0]
         if k > 1:
@@ -114,13 +114,14 @@ def sample_stage(*, dataset: str, modality: str, decoder: str, out: str, params:
 
 
 def _other_baselines(model, X: np.ndarray, z_ridge: np.ndarray, others, lat: Latents, modality: str,
-                     source: str) -> dict[str, np.ndarray]:
+                     source: str, batch_size: int) -> dict[str, np.ndarray]:
     """ridge_pt and ridge_pixels predictions, and nn / nn_mean<k> retrieval by the ridge-predicted latent."""
     from cortexflow.models.baselines import nearest_by_correlation
 
     out = {}
     if others.ridge_pt is not None:
-        out["ridge_pt"] = _decode_to_stimulus(model, others.ridge_pt.predict(X).astype(np.float32), lat, modality)
+        out["ridge_pt"] = _decode_to_stimulus(model, others.ridge_pt.predict(X).astype(np.float32), lat, modality,
+                                              batch_size)
     if others.ridge_pixels is not None:
         out["ridge_pixels"] = np.clip(others.ridge_pixels.predict(X), 0.0, 1.0).astype(np.float32)
     rows = lat.rows(others.training_ids, source)
@@ -152,7 +153,8 @@ def _from_model_space(x: np.ndarray, lat: Latents, modality: str) -> np.ndarray:
     return np.clip(x, 0.0, 1.0) if modality == "image" else x
 
 
-def _decode_to_stimulus(model, z: np.ndarray, lat: Latents, modality: str) -> np.ndarray:
-    with torch.inference_mode():
-        x = model.decode_latents(torch.from_numpy(z)).numpy()
+def _decode_to_stimulus(model, z: np.ndarray, lat: Latents, modality: str, batch_size: int) -> np.ndarray:
+    from cortexflow.models.inference import decode_in_batches
+
+    x = decode_in_batches(model, torch.from_numpy(z), batch_size).numpy()
     return _from_model_space(x, lat, modality)

@@ -182,6 +182,16 @@ def sampling_params(wildcards):
     return modality_section("sampling", wildcards.modality)
 
 
+def decoder_launcher(wildcards, resources):
+    """The command that starts train_decoder: cortexflow itself, or torchrun with
+    one process per GPU when the profile gives the job several (resource gpu);
+    the processes train one model data-parallel (cortexflow.training.distributed)."""
+    n_gpus = int(getattr(resources, "gpu", 0) or 0)
+    if n_gpus <= 1:
+        return "cortexflow"
+    return f"torchrun --standalone --nnodes 1 --nproc-per-node {n_gpus} --no-python cortexflow"
+
+
 def checkpoint_dir(wildcards):
     """Where train_decoder keeps its resumable checkpoints (not a declared output).
 

@@ -24,7 +24,7 @@ rule pretrain_vae:
         mem_mb=8000,
         runtime=120,
     conda:
-        "../../environment.yml"
+        "../envs/cortexflow.yml"
     shell:
         "cortexflow pretrain-vae --stimuli {input.stimuli} --modality {wildcards.modality} --out {output}"
         " --params {params.section:q} --seed {params.seed} --threads {threads} --device {params.device}"
@@ -52,7 +52,7 @@ rule encode_latents:
         mem_mb=8000,
         runtime=30,
     conda:
-        "../../environment.yml"
+        "../envs/cortexflow.yml"
     shell:
         "cortexflow encode-latents --stimuli {input.stimuli} --modality {wildcards.modality}"
         " --vae {input.vae} --out {output} --params {params.section:q} --threads {threads}"
@@ -81,7 +81,7 @@ rule fit_baseline:
         mem_mb=8000,
         runtime=60,
     conda:
-        "../../environment.yml"
+        "../envs/cortexflow.yml"
     shell:
         "cortexflow fit-baseline --dataset {input.dataset} --stimuli {input.stimuli} {params.latents}"
         " --out {output.ridge} --out-baselines {output.baselines} --params {params.section:q}"
@@ -92,7 +92,9 @@ rule train_decoder:
     """Brain -> DiT with rectified flow (image, audio) or byte decoder (text), with EMA.
 
     Resumable: checkpoints live beside the declared output, so a killed or
-    time-limited job continues where it stopped when it is run again.
+    time-limited job continues where it stopped when it is run again. Given
+    several GPUs by the profile (`gpu: N`), torchrun starts one process per GPU
+    and they train data-parallel (decoder_launcher).
     """
     input:
         unpack(decoder_inputs),
@@ -102,6 +104,7 @@ rule train_decoder:
         section=decoder_params,
         latents=latent_args,
         checkpoints=checkpoint_dir,
+        launcher=decoder_launcher,
         seed=train_seed,
         device=config["device"],
         code=stage_fingerprint("train_decoder"),
@@ -113,9 +116,9 @@ rule train_decoder:
         mem_mb=8000,
         runtime=240,
     conda:
-        "../../environment.yml"
+        "../envs/cortexflow.yml"
     shell:
-        "cortexflow train-decoder --dataset {input.dataset} --modality {wildcards.modality}"
+        "{params.launcher} train-decoder --dataset {input.dataset} --modality {wildcards.modality}"
         " --stimuli {input.stimuli} {params.latents}"
         " --out {output} --checkpoint-dir {params.checkpoints} --params {params.section:q}"
         " --seed {params.seed} --threads {threads} --device {params.device} --log {log}"
@@ -143,7 +146,7 @@ rule sample:
         mem_mb=8000,
         runtime=60,
     conda:
-        "../../environment.yml"
+        "../envs/cortexflow.yml"
     shell:
         "cortexflow sample --dataset {input.dataset} --modality {wildcards.modality}"
         " --decoder {input.decoder} --stimuli {input.stimuli} {params.latents} {params.ground_truth} --out {output}"

@@ -22,7 +22,7 @@ if SIMULATED:
             mem_mb=4000,
             runtime=30,
         conda:
-            "../../environment.yml"
+            "../envs/cortexflow.yml"
         shell:
             "cortexflow simulate-study --out {params.out} --params {params.section:q}"
             " --seed {params.seed} --log {log}"
