@@ -122,6 +122,14 @@ def validate_config(config: dict, path: str | Path | None = None) -> dict:
         elif error.validator == "additionalProperties":
             fix = f"remove or rename '{key}'; allowed keys are listed in {SCHEMA_RELPATH}"
         raise CortexflowInputError(f"invalid config key '{key}': {error.message}", path=path, fix=fix)
+    from cortexflow.sections import check_sections
+
+    try:  # every stage section with its stage's dataclass: keys and types
+        check_sections(filled)
+    except CortexflowInputError as e:
+        if path is None:
+            raise
+        raise CortexflowInputError(e.problem, path=path, fix=e.fix) from None
     return filled
 
 

@@ -39,7 +39,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from typing import Literal
+
 from cortexflow.errors import CortexflowInputError
+from cortexflow.sections import from_mapping
 from cortexflow.preprocess.hrf import HRF_MODELS, event_regressors, frame_times, gamma_difference_hrf
 
 log = logging.getLogger("cortexflow.preprocess.glm")
@@ -63,12 +66,12 @@ class GLMConfig:
     may leave for the noise: below it the run has too few volumes for its trials.
     """
 
-    method: str = "lsa"
+    method: Literal["lsa", "lss"] = "lsa"
     hrf_model: str = "spm"
     drift_model: str | None = "cosine"
     high_pass: float = 1.0 / 128.0
     confounds: tuple[str, ...] = DEFAULT_CONFOUNDS
-    signal_scaling: str = "psc"
+    signal_scaling: Literal["psc", "raw"] = "psc"
     oversampling: int = 50
     slice_time_ref: float = 0.0
     min_onset: float = -24.0
@@ -97,13 +100,9 @@ class GLMConfig:
         if isinstance(params, GLMConfig):
             return params
         params = dict(params or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise CortexflowInputError(f"glm config: unknown keys {unknown}", fix=f"use only {sorted(known)}")
-        if "confounds" in params:
-            params["confounds"] = tuple(params["confounds"] or ())
-        return cls(**params)
+        if params.get("confounds", ()) is None:  # null: no confounds
+            params["confounds"] = ()
+        return from_mapping(cls, params, "glm")
 
 
 def cosine_drift(n_scans: int, tr: float, high_pass: float) -> np.ndarray:
