@@ -12,7 +12,9 @@ import os
 import sys
 from pathlib import Path
 
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
+
+from cortexflow.config import validate_config
 
 min_version("9.0")
 
@@ -29,7 +31,10 @@ configfile: "config.yaml"
 report: "workflow/report/workflow.rst"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
+# The schema (workflow/schemas/config.schema.yaml) with its defaults filled in,
+# and every stage section parsed with its stage's dataclass (keys and types), so
+# `snakemake -n` rejects a bad value before any job runs.
+config.update(validate_config(config))
 
 
 include: "workflow/rules/common.smk"

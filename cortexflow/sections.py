@@ -242,7 +242,10 @@ def check_sections(config: Mapping, modalities: Sequence[str] | None = None) -> 
     study decodes (default: ``config['data']['modalities']`` when present).
     """
     if modalities is None:
-        modalities = (config.get("data") or {}).get("modalities") or ("image", "audio", "text")
+        data = config.get("data")
+        modalities = data.get("modalities") if isinstance(data, Mapping) else None
+        if not isinstance(modalities, (list, tuple)):  # the schema reports a bad data.modalities
+            modalities = ("image", "audio", "text")
     parsed: dict[str, Any] = {}
     for section in SECTIONS:
         if section in PER_MODALITY:
@@ -252,3 +255,94 @@ def check_sections(config: Mapping, modalities: Sequence[str] | None = None) -> 
         else:
             parsed[section] = parse_section(config, section)
     return parsed
+
+
+# ---------------------------------------------------------------- the schema
+def schema_of(hint: Any) -> dict[str, Any]:
+    """The JSON schema (as in workflow/schemas/config.schema.yaml) of a type hint or a section dataclass."""
+    if hint is Any:
+        return {}
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Literal:
+        return {"enum": list(args)}
+    if origin in (typing.Union, types.UnionType):
+        options = [schema_of(a) for a in args if a is not type(None)]
+        nullable = type(None) in args
+        if len(options) == 1 and set(options[0]) <= {"type", "items", "additionalProperties"}:
+            one = dict(options[0])
+            if nullable:
+                one["type"] = [one["type"], "null"] if isinstance(one["type"], str) else [*one["type"], "null"]
+            return one
+        return {"anyOf": options + ([{"type": "null"}] if nullable else [])}
+    if dataclasses.is_dataclass(hint):
+        hints = _hints(hint)
+        plain = defaults(hint)
+        return {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {name: {**schema_of(hints.get(name, Any)), "default": plain[name]} for name in plain},
+        }
+    if origin in (list, tuple, Sequence) or hint in (list, tuple):
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return {"type": "array", "items": schema_of(args[0]), "minItems": len(args), "maxItems": len(args)}
+        return {"type": "array", "items": schema_of(args[0]) if args else {}}
+    if origin in (dict, Mapping) or hint in (dict, Mapping):
+        return {"type": "object", "additionalProperties": schema_of(args[1]) if args else {}}
+    names = {int: "integer", float: "number", str: "string", bool: "boolean"}
+    return {"type": names[hint]} if hint in names else {}
+
+
+def _describe(generated: dict, old: dict) -> dict:
+    """``generated`` with the descriptions of ``old`` (the schema file as it was) carried over."""
+    out = dict(generated)
+    if "description" in old:
+        out = {"description": old["description"], **out}
+    props = out.get("properties")
+    if props:
+        old_props = old.get("properties", {})
+        out["properties"] = {k: _describe(v, old_props.get(k, {})) for k, v in props.items()}
+    return out
+
+
+def section_schemas(old: Mapping | None = None) -> tuple[dict, dict]:
+    """({section: schema}, {$defs name: schema}) of every stage section, from the dataclasses."""
+    old = old or {}
+    props, defs = {}, {}
+    for section in SECTIONS:
+        generated = schema_of(section_class(section))
+        old_section = old.get("properties", {}).get(section, {})
+        if section in PER_MODALITY:
+            name = f"{section}_modality"
+            defs[name] = _describe(generated, old.get("$defs", {}).get(name, {}))
+            props[section] = {
+                "description": old_section.get("description", ""),
+                "type": "object",
+                "default": {},
+                "additionalProperties": False,
+                "properties": {m: {"$ref": f"#/$defs/{name}", "default": {}} for m in PER_MODALITY[section]},
+            }
+        else:
+            props[section] = {"description": old_section.get("description", ""), **_describe(generated, old_section),
+                              "default": {}}
+    return props, defs
+
+
+def write_schema(path: str = SCHEMA) -> None:
+    """Rewrite the stage sections of the config schema from the dataclasses (descriptions kept)."""
+    import yaml
+
+    with open(path) as f:
+        old = yaml.safe_load(f)
+    props, defs = section_schemas(old)
+    schema = dict(old)
+    schema["properties"] = {**old["properties"], **props}
+    schema["$defs"] = defs
+    text = yaml.safe_dump(schema, sort_keys=False, width=100, allow_unicode=True, default_flow_style=None)
+    with open(path, "w") as f:
+        f.write("# Generated in part: the stage sections (simulate ... evaluation) and $defs are\n"
+                "# written from the sections' dataclasses by `python -m cortexflow.sections`\n"
+                "# (descriptions are kept); tests/test_config_sections.py checks they agree.\n" + text)
+
+
+if __name__ == "__main__":
+    write_schema()

@@ -21,13 +21,6 @@ from cortexflow.models.brain2text import (
 from cortexflow.models.types import BrainData
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _tiny(**kwargs) -> Brain2Text:
     torch.manual_seed(0)

@@ -6,11 +6,6 @@ import os
 
 from cortexflow.errors import CortexflowInputError
 from cortexflow.fingerprint import stage_fingerprint
-from cortexflow.sections import check_sections
-
-# Every stage section parsed with its stage's dataclass (keys and types) while
-# the job graph is built, so `snakemake -n` rejects a bad value before any job runs.
-check_sections(config)
 
 STUDY = config["study"]
 RESULTS = f"results/{STUDY}"
