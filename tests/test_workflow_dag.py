@@ -159,7 +159,7 @@ def test_tiny_dag_has_every_rule_once_per_unit(finished, tiny):
 
 def test_decoder_param_change_reruns_decoder_and_downstream_only(finished, tiny):
     image = dict(tiny["decoder"]["image"])
-    image["cfg_scale_changed_by_test"] = 1.5
+    image["cond_drop_prob"] = 0.2  # a real key: unknown keys are refused while the DAG is built
     changed = overlay(finished, "decoder_change.yaml", {"decoder": {"image": image}})
     jobs = dry_run(finished, TINY, changed)
     n_subjects = jobs["train_decoder"]
@@ -186,7 +186,7 @@ def test_glm_param_change_reruns_from_glm_but_not_the_simulation(finished, tiny)
 
 
 def test_audio_vae_change_leaves_the_image_path_alone(finished, tiny):
-    audio = {**tiny["vae"]["audio"], "changed_by_test": 1}
+    audio = {**tiny["vae"]["audio"], "kl_weight": 2e-4}  # a real key (unknown ones are refused)
     jobs = dry_run(finished, TINY, overlay(finished, "vae_change.yaml", {"vae": {"audio": audio}}))
     assert jobs["pretrain_vae"] == jobs["encode_latents"] == 1
     n_subjects = jobs["train_decoder"]
@@ -248,9 +248,10 @@ def test_load_config_overrides_the_default_like_snakemake(tmp_path):
 def test_schema_fills_nested_defaults_without_sharing_them():
     a = validate_config({})
     b = validate_config({})
-    assert a["data"]["space"] == "MNI152NLin2009cAsym" and a["decoder"]["text"] == {}
-    a["decoder"]["text"]["x"] = 1
-    assert b["decoder"]["text"] == {}
+    assert a["data"]["space"] == "MNI152NLin2009cAsym" and a["decoder"]["text"]["steps"] == 1500
+    a["vae"]["image"]["hidden_dims"].append(1)
+    a["glm"]["confounds"].append("x")
+    assert b["vae"]["image"]["hidden_dims"] == [32, 64] and "x" not in b["glm"]["confounds"]
 
 
 @pytest.mark.parametrize(
