@@ -1,10 +1,15 @@
-"""Fixtures shared by the test files."""
+"""Shared pytest settings and fixtures for the test suite."""
 
 from __future__ import annotations
 
 import sys
 
 import pytest
+
+# The seed library's own tests and example scripts are fixtures, run in
+# subprocesses by tests/test_seed_suite.py and tests/test_seed_examples.py
+# (their own conftest and pytest.ini; expected differences listed there).
+collect_ignore = ["seed_tests", "seed_examples"]
 
 
 @pytest.fixture(autouse=True)
