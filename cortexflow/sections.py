@@ -162,7 +162,7 @@ def from_mapping(cls: type, values: Mapping | None, key: str):
     unknown = sorted(set(values) - set(known), key=str)
     if unknown:
         raise CortexflowInputError(
-            f"unknown key(s) {', '.join(f'{key}.{u}' for u in unknown)} in the config",
+            f"{key} config: unknown keys {', '.join(f'{key}.{u}' for u in unknown)}",
             fix=f"remove or rename them; the keys of {key} are {', '.join(known)} (described in {SCHEMA})")
     hints = _hints(cls)
     kwargs = {}

@@ -102,7 +102,7 @@ def test_loss_function_misuse_is_reported():
         TrainingConfig(learning_rate=0)
     with pytest.raises(CortexflowInputError, match="mixed_precision"):
         TrainingConfig(mixed_precision="fp16")
-    with pytest.raises(CortexflowInputError, match=r"unknown training option\(s\) \['lr'\]"):
+    with pytest.raises(CortexflowInputError, match=r"training config: unknown keys training\.lr"):
         TrainingConfig.from_dict({"lr": 1e-3})
 
 
