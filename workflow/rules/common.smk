@@ -6,6 +6,7 @@ import os
 
 from cortexflow.errors import CortexflowInputError
 from cortexflow.fingerprint import stage_fingerprint
+from cortexflow.sections import PER_MODALITY
 
 STUDY = config["study"]
 RESULTS = f"results/{STUDY}"
@@ -121,30 +122,6 @@ def section(name):
     return json.dumps(config[name], sort_keys=True)
 
 
-def simulate_params(wildcards):
-    return section("simulate")
-
-
-def glm_params(wildcards):
-    return section("glm")
-
-
-def rois_params(wildcards):
-    return section("rois")
-
-
-def dataset_params(wildcards):
-    return section("dataset")
-
-
-def baseline_params(wildcards):
-    return section("baseline")
-
-
-def evaluation_params(wildcards):
-    return section("evaluation")
-
-
 def modality_section(name, modality):
     """The section reduced to one modality's entry, e.g. {"image": {...}}.
 
@@ -154,18 +131,13 @@ def modality_section(name, modality):
     return json.dumps({modality: config[name][modality]}, sort_keys=True)
 
 
-def vae_params(wildcards):
-    return modality_section("vae", wildcards.modality)
-
-
-def decoder_params(wildcards):
-    """Model and training settings of the modality's decoder."""
-    return modality_section("decoder", wildcards.modality)
-
-
-def sampling_params(wildcards):
-    """How rule sample draws from the modality's trained decoder."""
-    return modality_section("sampling", wildcards.modality)
+def section_params(name):
+    """The params function of a rule that reads config section ``name``: the
+    section as JSON, reduced to the job's modality for per-modality sections
+    (cortexflow.sections.PER_MODALITY: vae, decoder, sampling)."""
+    if name in PER_MODALITY:
+        return lambda wildcards: modality_section(name, wildcards.modality)
+    return lambda wildcards: section(name)
 
 
 def checkpoint_dir(wildcards):
@@ -177,7 +149,7 @@ def checkpoint_dir(wildcards):
     import hashlib
 
     key = hashlib.sha256(
-        f"{decoder_params(wildcards)}|{config['seed']}|{stage_fingerprint('train_decoder')}".encode()
+        f"{modality_section('decoder', wildcards.modality)}|{config['seed']}|{stage_fingerprint('train_decoder')}".encode()
     ).hexdigest()[:12]
     return f"{RESULTS}/checkpoints/sub-{wildcards.subject}_{wildcards.modality}/{key}"
 

@@ -11,7 +11,7 @@ rule evaluate:
         per_item=f"{RESULTS}/metrics/sub-{{subject}}_{{modality}}_items.parquet",
         comparisons=f"{RESULTS}/metrics/sub-{{subject}}_{{modality}}_comparisons.parquet",
     params:
-        section=evaluation_params,
+        section=section_params("evaluation"),
         seed=config["seed"],
         code=stage_fingerprint("evaluate"),
     log:
@@ -44,7 +44,7 @@ rule summarize:
         recon_figures=report_figures(recon_figures()),
     params:
         figures=folder_of_metrics_figure,
-        section=evaluation_params,
+        section=section_params("evaluation"),
         code=stage_fingerprint("summarize"),
     log:
         f"{LOGS}/summarize.log",

@@ -12,7 +12,7 @@ if SIMULATED:
             truth=[path for subject in SUBJECTS for path in ground_truth_files(subject).values()],
         params:
             out=folder_of_description,
-            section=simulate_params,
+            section=section_params("simulate"),
             seed=config["seed"],
             code=stage_fingerprint("simulate_study"),
         log:
