@@ -1,8 +1,8 @@
 """Fingerprints of the source code each workflow stage runs.
 
 Snakemake reruns a job when its params, inputs or shell command change, but it
-cannot see the Python modules the command imports (DESIGN.md, "Reruns after
-edits"). Each rule therefore puts ``stage_fingerprint(rule)`` into its params:
+cannot see the Python modules the command imports (docs/design-notes.md,
+"Reruns after edits"). Each rule therefore puts ``stage_fingerprint(rule)`` into its params:
 a hash of exactly the ``cortexflow`` source files that stage imports (found by
 following its imports, :func:`stage_sources`), so an
 edit of ``models/dit.py`` reruns ``train_decoder`` and what follows, and nothing

@@ -1,6 +1,6 @@
 """The workflow's DAG: lint, config validation, and what reruns after an edit.
 
-DESIGN.md, "Reruns after edits": a change to a stage's parameters, or to the
+docs/design-notes.md, "Reruns after edits": a change to a stage's parameters, or to the
 cortexflow source files it depends on, reruns that stage and what follows, and
 nothing upstream. These tests check it with Snakemake's dry run on the tiny
 config, in a temporary copy of the repository whose outputs are made to look

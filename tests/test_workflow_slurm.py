@@ -3,7 +3,7 @@
 snakemake-executor-plugin-slurm submits the workflow's jobs with `sbatch` and
 polls them with `sacct`; here those commands (and `sinfo`, `squeue`, `scontrol`,
 `sacctmgr`, `srun`) are small scripts on PATH that record what they are given,
-run the job in place and report it COMPLETED (see shared notes SLURM-TESTING.md).
+run the job in place and report it COMPLETED (see docs/slurm-testing.md).
 The rules' `cortexflow` command is a stand-in too: it records its arguments and
 creates the files it is asked to write, so the test exercises submission, not
 the stages.

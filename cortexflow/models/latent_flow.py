@@ -19,7 +19,7 @@ shape, e.g. a ridge-regression prediction of the latent, comes with the brain
 data (``BrainData.prior``) and is concatenated to ``x_t`` along channels. A
 small network learns the linear voxel -> latent map worse than ridge does from
 a thousand noisy trials, so it is given that map's answer and learns what to
-add (measured in shared/notes/DECODING-PROTOTYPE.md).
+add (measured in docs/design-notes.md).
 """
 
 from __future__ import annotations
