@@ -253,3 +253,16 @@ def test_build_rejects_inconsistent_arguments():
         build_brain2text()
     with pytest.raises(CortexflowInputError, match="not divisible by n_heads"):
         build_brain2text(n_voxels=10, hidden_dim=30, n_heads=4)
+
+
+def test_state_dicts_with_the_old_feed_forward_names_still_load():
+    """The text decoder's gated MLP is the DiT's SwiGLU now; files saved with its
+    own copy's names (gate_up/down) load into the same weights."""
+    model = _tiny()
+    state = model.state_dict()
+    old = {k.replace(".mlp.w13.", ".mlp.gate_up.").replace(".mlp.w2.", ".mlp.down."): v for k, v in state.items()}
+    assert any(".mlp.gate_up." in k for k in old) and not any(".mlp.w13." in k for k in old)
+    fresh = _tiny()
+    fresh.load_state_dict(old)  # strict: every key mapped
+    for key, value in fresh.state_dict().items():
+        assert torch.equal(value, state[key]), key

@@ -60,7 +60,12 @@ class DecoderParams:
 class SamplingParams:
     """Config ``sampling.<modality>``: how rule ``sample`` draws reconstructions
     from a trained decoder. Kept apart from ``decoder`` so that editing these
-    reruns sampling and evaluation, not training."""
+    reruns sampling and evaluation, not training.
+
+    The one home of the workflow's sampling defaults (config.yaml and the
+    schema do not restate them; the schema's are checked against these). The
+    library's own defaults, for Python callers, are ``models.flow.FlowConfig``'s
+    (the seed's: 50 steps, guidance 4)."""
 
     # DiT + rectified flow (image, audio)
     num_steps: int = 25
