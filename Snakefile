@@ -22,7 +22,9 @@ min_version("9.0")
 # which cluster jobs inherit. When none is on PATH (e.g. `.venv/bin/snakemake`
 # run directly), the one beside the Python that runs Snakemake is used. A shell
 # prefix, not part of any rule's command, so moving the environment reruns nothing.
-shell.prefix(f'set -euo pipefail; export PATH="$PATH{os.pathsep}{Path(sys.executable).parent}"; ')
+shell.prefix(
+    f'set -euo pipefail; export PATH="$PATH{os.pathsep}{Path(sys.executable).parent}"; '
+)
 
 
 configfile: "config.yaml"

@@ -24,9 +24,7 @@ add (measured in docs/design-notes.md).
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -37,7 +35,7 @@ from cortexflow.errors import CortexflowInputError
 from cortexflow.models.brain_encoder import BrainEncoder
 from cortexflow.models.brain_noise import check_brain_noise, perturb_condition
 from cortexflow.models.dit import DiffusionTransformer, DiTConfig
-from cortexflow.models.flow import FlowConfig, RectifiedFlowMatcher, random_tensor
+from cortexflow.models.flow import FlowConfig, RectifiedFlowMatcher, _eval_mode, random_tensor
 from cortexflow.models.io import module_from_spec, module_spec
 from cortexflow.models.types import BrainData, ReconstructionResult
 from cortexflow.models.vae import ConvVAE
@@ -45,16 +43,6 @@ from cortexflow.models.vae import ConvVAE
 log = logging.getLogger("cortexflow.models.latent_flow")
 
 __all__ = ["LatentFlowDecoder"]
-
-
-@contextlib.contextmanager
-def _eval_mode(module: nn.Module) -> Iterator[None]:
-    was_training = module.training
-    module.eval()
-    try:
-        yield
-    finally:
-        module.train(was_training)
 
 
 class LatentFlowDecoder(nn.Module):

@@ -73,15 +73,25 @@ def find_study_runs():
 
         for subject, task, run in planned_runs(config["simulate"]):
             if task in tasks:
-                runs[(subject, task, run_label(run))] = bids_run_files(subject, task, run_label(run))
+                runs[(subject, task, run_label(run))] = bids_run_files(
+                    subject, task, run_label(run)
+                )
     else:
         from cortexflow.data.bids import find_runs
 
         for task in sorted(tasks):
-            for found in find_runs(BIDS_ROOT, task=task, fmriprep_dir=FMRIPREP_DIR, space=DATA["space"]):
-                files = {key: getattr(found, key) for key in ("bold", "mask", "confounds", "sidecar", "events")}
-                runs[(found.subject, found.task, run_label(found.run, found.session))] = {
-                    key: None if value is None else str(value) for key, value in files.items()
+            for found in find_runs(
+                BIDS_ROOT, task=task, fmriprep_dir=FMRIPREP_DIR, space=DATA["space"]
+            ):
+                files = {
+                    key: getattr(found, key)
+                    for key in ("bold", "mask", "confounds", "sidecar", "events")
+                }
+                runs[
+                    (found.subject, found.task, run_label(found.run, found.session))
+                ] = {
+                    key: None if value is None else str(value)
+                    for key, value in files.items()
                 }
     if DATA["subjects"]:
         runs = {key: files for key, files in runs.items() if key[0] in DATA["subjects"]}
@@ -89,7 +99,11 @@ def find_study_runs():
 
 
 RUNS = find_study_runs()
-SUBJECTS = sorted({subject for subject, _, _ in RUNS}) if not DATA["subjects"] else list(DATA["subjects"])
+SUBJECTS = (
+    sorted({subject for subject, _, _ in RUNS})
+    if not DATA["subjects"]
+    else list(DATA["subjects"])
+)
 
 
 def _check_runs():
@@ -175,8 +189,11 @@ def modality_priority(wildcards):
     """Jobs of slower modalities first: by the modality wildcard, or the task's modality."""
     modality = wildcards.get("modality")
     if modality is None:
-        modality = max((m for m, task in TASK_OF.items() if task == wildcards.get("task")),
-                       key=lambda m: MODALITY_PRIORITY.get(m, 0), default=None)
+        modality = max(
+            (m for m, task in TASK_OF.items() if task == wildcards.get("task")),
+            key=lambda m: MODALITY_PRIORITY.get(m, 0),
+            default=None,
+        )
     return MODALITY_PRIORITY.get(modality, 0)
 
 
@@ -191,10 +208,16 @@ def glm_inputs(wildcards):
     inputs = {key: files[key] for key in ("bold", "events", "confounds", "mask")}
     if files.get("sidecar"):
         inputs["sidecar"] = files["sidecar"]
-    if DATA["glmsingle"]:  # betas from GLMsingle: its file and every run's events, in run order
-        inputs["glmsingle"] = DATA["glmsingle"].format(subject=wildcards.subject, task=wildcards.task)
-        inputs["glmsingle_events"] = [RUNS[(wildcards.subject, wildcards.task, run)]["events"]
-                                      for run in runs_of(wildcards.subject, wildcards.task)]
+    if DATA[
+        "glmsingle"
+    ]:  # betas from GLMsingle: its file and every run's events, in run order
+        inputs["glmsingle"] = DATA["glmsingle"].format(
+            subject=wildcards.subject, task=wildcards.task
+        )
+        inputs["glmsingle_events"] = [
+            RUNS[(wildcards.subject, wildcards.task, run)]["events"]
+            for run in runs_of(wildcards.subject, wildcards.task)
+        ]
     return inputs
 
 
@@ -305,7 +328,9 @@ def sample_inputs(wildcards):
     }
     if wildcards.modality in LATENT_MODALITIES:
         inputs["vae"] = vae_file(wildcards.modality)
-    if SIMULATED:  # the noise ceiling: the ridge decoder on the simulator's noise-free responses
+    if (
+        SIMULATED
+    ):  # the noise ceiling: the ridge decoder on the simulator's noise-free responses
         inputs.update(ground_truth_files(wildcards.subject))
     return inputs
 
@@ -313,21 +338,29 @@ def sample_inputs(wildcards):
 def ground_truth_arg(wildcards, input):
     """`--ground-truth <subject's ground-truth folder>` for the simulated study."""
     responses = input.get("truth_responses")
-    return optional_arg("--ground-truth", os.path.dirname(responses) if responses else None)
+    return optional_arg(
+        "--ground-truth", os.path.dirname(responses) if responses else None
+    )
 
 
 def latent_args(wildcards, input):
     """The optional --latents/--vae/--ridge arguments of the model stages."""
     return " ".join(
-        optional_arg(f"--{key}", input.get(key)) for key in ("latents", "vae", "ridge") if input.get(key)
+        optional_arg(f"--{key}", input.get(key))
+        for key in ("latents", "vae", "ridge")
+        if input.get(key)
     )
 
 
 def summary_inputs(wildcards):
     pairs = [(subject, modality) for subject in SUBJECTS for modality in MODALITIES]
     return {
-        "summaries": [f"{RESULTS}/metrics/sub-{s}_{m}_summary.parquet" for s, m in pairs],
-        "comparisons": [f"{RESULTS}/metrics/sub-{s}_{m}_comparisons.parquet" for s, m in pairs],
+        "summaries": [
+            f"{RESULTS}/metrics/sub-{s}_{m}_summary.parquet" for s, m in pairs
+        ],
+        "comparisons": [
+            f"{RESULTS}/metrics/sub-{s}_{m}_comparisons.parquet" for s, m in pairs
+        ],
         "recons": [recon_file(s, m) for s, m in pairs],
     }
 

@@ -35,7 +35,11 @@ rule summarize:
     output:
         summary=f"{RESULTS}/summary.parquet",
         comparisons=f"{RESULTS}/comparisons.parquet",
-        markdown=report(f"{RESULTS}/summary.md", caption="../report/summary.rst", category="Summary"),
+        markdown=report(
+            f"{RESULTS}/summary.md",
+            caption="../report/summary.rst",
+            category="Summary",
+        ),
         metrics_figure=report(
             f"{RESULTS}/figures/metrics.png",
             caption="../report/metrics.rst",

@@ -9,7 +9,11 @@ if SIMULATED:
             description=f"{BIDS_ROOT}/dataset_description.json",
             stimuli=STIMULI_TSV,
             runs=[path for files in RUNS.values() for path in files.values()],
-            truth=[path for subject in SUBJECTS for path in ground_truth_files(subject).values()],
+            truth=[
+                path
+                for subject in SUBJECTS
+                for path in ground_truth_files(subject).values()
+            ],
         params:
             out=folder_of_description,
             section=section_params("simulate"),
