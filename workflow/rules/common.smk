@@ -146,7 +146,7 @@ def modality_section(name, modality):
 
 
 def section_params(name):
-    """The params function of a rule that reads config section ``name``: the
+    """The params function for config section ``name``: the
     section as JSON, reduced to the job's modality for per-modality sections
     (cortexflow.sections.PER_MODALITY: vae, decoder, sampling)."""
     if name in PER_MODALITY:
