@@ -266,3 +266,14 @@ def test_state_dicts_with_the_old_feed_forward_names_still_load():
     fresh.load_state_dict(old)  # strict: every key mapped
     for key, value in fresh.state_dict().items():
         assert torch.equal(value, state[key]), key
+
+
+def test_residual_output_projections_get_the_scaled_init():
+    """GPT-2 init: attention's proj and the MLP's w2 write into the residual stream,
+    so their weights are N(0, 0.02 / sqrt(2 depth)); the other linears N(0, 0.02)."""
+    torch.manual_seed(0)
+    model = build_brain2text(n_voxels=20, max_len=64, hidden_dim=128, depth=8, n_heads=4, n_brain_tokens=4)
+    residual = 0.02 / (2 * 8) ** 0.5
+    for block in model.blocks:
+        assert abs(block.mlp.w2.weight.std().item() - residual) < 0.25 * residual
+        assert abs(block.mlp.w13.weight.std().item() - 0.02) < 0.1 * 0.02

@@ -325,7 +325,8 @@ class Brain2Text(nn.Module):
         for module in [self.token_emb, self.pos_emb, *self.blocks]:
             for name, sub in module.named_modules():
                 if isinstance(sub, nn.Linear):
-                    std = residual_std if name.endswith(("proj", "down")) else 0.02
+                    # residual outputs: attention's proj and the gated MLP's w2 (named down before SwiGLU was shared)
+                    std = residual_std if name.endswith(("proj", "mlp.w2")) else 0.02
                     nn.init.normal_(sub.weight, std=std)
                     if sub.bias is not None:
                         nn.init.zeros_(sub.bias)
