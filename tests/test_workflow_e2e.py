@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 SUMMARY_COLUMNS = ["subject", "modality", "method", "metric", "value", "ci_low", "ci_high", "n"]
 COMPARISON_COLUMNS = ["subject", "modality", "metric", "method_a", "method_b", "diff", "ci_low", "ci_high", "n"]
-# DESIGN.md, "Contracts that other parts rely on"
+# docs/contracts.md, the summary tables
 METRICS = {
     "image": {"pixcorr", "ssim", "two_way_id_pixel", "two_way_id_feature", "two_way_id_hog"},
     "audio": {"mel_corr", "two_way_id"},

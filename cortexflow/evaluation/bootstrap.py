@@ -6,7 +6,7 @@ ch. 13). Two methods evaluated on the same items are compared with a *paired*
 bootstrap: one index resample is applied to both score vectors and the
 interval is that of the mean difference. Pairing removes the between-item
 variance the two share; with ~100 test items it detects differences that
-overlapping marginal intervals would hide (see DECODING-PROTOTYPE.md).
+overlapping marginal intervals would hide (docs/design-notes.md, "The decoder prototype").
 
 Resampling indices are drawn once from ``seed`` and reused, so every method and
 metric of one evaluation sees the same resamples (common random numbers) and

@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 
 from cortexflow import _io
 from cortexflow.errors import CortexflowInputError
+from cortexflow.sections import from_mapping
 from cortexflow.evaluation import metrics as M
 from cortexflow.evaluation.bootstrap import bootstrap_indices, hierarchical_bootstrap, seed_indices
 from cortexflow.evaluation.features import CharNgramConfig, HOGFeatures, char_ngram_features, make_image_features
@@ -106,17 +107,8 @@ class EvaluationConfig:
     figure_items: int = 10
 
     @classmethod
-    def from_params(cls, params: Mapping | None) -> "EvaluationConfig":
-        params = dict(params or {})
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise CortexflowInputError(f"unknown evaluation parameters {unknown}",
-                                       fix=f"use only {sorted(known)} in the config's evaluation section")
-        values = dict(params)
-        if "text_features" in values:
-            values["text_features"] = CharNgramConfig.from_params(values["text_features"])
-        config = cls(**values)
+    def from_params(cls, params: Mapping | None, key: str = "evaluation") -> "EvaluationConfig":
+        config = from_mapping(cls, params, key)
         if config.n_boot < 1 or not 0 < config.confidence < 1 or config.chance_permutations < 1:
             raise CortexflowInputError(
                 f"evaluation needs n_boot >= 1, 0 < confidence < 1 and chance_permutations >= 1, got "

@@ -60,6 +60,7 @@ from typing import Protocol
 import numpy as np
 
 from cortexflow.errors import CortexflowInputError
+from cortexflow.sections import from_mapping
 
 log = logging.getLogger("cortexflow.evaluation.features")
 
@@ -100,16 +101,9 @@ class CharNgramConfig:
     normalize: bool = True
 
     @classmethod
-    def from_params(cls, params: dict | None) -> "CharNgramConfig":
+    def from_params(cls, params: dict | None, key: str = "text_features") -> "CharNgramConfig":
         """From a config mapping ``{ngram_range: [2, 3], n_features: 2048, normalize: true}``."""
-        params = dict(params or {})
-        unknown = sorted(set(params) - {"ngram_range", "n_features", "normalize"})
-        if unknown:
-            raise CortexflowInputError(f"unknown text_features parameters {unknown}",
-                                       fix="use ngram_range, n_features and normalize")
-        return cls(ngram_range=tuple(int(n) for n in params.get("ngram_range", cls.ngram_range)),
-                   n_features=int(params.get("n_features", cls.n_features)),
-                   normalize=bool(params.get("normalize", cls.normalize)))
+        return from_mapping(cls, params, key)
 
 
 def char_ngram_features(texts: list[str] | np.ndarray, config: CharNgramConfig = CharNgramConfig()) -> np.ndarray:

@@ -39,6 +39,7 @@ from cortexflow.models.brain_encoder import (
     SubjectAdapter,
 )
 from cortexflow.models.brain_noise import check_brain_noise, perturb_condition
+from cortexflow.models.dit import SwiGLU
 from cortexflow.models.types import BrainData, Modality, ReconstructionResult
 
 log = logging.getLogger("cortexflow.models.brain2text")
@@ -250,21 +251,11 @@ class CrossAttention(nn.Module):
         return self.resid_drop(self.proj(y.transpose(1, 2).reshape(b, t, d)))
 
 
-class SwiGLU(nn.Module):
-    """Gated MLP (Shazeer 2020, arXiv:2002.05202); hidden width 2/3 of
-    ``mlp_ratio * dim`` so it costs the same as a GELU MLP of that ratio."""
-
-    def __init__(self, dim: int, mlp_ratio: float, dropout: float):
-        super().__init__()
-        hidden = int(2 * mlp_ratio * dim / 3)
-        hidden = 8 * ((hidden + 7) // 8)
-        self.gate_up = nn.Linear(dim, 2 * hidden)
-        self.down = nn.Linear(hidden, dim)
-        self.drop = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up(x).chunk(2, dim=-1)
-        return self.drop(self.down(F.silu(gate) * up))
+def swiglu_hidden(dim: int, mlp_ratio: float) -> int:
+    """Hidden width of the gated MLP: 2/3 of ``mlp_ratio * dim`` (so it costs the
+    same as a GELU MLP of that ratio; Shazeer 2020), rounded up to a multiple of 8."""
+    hidden = int(2 * mlp_ratio * dim / 3)
+    return 8 * ((hidden + 7) // 8)
 
 
 class DecoderBlock(nn.Module):
@@ -275,7 +266,7 @@ class DecoderBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.cross_attn = CrossAttention(dim, n_heads, dropout)
         self.norm3 = nn.LayerNorm(dim)
-        self.mlp = SwiGLU(dim, mlp_ratio, dropout)
+        self.mlp = SwiGLU(dim, swiglu_hidden(dim, mlp_ratio), bias=True, dropout=dropout)
 
     def forward(
         self,
@@ -334,7 +325,8 @@ class Brain2Text(nn.Module):
         for module in [self.token_emb, self.pos_emb, *self.blocks]:
             for name, sub in module.named_modules():
                 if isinstance(sub, nn.Linear):
-                    std = residual_std if name.endswith(("proj", "down")) else 0.02
+                    # residual outputs: attention's proj and the gated MLP's w2 (named down before SwiGLU was shared)
+                    std = residual_std if name.endswith(("proj", "mlp.w2")) else 0.02
                     nn.init.normal_(sub.weight, std=std)
                     if sub.bias is not None:
                         nn.init.zeros_(sub.bias)

@@ -25,14 +25,12 @@ shape, e.g. a ridge-regression prediction of the latent, comes with the brain
 data (``BrainData.prior``) and is concatenated to ``x_t`` along channels. A
 small network learns the linear voxel -> latent map worse than ridge does from
 a thousand noisy trials, so it is given that map's answer and learns what to
-add (measured in shared/notes/DECODING-PROTOTYPE.md).
+add (measured in docs/design-notes.md).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -43,7 +41,7 @@ from cortexflow.errors import CortexflowInputError
 from cortexflow.models.brain_encoder import BrainEncoder
 from cortexflow.models.brain_noise import check_brain_noise, perturb_condition
 from cortexflow.models.dit import DiffusionTransformer, DiTConfig
-from cortexflow.models.flow import FlowConfig, RectifiedFlowMatcher, random_tensor
+from cortexflow.models.flow import FlowConfig, RectifiedFlowMatcher, _eval_mode, random_tensor
 from cortexflow.models.io import module_from_spec, module_spec
 from cortexflow.models.types import BrainData, ReconstructionResult
 from cortexflow.models.vae import ConvVAE
@@ -51,16 +49,6 @@ from cortexflow.models.vae import ConvVAE
 log = logging.getLogger("cortexflow.models.latent_flow")
 
 __all__ = ["LatentFlowDecoder"]
-
-
-@contextlib.contextmanager
-def _eval_mode(module: nn.Module) -> Iterator[None]:
-    was_training = module.training
-    module.eval()
-    try:
-        yield
-    finally:
-        module.train(was_training)
 
 
 class LatentFlowDecoder(nn.Module):
@@ -244,10 +232,10 @@ class LatentFlowDecoder(nn.Module):
     def sample_latents(
         self,
         brain_data: BrainData,
-        num_steps: int = 50,
-        cfg_scale: float = 4.0,
-        solver: str = "euler",
-        shift: float = 1.0,
+        num_steps: int = FlowConfig.num_steps,
+        cfg_scale: float = FlowConfig.cfg_scale,
+        solver: str = FlowConfig.solver,
+        shift: float = FlowConfig.shift,
         generator: torch.Generator | None = None,
         num_samples: int = 1,
         progress: bool = False,
@@ -340,13 +328,13 @@ class LatentFlowDecoder(nn.Module):
     def reconstruct(
         self,
         brain_data: BrainData,
-        num_steps: int = 50,
-        cfg_scale: float = 4.0,
+        num_steps: int = FlowConfig.num_steps,
+        cfg_scale: float = FlowConfig.cfg_scale,
         num_samples: int = 1,
         brain_noise: float = 0.0,
         *,
-        solver: str = "euler",
-        shift: float = 1.0,
+        solver: str = FlowConfig.solver,
+        shift: float = FlowConfig.shift,
         generator: torch.Generator | None = None,
         progress: bool = False,
         precision: str | None = None,

@@ -26,6 +26,7 @@ from cortexflow.errors import CortexflowInputError
 from cortexflow.models.latents import load_latents
 from cortexflow.stages.params import DecoderParams, SamplingParams, modality_params, resolve_device
 from cortexflow.stages.vae import load_vae
+from cortexflow.training.checkpoint import prune_stale_checkpoints
 
 log = logging.getLogger("cortexflow.stages.decoder")
 
@@ -163,6 +164,7 @@ def _train_decoder(*, dataset: str, modality: str, out: str, checkpoint_dir: str
         save_model(model.cpu(), out, extra={"modality": modality, "params": asdict(p), "vae_extra": extra,
                                            "final_loss": _final_loss(result)})
         log.info("wrote %s", out)
+        prune_stale_checkpoints(checkpoint_dir)
 
 
 def _final_loss(result) -> float | None:
@@ -207,4 +209,5 @@ def _train_text_decoder(X: np.ndarray, stim_ids: np.ndarray, p: DecoderParams, s
         save_model(model.cpu(), out, extra={"modality": "text", "params": asdict(p),
                                            "final_loss": _final_loss(result)})
         log.info("wrote %s", out)
+        prune_stale_checkpoints(checkpoint_dir)
 

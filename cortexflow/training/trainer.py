@@ -47,7 +47,9 @@ import torch.nn as nn
 from torch.optim.lr_scheduler import LRScheduler
 from tqdm.auto import tqdm
 
+from cortexflow.devices import resolve_device
 from cortexflow.errors import CortexflowInputError
+from cortexflow.sections import from_mapping
 from cortexflow.models.ema import EMAModel
 from cortexflow.models.types import BrainData
 from cortexflow.training import distributed
@@ -148,13 +150,7 @@ class TrainingConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "TrainingConfig":
         """Build from a config-file section, naming unknown keys in the error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise CortexflowInputError(
-                f"unknown training option(s) {unknown}", fix=f"use only {sorted(known)}"
-            )
-        return cls(**dict(values))
+        return from_mapping(cls, values, "training")
 
 
 class WarmupCosineScheduler(LRScheduler):
@@ -274,7 +270,7 @@ class Trainer:
         if not isinstance(model, nn.Module):
             raise CortexflowInputError(f"Trainer needs a torch.nn.Module, got {type(model).__name__}")
         self.config = config = config if config is not None else TrainingConfig()
-        self.device = _resolve_device(config.device)
+        self.device = resolve_device(config.device)
         self.model = model.to(self.device)
         self.dist = distributed.current()
         self._loss_module: nn.Module = _LossModule(self.model)
@@ -632,17 +628,6 @@ def _default_loss_fn(model: nn.Module, batch: Any) -> torch.Tensor:
     if isinstance(batch, (tuple, list)):
         return model.training_loss(*batch)
     return model.training_loss(batch)
-
-
-def _resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise CortexflowInputError(
-            f"device {device!r} requested but CUDA is not available", fix="use device 'auto' or 'cpu'"
-        )
-    return resolved
 
 
 def _autocast_dtype(mode: str, device: torch.device) -> torch.dtype | None:

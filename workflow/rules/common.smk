@@ -7,6 +7,7 @@ import os
 from cortexflow.errors import CortexflowInputError
 from cortexflow.fingerprint import stage_fingerprint
 from cortexflow.stages.params import training_seeds
+from cortexflow.sections import PER_MODALITY
 
 STUDY = config["study"]
 RESULTS = f"results/{STUDY}"
@@ -74,15 +75,25 @@ def find_study_runs():
 
         for subject, task, run in planned_runs(config["simulate"]):
             if task in tasks:
-                runs[(subject, task, run_label(run))] = bids_run_files(subject, task, run_label(run))
+                runs[(subject, task, run_label(run))] = bids_run_files(
+                    subject, task, run_label(run)
+                )
     else:
         from cortexflow.data.bids import find_runs
 
         for task in sorted(tasks):
-            for found in find_runs(BIDS_ROOT, task=task, fmriprep_dir=FMRIPREP_DIR, space=DATA["space"]):
-                files = {key: getattr(found, key) for key in ("bold", "mask", "confounds", "sidecar", "events")}
-                runs[(found.subject, found.task, run_label(found.run, found.session))] = {
-                    key: None if value is None else str(value) for key, value in files.items()
+            for found in find_runs(
+                BIDS_ROOT, task=task, fmriprep_dir=FMRIPREP_DIR, space=DATA["space"]
+            ):
+                files = {
+                    key: getattr(found, key)
+                    for key in ("bold", "mask", "confounds", "sidecar", "events")
+                }
+                runs[
+                    (found.subject, found.task, run_label(found.run, found.session))
+                ] = {
+                    key: None if value is None else str(value)
+                    for key, value in files.items()
                 }
     if DATA["subjects"]:
         runs = {key: files for key, files in runs.items() if key[0] in DATA["subjects"]}
@@ -90,7 +101,11 @@ def find_study_runs():
 
 
 RUNS = find_study_runs()
-SUBJECTS = sorted({subject for subject, _, _ in RUNS}) if not DATA["subjects"] else list(DATA["subjects"])
+SUBJECTS = (
+    sorted({subject for subject, _, _ in RUNS})
+    if not DATA["subjects"]
+    else list(DATA["subjects"])
+)
 
 
 def _check_runs():
@@ -123,30 +138,6 @@ def section(name):
     return json.dumps(config[name], sort_keys=True)
 
 
-def simulate_params(wildcards):
-    return section("simulate")
-
-
-def glm_params(wildcards):
-    return section("glm")
-
-
-def rois_params(wildcards):
-    return section("rois")
-
-
-def dataset_params(wildcards):
-    return section("dataset")
-
-
-def baseline_params(wildcards):
-    return section("baseline")
-
-
-def evaluation_params(wildcards):
-    return section("evaluation")
-
-
 def modality_section(name, modality):
     """The section reduced to one modality's entry, e.g. {"image": {...}}.
 
@@ -156,14 +147,24 @@ def modality_section(name, modality):
     return json.dumps({modality: config[name][modality]}, sort_keys=True)
 
 
-def vae_params(wildcards):
-    return modality_section("vae", wildcards.modality)
+def section_params(name):
+    """The params function for config section ``name``: the
+    section as JSON, reduced to the job's modality for per-modality sections
+    (cortexflow.sections.PER_MODALITY: vae, decoder, sampling)."""
+    if name in PER_MODALITY:
+        return lambda wildcards: modality_section(name, wildcards.modality)
+    return lambda wildcards: section(name)
 
 
 def decoder_params(wildcards):
     """Model and training settings of the modality's decoder (without `seeds`: how many runs the
-    workflow trains is not a setting of one run, so changing it retrains none of the others)."""
-    entry = {k: v for k, v in (config["decoder"][wildcards.modality] or {}).items() if k != "seeds"}
+    workflow trains is not a setting of one run, so changing it retrains none of the others).
+    """
+    entry = {
+        k: v
+        for k, v in (config["decoder"][wildcards.modality] or {}).items()
+        if k != "seeds"
+    }
     return json.dumps({wildcards.modality: entry}, sort_keys=True)
 
 
@@ -175,11 +176,6 @@ def seeds_of(modality):
 def train_seed(wildcards):
     """The integer seed of training run `train_seed`: config.seed + its index."""
     return int(config["seed"]) + int(wildcards.train_seed)
-
-
-def sampling_params(wildcards):
-    """How rule sample draws from the modality's trained decoder."""
-    return modality_section("sampling", wildcards.modality)
 
 
 def decoder_launcher(wildcards, resources):
@@ -227,8 +223,11 @@ def modality_priority(wildcards):
     """Jobs of slower modalities first: by the modality wildcard, or the task's modality."""
     modality = wildcards.get("modality")
     if modality is None:
-        modality = max((m for m, task in TASK_OF.items() if task == wildcards.get("task")),
-                       key=lambda m: MODALITY_PRIORITY.get(m, 0), default=None)
+        modality = max(
+            (m for m, task in TASK_OF.items() if task == wildcards.get("task")),
+            key=lambda m: MODALITY_PRIORITY.get(m, 0),
+            default=None,
+        )
     return MODALITY_PRIORITY.get(modality, 0)
 
 
@@ -243,10 +242,16 @@ def glm_inputs(wildcards):
     inputs = {key: files[key] for key in ("bold", "events", "confounds", "mask")}
     if files.get("sidecar"):
         inputs["sidecar"] = files["sidecar"]
-    if DATA["glmsingle"]:  # betas from GLMsingle: its file and every run's events, in run order
-        inputs["glmsingle"] = DATA["glmsingle"].format(subject=wildcards.subject, task=wildcards.task)
-        inputs["glmsingle_events"] = [RUNS[(wildcards.subject, wildcards.task, run)]["events"]
-                                      for run in runs_of(wildcards.subject, wildcards.task)]
+    if DATA[
+        "glmsingle"
+    ]:  # betas from GLMsingle: its file and every run's events, in run order
+        inputs["glmsingle"] = DATA["glmsingle"].format(
+            subject=wildcards.subject, task=wildcards.task
+        )
+        inputs["glmsingle_events"] = [
+            RUNS[(wildcards.subject, wildcards.task, run)]["events"]
+            for run in runs_of(wildcards.subject, wildcards.task)
+        ]
     return inputs
 
 
@@ -318,7 +323,10 @@ def recon_file(subject, modality, seed):
 
 def recon_files(wildcards):
     """Every training seed's recon file of one subject and modality, in seed order."""
-    return [recon_file(wildcards.subject, wildcards.modality, k) for k in seeds_of(wildcards.modality)]
+    return [
+        recon_file(wildcards.subject, wildcards.modality, k)
+        for k in seeds_of(wildcards.modality)
+    ]
 
 
 def latent_inputs(modality):
@@ -359,7 +367,9 @@ def ground_truth_files(subject):
 def sample_inputs(wildcards):
     inputs = {
         "dataset": dataset_dir(wildcards.subject, wildcards.modality),
-        "decoder": decoder_file(wildcards.subject, wildcards.modality, wildcards.train_seed),
+        "decoder": decoder_file(
+            wildcards.subject, wildcards.modality, wildcards.train_seed
+        ),
         "ridge": ridge_file(wildcards.subject, wildcards.modality),
         "baselines": baselines_file(wildcards.subject, wildcards.modality),
         "stimuli": STIMULI_TSV,
@@ -367,7 +377,9 @@ def sample_inputs(wildcards):
     }
     if wildcards.modality in LATENT_MODALITIES:
         inputs["vae"] = vae_file(wildcards.modality)
-    if SIMULATED:  # noise_free_linear: the ridge decoder on the simulator's noise-free responses
+    if (
+        SIMULATED
+    ):  # noise_free_linear: the ridge decoder on the simulator's noise-free responses
         inputs.update(ground_truth_files(wildcards.subject))
     return inputs
 
@@ -375,22 +387,32 @@ def sample_inputs(wildcards):
 def ground_truth_arg(wildcards, input):
     """`--ground-truth <subject's ground-truth folder>` for the simulated study."""
     responses = input.get("truth_responses")
-    return optional_arg("--ground-truth", os.path.dirname(responses) if responses else None)
+    return optional_arg(
+        "--ground-truth", os.path.dirname(responses) if responses else None
+    )
 
 
 def latent_args(wildcards, input):
     """The optional --latents/--vae/--ridge/--baselines arguments of the model stages."""
     return " ".join(
-        optional_arg(f"--{key}", input.get(key)) for key in ("latents", "vae", "ridge", "baselines") if input.get(key)
+        optional_arg(f"--{key}", input.get(key))
+        for key in ("latents", "vae", "ridge", "baselines")
+        if input.get(key)
     )
 
 
 def summary_inputs(wildcards):
     pairs = [(subject, modality) for subject in SUBJECTS for modality in MODALITIES]
     return {
-        "summaries": [f"{RESULTS}/metrics/sub-{s}_{m}_summary.parquet" for s, m in pairs],
-        "comparisons": [f"{RESULTS}/metrics/sub-{s}_{m}_comparisons.parquet" for s, m in pairs],
-        "item_scores": [f"{RESULTS}/metrics/sub-{s}_{m}_items.parquet" for s, m in pairs],
+        "summaries": [
+            f"{RESULTS}/metrics/sub-{s}_{m}_summary.parquet" for s, m in pairs
+        ],
+        "comparisons": [
+            f"{RESULTS}/metrics/sub-{s}_{m}_comparisons.parquet" for s, m in pairs
+        ],
+        "item_scores": [
+            f"{RESULTS}/metrics/sub-{s}_{m}_items.parquet" for s, m in pairs
+        ],
         # the figures show the first training seed's reconstructions
         "recons": [recon_file(s, m, 0) for s, m in pairs],
         "datasets": [dataset_dir(s, m) for s, m in pairs],

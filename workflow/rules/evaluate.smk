@@ -12,7 +12,7 @@ rule evaluate:
         per_item=f"{RESULTS}/metrics/sub-{{subject}}_{{modality}}_items.parquet",
         comparisons=f"{RESULTS}/metrics/sub-{{subject}}_{{modality}}_comparisons.parquet",
     params:
-        section=evaluation_params,
+        section=section_params("evaluation"),
         seed=config["seed"],
         code=stage_fingerprint("evaluate"),
     log:
@@ -36,7 +36,11 @@ rule summarize:
     output:
         summary=f"{RESULTS}/summary.parquet",
         comparisons=f"{RESULTS}/comparisons.parquet",
-        markdown=report(f"{RESULTS}/summary.md", caption="../report/summary.rst", category="Summary"),
+        markdown=report(
+            f"{RESULTS}/summary.md",
+            caption="../report/summary.rst",
+            category="Summary",
+        ),
         metrics_figure=report(
             f"{RESULTS}/figures/metrics.png",
             caption="../report/metrics.rst",
@@ -51,7 +55,7 @@ rule summarize:
         recon_figures=report_figures(recon_figures()),
     params:
         figures=folder_of_metrics_figure,
-        section=evaluation_params,
+        section=section_params("evaluation"),
         seed=config["seed"],
         code=stage_fingerprint("summarize"),
     log:

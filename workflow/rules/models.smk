@@ -12,7 +12,7 @@ rule pretrain_vae:
     wildcard_constraints:
         modality="image|audio",
     params:
-        section=vae_params,
+        section=section_params("vae"),
         seed=config["seed"],
         device=config["device"],
         code=stage_fingerprint("pretrain_vae"),
@@ -41,7 +41,7 @@ rule encode_latents:
     wildcard_constraints:
         modality="image|audio",
     params:
-        section=vae_params,
+        section=section_params("vae"),
         device=config["device"],
         code=stage_fingerprint("encode_latents"),
     log:
@@ -69,7 +69,7 @@ rule fit_baseline:
         ridge=f"{RESULTS}/models/sub-{{subject}}_{{modality}}_ridge.npz",
         baselines=f"{RESULTS}/models/sub-{{subject}}_{{modality}}_baselines.npz",
     params:
-        section=baseline_params,
+        section=section_params("baseline"),
         latents=latent_args,
         seed=config["seed"],
         code=stage_fingerprint("fit_baseline"),
@@ -132,7 +132,7 @@ rule sample:
     output:
         f"{RESULTS}/recon/sub-{{subject}}_{{modality}}_seed{{train_seed}}.npz",
     params:
-        section=sampling_params,
+        section=section_params("sampling"),
         latents=latent_args,
         ground_truth=ground_truth_arg,
         seed=train_seed,
