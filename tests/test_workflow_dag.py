@@ -337,7 +337,7 @@ def test_every_rule_has_a_source_list_and_dit_is_only_downstream():
     assert "models/dit.py" in sources["train_decoder"] and "models/flow.py" in sources["train_decoder"]
     # found from the imports: the module defining the stage and the library it calls, not its neighbours
     assert "preprocess/glm.py" in sources["glm_betas"] and "preprocess/rois.py" not in sources["glm_betas"]
-    assert "models/ridge.py" in sources["fit_baseline"] and "evaluation/noise_ceiling.py" in sources["sample"]
+    assert "models/ridge.py" in sources["fit_baseline"] and "evaluation/noise_free_linear.py" in sources["sample"]
     assert not any(s in ("_io.py", "errors.py", "cli.py") for files in sources.values() for s in files)
     assert len({stage_fingerprint(rule) for rule in STAGES}) >= 8
     root = Path(cortexflow.__file__).parent
