@@ -269,14 +269,17 @@ def _parse_recon_name(path: str) -> tuple[str, str, int, int]:
 
 
 def cross_subject_curve_stage(*, recons: list[str], out_curve: str, out_comparisons: str, out_markdown: str,
-                              out_figure: str, params: dict, evaluation: dict | None = None, seed: int = 0) -> None:
+                              out_figure: str, params: dict, evaluation: str | None = None, seed: int = 0) -> None:
     """Score every held-out reconstruction; write the quality-vs-trials curve and the
-    paired differences fine-tuned − subject-alone (and − ridge) at each budget."""
+    paired differences fine-tuned − subject-alone (and − ridge) at each budget.
+    ``evaluation``: the config's evaluation section as JSON (metrics' settings)."""
+    import json
+
     from cortexflow.evaluation.bootstrap import bootstrap_ci, bootstrap_indices, paired_bootstrap
     from cortexflow.evaluation.evaluate import EvaluationConfig, load_recon, score_items
 
     c = CrossSubjectParams.from_params(params)
-    ev = EvaluationConfig.from_params({**(evaluation or {}), "n_boot": c.n_boot})
+    ev = EvaluationConfig.from_params({**(json.loads(evaluation) if evaluation else {}), "n_boot": c.n_boot})
     scores: dict[tuple[str, int], dict[tuple[str, str], pd.Series]] = {}
     trials: dict[tuple[str, int], int] = {}
     for path in recons:
