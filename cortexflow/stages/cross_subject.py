@@ -54,9 +54,9 @@ class CrossSubjectParams:
     runs: list[int] = field(default_factory=lambda: [1, 2, 5, 10])
     shared_dim: int = 256
     decoder: dict = field(default_factory=dict)  # DecoderParams of both arms (prior_conditioning is off)
-    shared_steps: int = 1500
-    finetune_steps: int = 400  # both arms, at every budget
-    adapter_steps: int = 100  # fine-tuning first trains the new adapter alone (LP-FT)
+    shared_steps: int = 1000
+    finetune_steps: int = 300  # both arms, at every budget
+    adapter_steps: int = 50  # fine-tuning first trains the new adapter alone (LP-FT)
     finetune_trainable: str = "all"  # after the adapter steps: "all" or "adapter"
     sampling: dict = field(default_factory=lambda: {"n_samples": 4})
     n_boot: int = 1000
