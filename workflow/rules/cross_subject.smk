@@ -94,7 +94,8 @@ rule train_shared_decoder:
         code=stage_fingerprint("cross_subject"),
     log:
         f"{LOGS}/cross_subject/shared_without-sub-{{held}}.log",
-    # one thread: on a small machine the held-out subjects' shared decoders train side by side
+    # first, and one thread each: the longest jobs, and half the fits wait for them
+    priority: 10
     threads: 1
     resources:
         mem_mb=8000,
