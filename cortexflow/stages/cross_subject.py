@@ -52,13 +52,14 @@ class CrossSubjectParams:
     modality: str = "image"
     held_out: list[str] = field(default_factory=list)  # empty: every subject in turn
     runs: list[int] = field(default_factory=lambda: [1, 2, 5, 10])
-    shared_dim: int = 256
-    decoder: dict = field(default_factory=dict)  # DecoderParams of both arms (prior_conditioning is off)
-    shared_steps: int = 1000
-    finetune_steps: int = 300  # both arms, at every budget
-    adapter_steps: int = 50  # fine-tuning first trains the new adapter alone (LP-FT)
+    shared_dim: int = 128
+    # DecoderParams of both arms (prior_conditioning is off)
+    decoder: dict = field(default_factory=lambda: {"hidden_dim": 64, "depth": 2, "num_heads": 4})
+    shared_steps: int = 600
+    finetune_steps: int = 150  # both arms, at every budget
+    adapter_steps: int = 30  # fine-tuning first trains the new adapter alone (LP-FT, Kumar et al. 2022)
     finetune_trainable: str = "all"  # after the adapter steps: "all" or "adapter"
-    sampling: dict = field(default_factory=lambda: {"n_samples": 4})
+    sampling: dict = field(default_factory=lambda: {"num_steps": 20, "n_samples": 2})
     n_boot: int = 1000
 
     @classmethod
