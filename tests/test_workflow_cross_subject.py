@@ -35,7 +35,7 @@ def test_cross_subject_builds_its_dag_and_rule_all_leaves_it_out(repo):
 
 @pytest.mark.slow
 def test_tiny_cross_subject_run_writes_its_curve(repo):
-    proc = snakemake(repo, "cross_subject", "--cores", "2", "--configfile", TINY, XSUB, timeout=600, check=False)
+    proc = snakemake(repo, "cross_subject", "--cores", "2", "--configfile", TINY, XSUB, timeout=900, check=False)
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
     out = repo / "results" / "tiny" / "cross_subject"
     curve = pd.read_parquet(out / "curve.parquet")
