@@ -43,9 +43,11 @@ STAGE_SOURCES: dict[str, tuple[str, ...]] = {
     "evaluate": ("stages/evaluate.py", "evaluation/evaluate.py", "evaluation/metrics.py", "evaluation/bootstrap.py",
                  "evaluation/features.py"),
     "summarize": ("stages/evaluate.py", "evaluation/summary.py", "evaluation/figures.py"),
-    # the cross_subject target's training/fitting rules, and its curve
-    "cross_subject": ("stages/cross_subject.py", "stages/decoder.py", "stages/vae.py", "stages/params.py",
-                      "stages/sample.py", "data/stimulus_arrays.py", "models/", "training/"),
+    # the cross_subject target's rules (cross_subject.smk)
+    "train_shared_decoder": ("stages/cross_subject.py", "stages/decoder.py", "stages/vae.py", "stages/params.py",
+                             "stages/sample.py", "data/stimulus_arrays.py", "models/", "training/"),
+    "cross_subject_fit": ("stages/cross_subject.py", "stages/decoder.py", "stages/vae.py", "stages/params.py",
+                          "stages/sample.py", "data/stimulus_arrays.py", "models/", "training/"),
     "cross_subject_curve": ("stages/cross_subject.py", "evaluation/evaluate.py", "evaluation/metrics.py",
                             "evaluation/bootstrap.py", "evaluation/features.py"),
 }
