@@ -50,6 +50,7 @@ include: "workflow/rules/simulate.smk"
 include: "workflow/rules/preprocess.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/cross_subject.smk"  # its own target, `snakemake cross_subject`; not in rule all
 
 
 # Cheap bookkeeping on small tables: run on the submitting host, never queued
@@ -58,6 +59,7 @@ localrules:
     all,
     evaluate,
     summarize,
+    cross_subject,
 
 
 rule all:

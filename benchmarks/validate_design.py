@@ -14,6 +14,11 @@ difference to every baseline.
     .venv/bin/python benchmarks/validate_design.py --results results/sim --subject 01 \\
         --modality image --cfg-scales 1 2 3 [--decoder-params '{"steps": 2500}']
 
+With ``--variants '{"global": {}, "roi": {"encoder": "roi"}}'`` it trains one
+decoder per variant with the same budget and also prints each variant's paired
+difference to the first over the same val items (how decoder.image.encoder was
+chosen).
+
 Costs one decoder training (measured: 238 s with the ridge fit for the default
 image DiT, 2,500 steps, 2 threads) plus about 15 s of sampling and evaluation
 per guidance scale.
@@ -60,6 +65,38 @@ def validation_dataset(dataset: Path, out: Path) -> Path:
     return out
 
 
+def _variant_rows(summary: pd.DataFrame, comparisons: pd.DataFrame, scale: float, variant: str) -> list[dict]:
+    rows = []
+    for row in comparisons[comparisons["method_b"] == "ridge"].itertuples():
+        value = summary[(summary["method"] == row.method_a) & (summary["metric"] == row.metric)]["value"].iloc[0]
+        rows.append({"variant": variant, "cfg_scale": scale, "method": row.method_a, "metric": row.metric,
+                     "value": value, "minus_ridge": f"{row.diff:+.3f} [{row.ci_low:+.3f}, {row.ci_high:+.3f}]"})
+    return rows
+
+
+def paired_variants(items: dict[str, pd.DataFrame], reference: str, n_boot: int, seed: int) -> pd.DataFrame:
+    """Each variant minus ``reference``, per decoder method and metric, over the same val items
+    (paired bootstrap, the evaluate stage's resampling)."""
+    from cortexflow.evaluation.bootstrap import bootstrap_indices, paired_bootstrap
+    from cortexflow.evaluation.evaluate import is_decoder_method
+
+    ref = items[reference]
+    rows = []
+    for name, frame in items.items():
+        if name == reference:
+            continue
+        for (method, metric), g in frame[frame["method"].map(is_decoder_method)].groupby(["method", "metric"]):
+            a = g.set_index("item")["score"].sort_index()
+            b = ref[(ref["method"] == method) & (ref["metric"] == metric)].set_index("item")["score"].sort_index()
+            if not a.index.equals(b.index):
+                raise SystemExit(f"variants {name} and {reference} were scored on different items")
+            r = paired_bootstrap(a.to_numpy(), b.to_numpy(), indices=bootstrap_indices(len(a), n_boot, seed))
+            rows.append({"variant": name, "minus": reference, "method": method, "metric": metric,
+                         "value": float(a.mean()), "reference": float(b.mean()),
+                         "diff [95% CI]": f"{r.value:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]"})
+    return pd.DataFrame(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", default="results/sim")
@@ -69,6 +106,10 @@ def main() -> None:
     parser.add_argument("--cfg-scales", type=float, nargs="+", default=[1.0, 2.0, 3.0])
     parser.add_argument("--decoder-params", type=json.loads, default={},
                         help='JSON overrides of the decoder section, e.g. \'{"steps": 2500}\'')
+    parser.add_argument("--variants", type=json.loads, default=None,
+                        help='JSON {name: decoder overrides}: train each (same budget, on top of --decoder-params) '
+                             'and compare them pairwise on the val items, the first as reference, e.g. '
+                             '\'{"global": {}, "roi": {"encoder": "roi"}}\'')
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None, help="work folder (default: <results>/validation/sub-<s>_<modality>)")
     args = parser.parse_args()
@@ -79,6 +120,7 @@ def main() -> None:
     work = Path(args.out or results / "validation" / f"sub-{args.subject}_{m}")
     data = validation_dataset(results / "dataset" / f"sub-{args.subject}" / m, work / "dataset")
     latents, vae = results / "latents" / f"{m}.npz", results / "models" / f"vae_{m}.pt"
+    variants = args.variants or {"": {}}
 
     start = time.perf_counter()
     ridge, baselines = work / "ridge.npz", work / "baselines.npz"

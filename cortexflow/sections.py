@@ -36,6 +36,7 @@ SECTIONS: dict[str, str] = {
     "baseline": "cortexflow.models.ridge:RidgeConfig",
     "sampling": "cortexflow.stages.params:SamplingParams",
     "evaluation": "cortexflow.evaluation.evaluate:EvaluationConfig",
+    "cross_subject": "cortexflow.stages.cross_subject:CrossSubjectParams",
 }
 PER_MODALITY: dict[str, tuple[str, ...]] = {
     "vae": ("image", "audio"),

@@ -168,6 +168,8 @@ class LatentFlowDecoder(nn.Module):
                 f"expected a BrainData, got {type(brain_data).__name__}",
                 fix="wrap the voxels: BrainData(voxels=fmri)",
             )
+        if getattr(self.brain_encoder, "takes_subject", False):  # per-subject adapters (models/cross_subject.py)
+            return self.brain_encoder(brain_data.voxels, brain_data.subject_idx)
         return self.brain_encoder(brain_data.encoder_input(self.brain_encoder))
 
     def _prior(self, brain_data: BrainData, batch: int) -> torch.Tensor | None:

@@ -12,7 +12,9 @@ The modules mirror ``workflow/rules/*.smk``:
   they drive;
 - models.smk's rules each have a module: ``vae`` (pretrain_vae,
   encode_latents), ``baseline`` (fit_baseline), ``decoder`` (train_decoder) and
-  ``sample`` (sample), with their config sections' dataclasses in ``params``.
+  ``sample`` (sample), with their config sections' dataclasses in ``params``;
+- ``cross_subject`` (cross_subject.smk): shared training across subjects and
+  the data-efficiency curve of a held-out subject.
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ STAGES: dict[str, tuple[str, str, str | None]] = {
     "sample": ("cortexflow.stages.sample", "sample_stage", "sampling"),
     "evaluate": ("cortexflow.stages.evaluate", "evaluate_stage", "evaluation"),
     "summarize": ("cortexflow.stages.evaluate", "summarize_stage", "evaluation"),
+    # the cross_subject target (cross_subject.smk), not part of rule all
+    "train_shared_decoder": ("cortexflow.stages.cross_subject", "train_shared_decoder_stage", "cross_subject"),
+    "cross_subject_fit": ("cortexflow.stages.cross_subject", "cross_subject_fit_stage", "cross_subject"),
+    "cross_subject_curve": ("cortexflow.stages.cross_subject", "cross_subject_curve_stage", "cross_subject"),
 }
 
 

@@ -39,15 +39,52 @@ def _training_rows(dataset, fit_on: str, source: str | Path) -> np.ndarray:
     raise CortexflowInputError(f"decoder.fit_on must be 'all' or 'train', got {fit_on!r}", path=source)
 
 
-def _build_flow_decoder(modality: str, p: DecoderParams, n_voxels: int, vae, extra: dict):
+def roi_sizes(voxels, source: str | Path | None = None) -> dict[str, int]:
+    """Region -> voxel count from a dataset's ``voxels`` table (extract_rois' ``region``
+    column), in column order; each region's voxels must be one block of columns,
+    as extract_rois writes them, since the ROI encoder splits the voxel vector that way."""
+    if "region" not in voxels.columns:
+        raise CortexflowInputError("the dataset's voxels table has no 'region' column", path=source,
+                                   fix="rebuild the dataset with make_dataset (it keeps each voxel's region), "
+                                       "or set decoder.<modality>.encoder: global")
+    regions = voxels["region"].astype(str).to_numpy()
+    starts = np.flatnonzero(np.r_[True, regions[1:] != regions[:-1]])
+    names = regions[starts]
+    if len(set(names)) != len(names):
+        raise CortexflowInputError("the voxels of a region are not contiguous columns", path=source,
+                                   fix="rebuild the dataset with this cortexflow's extract_rois and make_dataset")
+    counts = np.diff(np.r_[starts, len(regions)])
+    return {str(n): int(c) for n, c in zip(names, counts)}
+
+
+def build_brain_encoder(p: DecoderParams, n_voxels: int, voxels=None, source: str | Path | None = None):
+    """The brain encoder that ``decoder.<modality>.encoder`` names: ``global`` (one
+    projector of all voxels, ``n_tokens`` tokens) or ``roi`` (one projector and
+    ``tokens_per_roi`` tokens per region of the dataset's voxels table)."""
+    from cortexflow.models.brain_encoder import BrainEncoder, ROIBrainEncoder
+
+    if p.encoder == "global":
+        return BrainEncoder(n_voxels=n_voxels, cond_dim=p.hidden_dim, n_tokens=p.n_tokens,
+                            dropout=p.encoder_dropout, input_dropout=p.encoder_input_dropout)
+    if p.encoder == "roi":
+        sizes = roi_sizes(voxels, source)
+        if sum(sizes.values()) != n_voxels:
+            raise CortexflowInputError(f"the regions hold {sum(sizes.values())} voxels but the data has {n_voxels}",
+                                       path=source)
+        return ROIBrainEncoder(sizes, cond_dim=p.hidden_dim, tokens_per_roi=p.tokens_per_roi,
+                               hidden_dim=p.roi_hidden_dim, dropout=p.encoder_dropout,
+                               input_dropout=p.encoder_input_dropout)
+    raise CortexflowInputError(f"decoder.encoder must be 'global' or 'roi', got {p.encoder!r}", path=source)
+
+
+def _build_flow_decoder(modality: str, p: DecoderParams, n_voxels: int, vae, extra: dict, encoder=None):
     from cortexflow.models.brain2audio import Brain2Audio
     from cortexflow.models.brain2img import Brain2Image
-    from cortexflow.models.brain_encoder import BrainEncoder
     from cortexflow.models.dit import DiTConfig
     from cortexflow.models.flow import FlowConfig
 
-    encoder = BrainEncoder(n_voxels=n_voxels, cond_dim=p.hidden_dim, n_tokens=p.n_tokens, dropout=p.encoder_dropout,
-                           input_dropout=p.encoder_input_dropout)
+    if encoder is None:
+        encoder = build_brain_encoder(p, n_voxels)
     dit = DiTConfig(hidden_dim=p.hidden_dim, depth=p.depth, num_heads=p.num_heads, cond_dim=p.hidden_dim,
                     patch_size=p.patch_size)
     flow = FlowConfig(num_steps=SamplingParams.num_steps, cfg_scale=SamplingParams.cfg_scale)
@@ -134,7 +171,8 @@ def _train_decoder(*, dataset: str, modality: str, out: str, checkpoint_dir: str
     Y = lat.latents[lat.rows(stim_ids, latents)]
     vae_model, extra = load_vae(vae)
     extra = {**extra, "image_size": int(lat.targets.shape[-1])}
-    model = _build_flow_decoder(modality, p, X.shape[1], vae_model, extra)
+    encoder = build_brain_encoder(p, X.shape[1], data.voxels, dataset)
+    model = _build_flow_decoder(modality, p, X.shape[1], vae_model, extra, encoder)
     model.set_latent_stats(torch.from_numpy(Y))
     prior = None
     if p.prior_conditioning:

@@ -38,6 +38,11 @@ class DecoderParams:
     num_heads: int = 4
     patch_size: int = 2
     n_tokens: int = 8
+    # brain encoder: "global" (one projector of all voxels, n_tokens tokens) or "roi"
+    # (one projector of roi_hidden_dim units and tokens_per_roi tokens per region)
+    encoder: str = "global"
+    tokens_per_roi: int = 1
+    roi_hidden_dim: int = 32
     encoder_dropout: float = 0.3
     encoder_input_dropout: float = 0.1
     prior_conditioning: bool = True

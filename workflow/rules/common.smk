@@ -441,3 +441,71 @@ def report_figures(paths):
     """Reconstruction figures, flagged for `snakemake --report`."""
     caption = "../report/reconstruction.rst"
     return [report(path, caption=caption, category="Reconstructions") for path in paths]
+
+
+# ---------------------------------------------------------------- the cross_subject target
+# (workflow/rules/cross_subject.smk; not part of rule all)
+XSUB = config["cross_subject"]
+XSUB_MODALITY = XSUB.get("modality", "image")
+XSUB_RUNS = [int(k) for k in XSUB.get("runs", [1, 2, 5, 10])]
+XSUB_DIR = f"{RESULTS}/cross_subject"
+
+
+def xsub_held_out():
+    """The held-out subjects: cross_subject.held_out, or every subject in turn."""
+    held = [str(s) for s in XSUB.get("held_out") or SUBJECTS]
+    unknown = sorted(set(held) - set(SUBJECTS))
+    if unknown:
+        raise CortexflowInputError(f"cross_subject.held_out names subjects {unknown} the study does not have "
+                                   f"(it has {SUBJECTS})", fix="list subjects of the study, or leave it empty")
+    if len(SUBJECTS) < 2:
+        raise CortexflowInputError("cross-subject training needs at least 2 subjects",
+                                   fix="use a study with several subjects (simulate.subjects: 2 or more)")
+    return held
+
+
+def xsub_section(wildcards=None):
+    return section("cross_subject")
+
+
+def xsub_shared_subjects(wildcards):
+    """Every subject but the held-out one: whom the shared decoder is trained on."""
+    return [s for s in SUBJECTS if s != wildcards.held]
+
+
+def xsub_shared_inputs(wildcards):
+    return {
+        "datasets": [dataset_dir(s, XSUB_MODALITY) for s in xsub_shared_subjects(wildcards)],
+        "latents": latents_file(XSUB_MODALITY),
+        "vae": vae_file(XSUB_MODALITY),
+    }
+
+
+def xsub_fit_inputs(wildcards):
+    inputs = {
+        "dataset": dataset_dir(wildcards.held, XSUB_MODALITY),
+        "latents": latents_file(XSUB_MODALITY),
+        "vae": vae_file(XSUB_MODALITY),
+    }
+    if wildcards.init == "shared":
+        inputs["shared"] = f"{XSUB_DIR}/models/shared_without-sub-{wildcards.held}_{XSUB_MODALITY}.pt"
+    return inputs
+
+
+def xsub_shared_arg(wildcards, input):
+    return optional_arg("--shared", input.get("shared"))
+
+
+def xsub_checkpoints(wildcards):
+    import hashlib
+
+    key = hashlib.sha256(f"{xsub_section()}|{config['seed']}|{stage_fingerprint('cross_subject_fit')}".encode())
+    name = "_".join(f"{k}-{v}" for k, v in wildcards.items())
+    return f"{RESULTS}/checkpoints/cross_subject/{name}/{key.hexdigest()[:12]}"
+
+
+def xsub_recons(wildcards):
+    """Every fit of the curve; an input function, so that a one-subject study
+    fails only when the cross_subject target is asked for."""
+    return [f"{XSUB_DIR}/recon/sub-{held}_{XSUB_MODALITY}_{init}_runs-{k}.npz"
+            for held in xsub_held_out() for k in XSUB_RUNS for init in ("shared", "scratch")]
