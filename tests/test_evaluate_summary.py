@@ -16,7 +16,7 @@ from cortexflow.evaluation.summary import summarize_stage
 N = 20
 PARAMS = {"n_boot": 300, "chance_permutations": 8, "figure_items": 4}
 CONTRACT_METRICS = {
-    "image": {"pixcorr", "ssim", "two_way_id_pixel", "two_way_id_feature"},
+    "image": {"pixcorr", "ssim", "two_way_id_pixel", "two_way_id_feature", "two_way_id_hog"},
     "audio": {"mel_corr", "two_way_id"},
     "text": {"cer", "two_way_id"},
 }
@@ -91,9 +91,9 @@ def test_summary_has_the_promised_columns_methods_and_metrics(evaluated):
 
 def test_perfect_reconstruction_scores_one_and_chance_is_half(evaluated):
     image = read(evaluated, "image", "summary")
-    for metric in ("pixcorr", "ssim", "two_way_id_pixel", "two_way_id_feature"):
+    for metric in ("pixcorr", "ssim", "two_way_id_pixel", "two_way_id_feature", "two_way_id_hog"):
         assert value(image, "ceiling", metric).value == pytest.approx(1.0)
-    for metric in ("two_way_id_pixel", "two_way_id_feature"):
+    for metric in ("two_way_id_pixel", "two_way_id_feature", "two_way_id_hog"):
         assert value(image, "chance", metric).value == pytest.approx(0.5, abs=0.08)
     assert abs(value(image, "chance", "pixcorr").value) < 0.05
     assert value(image, "dit_mean8", "pixcorr").value > value(image, "dit", "pixcorr").value

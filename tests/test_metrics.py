@@ -13,7 +13,7 @@ from skimage.metrics import structural_similarity
 from cortexflow.errors import CortexflowInputError
 from cortexflow.evaluation import metrics as M
 from cortexflow.evaluation.features import (
-    CharNgramConfig, HOGFeatures, _alexnet_trunk, char_ngram_features, load_alexnet_features,
+    CharNgramConfig, HOGFeatures, RandomConvFeatures, _alexnet_trunk, char_ngram_features, load_alexnet_features,
     load_torchscript_features, make_image_features, normalize_text, to_grayscale)
 
 
@@ -172,6 +172,55 @@ def test_hog_cells_follow_the_image_size():
     assert HOGFeatures(pixels_per_cell=(8, 8))(np.zeros((2, 1, 16, 16))).shape == (2, 36)
     with pytest.raises(CortexflowInputError):
         HOGFeatures(pixels_per_cell=(8, 8))(np.zeros((2, 1, 8, 8)))
+
+
+@pytest.fixture(scope="module")
+def photos():
+    """48 grey-scale 32 x 32 crops of real photographs, faces and digits (the simulator's stimuli)."""
+    from cortexflow.data.stimuli import make_image_set
+
+    return make_image_set(48, 0, 32, np.random.default_rng(0)).images[:, None].astype(np.float64)
+
+
+def test_randconv_is_the_default_and_deterministic_whatever_the_batch(photos):
+    extractor = make_image_features()
+    assert isinstance(extractor, RandomConvFeatures) and extractor.name == "randconv"
+    feats = extractor(photos)
+    # stages 2 and 3 of a 32-64-128 net on 32 px: 64 x 8 x 8 + 128 x 4 x 4 values
+    assert feats.shape == (48, 64 * 64 + 128 * 16) and np.isfinite(feats).all()
+    assert np.array_equal(feats, make_image_features({"kind": "randconv"})(photos))  # same weights every time
+    one_by_one = np.concatenate([extractor(photos[i:i + 1]) for i in range(len(photos))])
+    assert np.allclose(feats, one_by_one, rtol=0, atol=1e-6)  # no dependence on the batch
+    assert np.allclose(feats, extractor(photos, batch_size=7), rtol=0, atol=1e-6)
+    # RGB goes through rgb2gray weights, so a grey image replicated to 3 channels gives the same features
+    assert np.allclose(feats[:4], extractor(np.repeat(photos[:4], 3, axis=1)), atol=1e-6)
+    other = make_image_features({"kind": "randconv", "seed": 1})(photos)
+    assert not np.allclose(feats, other)  # the seed sets the weights
+    with pytest.raises(CortexflowInputError):
+        make_image_features({"kind": "randconv", "layers": [4]})
+    with pytest.raises(CortexflowInputError):
+        make_image_features({"kind": "randconv", "weights": "x.pt"})
+
+
+def test_randconv_identifies_images_and_shuffles_give_chance(photos):
+    feats = make_image_features()(photos)
+    corr = M.correlation_matrix(feats, feats)
+    order = np.arange(len(photos))
+    assert M.two_way_identification(corr, order).mean() == 1.0  # identical images are always identified
+    rng = np.random.default_rng(0)
+    shuffled = np.mean([M.two_way_identification(corr, rng.permutation(len(photos))).mean() for _ in range(20)])
+    assert abs(shuffled - 0.5) < 0.05
+    # a mildly degraded copy (blur + noise) is still identified well above chance, and better than a
+    # heavily degraded one: the space measures similarity, it is not a hash
+    from scipy.ndimage import gaussian_filter
+
+    def degrade(sigma, noise):
+        x = gaussian_filter(photos, sigma=(0, 0, sigma, sigma)) + noise * rng.standard_normal(photos.shape)
+        return np.clip(x, 0, 1)
+    mild_corr = M.correlation_matrix(make_image_features()(degrade(1.0, 0.05)), feats)
+    heavy_corr = M.correlation_matrix(make_image_features()(degrade(3.0, 0.4)), feats)
+    assert M.two_way_identification(mild_corr, order).mean() > 0.9
+    assert np.diag(mild_corr).mean() > np.diag(heavy_corr).mean() + 0.05
 
 
 def test_alexnet_state_dict_loads_in_torchvision_layout(tmp_path, images):

@@ -18,8 +18,9 @@ from cortexflow.errors import CortexflowInputError
 
 SPACE = "MNI152NLin2009cAsym"
 # Small enough to be quick, large enough (40 single image trials) for per-voxel statistics.
+# Single-trial SNR 1 (above the default study's) so per-voxel checks on 40 trials have power.
 SMALL = {"subjects": 2, "image_train": 36, "image_test": 4, "sentence_train": 6, "sentence_test": 2, "test_repeats": 2,
-         "runs": {"image": 2, "audio": 2, "text": 2}}
+         "runs": {"image": 2, "audio": 2, "text": 2}, "beta_snr": 1.0}
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +116,7 @@ def test_voxels_prefer_what_the_ground_truth_says(study, modality, task, region)
     """A voxel's estimated response to its preferred stimuli exceeds its response to the others."""
     voxels, resp = _truth(study, "01")
     rows = resp[f"{modality}_voxels"]
-    keep = (voxels.loc[rows, "region"] == region).to_numpy()
+    keep = ((voxels.loc[rows, "region"] == region) & voxels.loc[rows, "tuned"]).to_numpy()
     betas, ids = _betas(study, "01", task, rows[keep], voxels)
     col = {s: i for i, s in enumerate(resp[f"{modality}_ids"])}
     truth = resp[modality][keep][:, [col[s] for s in ids]].T  # trials x voxels
@@ -134,20 +135,22 @@ def test_voxels_prefer_what_the_ground_truth_says(study, modality, task, region)
 def test_single_trial_snr_is_near_the_configured_level(study):
     voxels, resp = _truth(study, "01")
     rows = resp["image_voxels"]
-    early = (voxels.loc[rows, "region"] == "early_visual").to_numpy()
+    early = ((voxels.loc[rows, "region"] == "early_visual") & voxels.loc[rows, "tuned"]).to_numpy()
     betas, ids = _betas(study, "01", "images", rows[early], voxels)
     col = {s: i for i, s in enumerate(resp["image_ids"])}
     truth = resp["image"][early][:, [col[s] for s in ids]].T
     ratio = np.median(truth.std(0) / (betas - truth).std(0))
-    assert 0.6 < ratio < 1.5, ratio  # beta_snr 1 (nuisance regressed by lsa + motion + csf/wm)
+    # beta_snr 1 (nuisance regressed by lsa + motion); a canonical-HRF GLM on voxels whose HRFs
+    # vary loses part of the signal, so the measured ratio sits somewhat below the configured one
+    assert 0.5 < ratio < 1.3, ratio
 
 
 def test_subjects_differ_in_tuning_but_share_part_of_it(study):
     _, a = _truth(study, "01")
     _, b = _truth(study, "02")
     assert np.array_equal(a["image_voxels"], b["image_voxels"])  # same MNI voxels ...
-    r = [np.corrcoef(x, y)[0, 1] for x, y in zip(a["image"], b["image"])]
-    assert 0.1 < np.median(r) < 0.95  # ... different, related tuning
+    r = [np.corrcoef(x, y)[0, 1] for x, y in zip(a["image"], b["image"]) if np.ptp(x) > 1e-3 and np.ptp(y) > 1e-3]
+    assert 0.1 < np.median(r) < 0.95  # ... different, related tuning (voxels tuned in both subjects)
 
 
 def test_ground_truth_regions_match_the_configured_spheres(study):
@@ -187,3 +190,61 @@ def test_cli_simulates_a_text_only_study(tmp_path, capsys):
     assert run.task == "text" and len(load_run(run).events) == 4 + 3 * 1
     assert cli_main(["simulate", "--out", str(out), "--params", '{"subject": 1}']) == 2
     assert "unknown key(s) in the simulate section: subject" in capsys.readouterr().err
+
+
+def test_every_region_has_its_untuned_share_and_voxels_have_their_own_hrf(study):
+    a, resp = _truth(study, "01")
+    b, _ = _truth(study, "02")
+    for region, group in a.groupby("region"):
+        assert (~group["tuned"]).sum() == round(0.4 * len(group)), region  # default untuned_fraction 0.4
+    untuned_rows = np.flatnonzero(~a.loc[resp["image_voxels"], "tuned"].to_numpy())
+    assert len(untuned_rows) and np.ptp(resp["image"][untuned_rows], axis=1).max() < 1e-4  # no stimulus tells apart
+    assert (a.loc[~a["tuned"], "signal_sd_pct"] == 0).all() and (a.loc[a["tuned"], "signal_sd_pct"] > 0).all()
+    # HRF shapes vary across voxels and differ between subjects (a subject-wide shift)
+    assert a["hrf_peak_shape"].std() > 0.3 and a["hrf_undershoot_shape"].std() > 0.8
+    assert abs(a["hrf_peak_shape"].mean() - b["hrf_peak_shape"].mean()) > 0.05
+
+
+def test_noise_is_unit_variance_smooth_in_space_and_shared():
+    from cortexflow.data.simulate import build_grid, run_noise, smooth_fields
+
+    cfg = SimulationConfig()
+    grid = build_grid(cfg.voxel_size_mm, cfg.baseline)
+    n_brain = int(grid.mask.sum())
+    maps = smooth_fields(np.random.default_rng(0).standard_normal((4, *grid.shape)).astype(np.float32), 6.0)[:, grid.mask]
+    loadings = (maps / np.sqrt((maps ** 2).sum(0, keepdims=True))).astype(np.float32)
+
+    def neighbour_corr(noise):
+        vol = np.zeros((len(noise), *grid.shape), np.float32)
+        vol[:, grid.mask] = noise
+        both = grid.mask[1:] & grid.mask[:-1]
+        x, y = vol[:, 1:][:, both], vol[:, :-1][:, both]
+        x, y = (x - x.mean(0)) / x.std(0), (y - y.mean(0)) / y.std(0)
+        return float((x * y).mean())
+
+    noise = run_noise(200, loadings, grid, cfg, np.random.default_rng(1))
+    assert noise.shape == (200, n_brain) and noise.dtype == np.float32
+    assert abs(noise.var(0).mean() - 1) < 0.1  # the noise level stays what noise_pct says
+    # smooth field (FWHM 2 voxels: neighbours correlate exp(-1 / 4 sigma^2) = .71) x .5 + shared .15
+    assert 0.35 < neighbour_corr(noise) < 0.7
+    far = noise[:, ::997]
+    off = np.corrcoef(far.T)[np.triu_indices(far.shape[1], 1)]
+    assert off.mean() > 0.02  # global components: distant voxels share noise too
+    independent = SimulationConfig(noise_smooth_fraction=0.0, noise_shared_fraction=0.0)
+    assert abs(neighbour_corr(run_noise(200, loadings, grid, independent, np.random.default_rng(1)))) < 0.03
+    lag1 = np.mean(noise[1:] * noise[:-1]) / np.mean(noise ** 2)
+    assert abs(lag1 - cfg.ar_rho) < 0.05  # AR(1) in time, as the SNR calibration assumes
+
+
+def test_voxel_hrfs_reduce_to_the_canonical_one():
+    from cortexflow.data.hrf import double_gamma_cumulative, spm_hrf, trial_regressors, varied_trial_signal
+
+    cum = double_gamma_cumulative(0.1, np.array([6.0, 8.0]), np.array([16.0, 16.0]), np.array([1 / 6, 1 / 6]))
+    assert np.allclose(cum[0], np.concatenate([[0], np.cumsum(spm_hrf(0.1))]), atol=1e-9)
+    assert cum[1].argmax() != cum[0].argmax() or not np.allclose(cum[0], cum[1])
+    onsets, durations = np.array([4.0, 20.0, 31.0]), np.array([3.0, 3.0, 2.0])
+    amp = np.array([[1.0, -0.5, 2.0], [0.3, 0.3, 0.3]])
+    sig = varied_trial_signal(onsets, durations, 40, 2.0, cum[:1].repeat(2, 0), amp)
+    assert np.allclose(sig, trial_regressors(onsets, durations, 40, 2.0) @ amp.T, atol=1e-5)
+    late = varied_trial_signal(onsets, durations, 40, 2.0, cum[1:], amp[:1])
+    assert np.argmax(late[:, 0] > 0.5 * late.max()) > np.argmax(sig[:, 0] > 0.5 * sig[:, 0].max())  # later peak

@@ -17,7 +17,7 @@ from cortexflow.data.sentences import (
     word_embeddings,
 )
 from cortexflow.data.speech import SpeechConfig, synthesize_many
-from cortexflow.data.stimuli import IMAGE_CATEGORIES, make_image_set
+from cortexflow.data.stimuli import IMAGE_CATEGORIES, PHOTOS, TEST_PHOTOS, make_image_set
 
 
 @pytest.fixture(scope="module")
@@ -36,11 +36,26 @@ def test_image_set_has_variety_and_no_leak_across_splits(images):
     corr = z @ z.T / flat.shape[1]
     train = np.array(images.split) == "train"
     assert corr[~train][:, train].max() < 0.9  # no test image is a near-copy of a training image
-    # faces and digits come from distinct source images across splits
+    # no source (photo, face, non-face patch, digit sample) supplies both splits
     src = pd.Series(images.source)
-    assert not set(src[~train]) & set(src[train][~src[train].str.startswith("photo:")])
+    assert not set(src[~train]) & set(src[train])
+    assert {s.split(":")[1] for s in src[~train] if s.startswith("photo:")} <= set(TEST_PHOTOS)
+    # no category is seen only at test
+    cat = pd.Series(images.category)
+    assert set(cat[~train]) <= set(cat[train])
     again = make_image_set(60, 12, 32, np.random.default_rng(0))
     assert np.array_equal(again.images, x) and again.source == images.source
+
+
+def test_default_size_test_set_covers_every_category_from_held_out_sources():
+    images = make_image_set(1000, 50, 32, np.random.default_rng(3))
+    train = np.array(images.split) == "train"
+    cat = pd.Series(images.category)
+    assert set(cat[~train]) == set(cat[train]) == set(IMAGE_CATEGORIES)
+    # every photo category has a held-out photo and at least one training photo
+    for category in {c for _, c in PHOTOS.values()}:
+        names = [n for n, (_, c) in PHOTOS.items() if c == category]
+        assert set(names) & set(TEST_PHOTOS) and set(names) - set(TEST_PHOTOS), category
 
 
 def test_sentences_are_distinct_grammatical_and_reproducible():

@@ -21,7 +21,7 @@ SUMMARY_COLUMNS = ["subject", "modality", "method", "metric", "value", "ci_low",
 COMPARISON_COLUMNS = ["subject", "modality", "metric", "method_a", "method_b", "diff", "ci_low", "ci_high", "n"]
 # DESIGN.md, "Contracts that other parts rely on"
 METRICS = {
-    "image": {"pixcorr", "ssim", "two_way_id_pixel", "two_way_id_feature"},
+    "image": {"pixcorr", "ssim", "two_way_id_pixel", "two_way_id_feature", "two_way_id_hog"},
     "audio": {"mel_corr", "two_way_id"},
     "text": {"cer", "two_way_id"},
 }

@@ -9,19 +9,25 @@ what, so results can be compared with what is knowable.
 
 What a voxel's time series holds (in % of its baseline intensity):
 
-    y(t) = b * (1 + [ sum_trials amp(voxel, stimulus) * hrf_regressor(t)   task signal
+    y(t) = b * (1 + [ sum_trials amp(voxel, stimulus) * hrf_regressor(t)   task signal, the voxel's own HRF
                       + slow drift (cosines, period > 128 s)
                       + head-motion leakage (strongest at the brain's edge)
                       + physiological signal (shared, strongest in CSF)
-                      + AR(1) noise ] / 100)
+                      + noise: AR(1) in time; smooth in space (a Gaussian-smoothed
+                        field) plus a few global components plus independent noise ] / 100)
+
+A share ``untuned_fraction`` of every region's voxels is untuned (one evoked
+response to every stimulus); every voxel's HRF is a double gamma whose shape
+is drawn per subject and voxel, while the GLM assumes the canonical one.
 
 ``amp`` comes from the encoding model (cortexflow.data.encoding_model), scaled
 so that the *single-trial beta* signal-to-noise ratio is ``beta_snr`` on
 average: the time-series noise level is fixed (``noise_pct``), and each voxel's
 signal sd across stimuli is ``snr * noise_pct * k``, where ``k`` is the sd of a
 least-squares single-trial beta under that AR(1) noise for the task's design.
-With ``beta_snr = 1`` a single trial carries as much noise as signal, as in
-real data (NSD's single-trial ncsnr is mostly below 1; Allen et al., 2022).
+The default ``beta_snr = 0.5`` (tuned voxels) puts the test-repeat ncsnr of the
+ROI voxels at a median of about 0.4, within NSD's visual cortex range (0.2-0.6;
+Allen et al., 2022); ``beta_snr`` alone scales the study's difficulty.
 
 Test stimuli are shown ``test_repeats`` times in different runs, training
 stimuli once, as in NSD. Every subject sees the same stimuli in its own order,
@@ -50,7 +56,13 @@ from tqdm import tqdm
 
 from cortexflow._io import atomic_dir
 from cortexflow.data import encoding_model as em
-from cortexflow.data.hrf import beta_noise_sd, cosine_drift, trial_regressors
+from cortexflow.data.hrf import (
+    beta_noise_sd,
+    cosine_drift,
+    double_gamma_cumulative,
+    trial_regressors,
+    varied_trial_signal,
+)
 from cortexflow.data.sentences import generate_sentences, sentence_features, word_embeddings
 from cortexflow.data.speech import SpeechConfig, SpeechJob
 from cortexflow.data.stimuli import IMAGE_CATEGORIES, make_image_set
@@ -64,6 +76,7 @@ ID_PREFIX = {"image": "img", "audio": "aud", "text": "txt"}
 GABOR_CPI = (2.0, 4.0, 8.0)
 N_MELS = 32
 MOTION_COLUMNS = ["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"]
+HRF_DT = 0.1  # s, the fine time grid of the simulated HRFs
 HEAD_RADIUS_MM = 50.0  # Power et al. (2012): rotations -> displacement on a 50 mm sphere
 
 
@@ -74,7 +87,9 @@ class SimulationConfig:
     Sizes are chosen so the whole default workflow (training included) fits in
     about 15 minutes on 2 CPU cores while decoding stays hard: ~1,000 single
     training trials of images (the decoder needs about that many to beat ridge),
-    ~250 sentences heard and read, single-trial beta SNR 1.
+    ~250 sentences heard and read; noise as real studies have it (test-repeat
+    ncsnr of the ROIs in NSD's range, spatially correlated noise, untuned voxels,
+    HRFs that differ from the GLM's).
     """
 
     subjects: int = 2
@@ -106,13 +121,26 @@ class SimulationConfig:
     lead_in: float = 6.0
     lead_out: float = 14.0
     # responses and noise
-    beta_snr: float = 1.0
+    # Single-trial beta SNR of a tuned voxel (signal sd across stimuli / beta noise sd), the one
+    # key that scales the study's difficulty (a robustness sweep varies it). 0.5 puts the
+    # test-repeat ncsnr of the ROIs (tuned and untuned voxels) at a median of about 0.4, in
+    # NSD's range for visual cortex (0.2-0.6; Allen et al., 2022); see the README.
+    beta_snr: float = 0.5
     snr_spread: float = 0.4  # sd of log voxel SNR
+    untuned_fraction: float = 0.4  # share of each region's voxels with no stimulus-specific response
     tuning_shared_fraction: float = 0.5
     semantic_dim: int = 16
     image_clusters: int = 12
     noise_pct: float = 1.0
     ar_rho: float = 0.3
+    # noise that is smooth in space and shared: a share of the noise variance is a Gaussian-smoothed
+    # field (FWHM in mm), another share a few global components with smooth spatial loadings
+    noise_smooth_fwhm_mm: float = 8.0
+    noise_smooth_fraction: float = 0.5
+    noise_shared_rank: int = 4
+    noise_shared_fraction: float = 0.15
+    # HRF shape drawn per subject and voxel around SPM's canonical one (0: canonical everywhere)
+    hrf_variability: float = 1.0
     drift_pct: float = 1.0
     motion_mm: float = 0.2
     motion_leak_pct: float = 0.3  # % signal per mm of displacement
@@ -163,11 +191,19 @@ class SimulationConfig:
         for name in ("tr", "roi_radius_mm", "voxel_size_mm", "noise_pct", "baseline", "beta_snr"):
             if not getattr(self, name) > 0:
                 raise CortexflowInputError(f"simulate.{name} must be > 0, got {getattr(self, name)!r}", fix=fix)
-        for name in ("snr_spread", "drift_pct", "motion_mm", "motion_leak_pct", "physio_pct", "lead_in", "lead_out"):
+        for name in ("snr_spread", "drift_pct", "noise_smooth_fwhm_mm", "hrf_variability", "noise_shared_rank", "motion_mm", "motion_leak_pct", "physio_pct", "lead_in", "lead_out"):
             if getattr(self, name) < 0:
                 raise CortexflowInputError(f"simulate.{name} must be >= 0, got {getattr(self, name)!r}", fix=fix)
         if not 0 <= self.ar_rho < 1 or not 0 <= self.tuning_shared_fraction <= 1 or not 0 <= self.blank_fraction < 1:
             raise CortexflowInputError("simulate.ar_rho and blank_fraction must lie in [0, 1), tuning_shared_fraction in [0, 1]", fix=fix)
+        if not 0 <= self.untuned_fraction < 1:
+            raise CortexflowInputError(f"simulate.untuned_fraction must lie in [0, 1), got {self.untuned_fraction!r}", fix=fix)
+        if not isinstance(self.noise_shared_rank, int):
+            raise CortexflowInputError("simulate.noise_shared_rank must be an integer >= 0", fix=fix)
+        if not (self.noise_smooth_fraction >= 0 and self.noise_shared_fraction >= 0
+                and self.noise_smooth_fraction + self.noise_shared_fraction <= 1):
+            raise CortexflowInputError("simulate.noise_smooth_fraction and noise_shared_fraction must be >= 0 and sum to "
+                                       f"at most 1, got {self.noise_smooth_fraction} and {self.noise_shared_fraction}", fix=fix)
         if self.image_size % 8:
             raise CortexflowInputError(f"simulate.image_size must be a multiple of 8, got {self.image_size}", fix=fix)
         for m in self.modalities:
@@ -463,13 +499,35 @@ def framewise_displacement(motion: np.ndarray) -> np.ndarray:
     return np.concatenate([[np.nan], fd])
 
 
-def ar1_noise(n: int, v: int, rho: float, rng: np.random.Generator) -> np.ndarray:
-    """(n, v) float32 stationary AR(1) noise with unit marginal variance."""
-    e = rng.standard_normal((n, v), dtype=np.float32)
-    scale = np.float32(np.sqrt(1 - rho ** 2))
+def run_noise(n: int, loadings: np.ndarray, grid: BrainGrid, cfg: SimulationConfig,
+              rng: np.random.Generator) -> np.ndarray:
+    """(n, n_brain) float32 noise with unit variance per voxel: AR(1) in time, correlated in space.
+
+    Three independent parts, all with the same AR(1) time course (so the
+    single-trial beta noise the SNR is calibrated on is unchanged): a share
+    ``noise_smooth_fraction`` of the variance is white noise smoothed with a
+    Gaussian of FWHM ``noise_smooth_fwhm_mm`` over the whole grid, a share
+    ``noise_shared_fraction`` is ``noise_shared_rank`` global time courses
+    with smooth spatial ``loadings``, and the rest is independent per voxel
+    (thermal noise).
+    """
+    f32 = np.float32
+    shared = cfg.noise_shared_fraction if len(loadings) else 0.0
+    smooth = cfg.noise_smooth_fraction
+    e = rng.standard_normal((n, int(grid.mask.sum())), dtype=f32)
+    e *= f32(np.sqrt(max(0.0, 1 - smooth - shared)))
+    if smooth > 0:
+        fwhm = cfg.noise_smooth_fwhm_mm / cfg.voxel_size_mm
+        chunk = 32  # volumes smoothed at a time (bounded memory)
+        for a in range(0, n, chunk):
+            fields = smooth_fields(rng.standard_normal((min(chunk, n - a), *grid.shape), dtype=f32), fwhm)
+            e[a: a + chunk] += f32(np.sqrt(smooth)) * fields[:, grid.mask]
+    if shared > 0:
+        e += (rng.standard_normal((n, len(loadings)), dtype=f32) * f32(np.sqrt(shared))) @ loadings
+    scale = f32(np.sqrt(1 - cfg.ar_rho ** 2))
     e[1:] *= scale
     for t in range(1, n):
-        e[t] += np.float32(rho) * e[t - 1]
+        e[t] += f32(cfg.ar_rho) * e[t - 1]
     return e
 
 
@@ -487,6 +545,8 @@ class SubjectModel:
     semantic_weights: np.ndarray | None
     motion_leak: np.ndarray  # (12, n_brain): weights of motion params and their derivatives
     physio_weights: np.ndarray  # (2, n_brain)
+    hrf_cumulative: np.ndarray  # (n_voxels, L + 1): each region voxel's own HRF, as running sums
+    shared_loadings: np.ndarray  # (noise_shared_rank, n_brain): spatial maps of the shared noise components
 
 
 def build_subject(subject: str, regions: pd.DataFrame, brain_index: np.ndarray, grid: BrainGrid, stim: StudyStimuli,
@@ -528,10 +588,29 @@ def build_subject(subject: str, regions: pd.DataFrame, brain_index: np.ndarray, 
     # signal size: per-voxel single-trial SNR around beta_snr, noise fixed (module docstring)
     snr = cfg.beta_snr * np.exp(cfg.snr_spread * rng.standard_normal(len(table)) - cfg.snr_spread ** 2 / 2)
     signal_sd = snr * cfg.noise_pct * np.array([_calibration_factor(r, beta_sd) for r in region])
+    # a share of every region's voxels is untuned: an evoked response of the same size to every
+    # stimulus, nothing that tells stimuli apart (exactly round(share * n) per region)
+    tuned = np.ones(len(table), bool)
+    for name in em.REGIONS:
+        members = np.flatnonzero(region == name)
+        tuned[rng.permutation(members)[: int(round(cfg.untuned_fraction * len(members)))]] = False
+    table["tuned"] = tuned
     table["noise_sd_pct"] = cfg.noise_pct
-    table["signal_sd_pct"] = signal_sd
     table["mean_response_pct"] = tuning_cfg.mean_response_ratio * signal_sd
-    table["beta_snr"] = snr
+    signal_sd = np.where(tuned, signal_sd, 0.0)
+    table["signal_sd_pct"] = signal_sd
+    table["beta_snr"] = np.where(tuned, snr, 0.0)
+    # each voxel's HRF: SPM's double gamma with its peak and undershoot shapes and undershoot ratio
+    # drawn around the canonical (6, 16, 1/6), per subject (a shift shared by its voxels) and per voxel;
+    # the peak latency then varies by about +-1 s (Handwerker et al., 2004). The GLM stays canonical.
+    j = cfg.hrf_variability
+    subject_shift = rng.standard_normal(2)
+    vox = rng.standard_normal((3, len(table)))
+    table["hrf_peak_shape"] = np.clip(6.0 + j * (0.5 * subject_shift[0] + 0.6 * vox[0]), 4.5, 8.5)
+    table["hrf_undershoot_shape"] = np.clip(16.0 + j * (1.0 * subject_shift[1] + 1.5 * vox[1]), 12.0, 22.0)
+    table["hrf_undershoot_ratio"] = np.clip((1 / 6) * np.exp(j * 0.3 * vox[2]), 0.05, 0.4)
+    hrf_cum = double_gamma_cumulative(HRF_DT, table["hrf_peak_shape"].to_numpy(), table["hrf_undershoot_shape"].to_numpy(),
+                                      table["hrf_undershoot_ratio"].to_numpy()).astype(np.float32)
     amplitudes, rows = {}, {}
     for m in cfg.modalities:
         responds = np.array([m in em.REGION_MODALITIES[r] for r in region])
@@ -551,8 +630,38 @@ def build_subject(subject: str, regions: pd.DataFrame, brain_index: np.ndarray, 
     tissue = np.where(grid.csf, 3.0, np.where(grid.white_matter, 0.5, 1.0))
     physio = cfg.physio_pct * tissue[None] * (1 + 0.3 * rng.standard_normal((2, n_brain)))
     leak, physio = leak.astype(np.float32), physio.astype(np.float32)
+    # shared noise components: smooth random maps (three times the noise field's FWHM), each voxel's
+    # loadings scaled to unit total variance
+    rank = cfg.noise_shared_rank
+    loadings = np.zeros((rank, n_brain), np.float32)
+    if rank:
+        maps = smooth_fields(rng.standard_normal((rank, *grid.shape)).astype(np.float32),
+                             3 * cfg.noise_smooth_fwhm_mm / cfg.voxel_size_mm)[:, grid.mask]
+        loadings = (maps / np.sqrt((maps ** 2).sum(0, keepdims=True))).astype(np.float32)
     return SubjectModel(table, brain_index, amplitudes, rows, ids,
-                        weights.get("language_semantic"), leak, physio)
+                        weights.get("language_semantic"), leak, physio, hrf_cum, loadings)
+
+
+def smooth_fields(fields: np.ndarray, fwhm_voxels: float) -> np.ndarray:
+    """Gaussian-smooth each 3-D field of ``fields`` (..., X, Y, Z) in place, keeping unit variance.
+
+    White noise of unit variance stays unit variance (the kernel is divided by
+    the root of its summed squares), so the smoothing changes the noise's
+    spatial correlation (neighbours at distance d correlate by
+    exp(-d^2 / (4 sigma^2))), not its size.
+    """
+    from scipy import ndimage
+
+    if fwhm_voxels <= 0:
+        return fields
+    sigma = fwhm_voxels / np.sqrt(8 * np.log(2))
+    radius = int(np.ceil(4 * sigma))
+    x = np.arange(-radius, radius + 1)
+    kernel = np.exp(-x ** 2 / (2 * sigma ** 2))
+    kernel = (kernel / np.sqrt((kernel ** 2).sum())).astype(np.float32)
+    for axis in range(fields.ndim - 3, fields.ndim):
+        ndimage.convolve1d(fields, kernel, axis=axis, mode="reflect", output=fields)
+    return fields
 
 
 def _calibration_factor(region: str, beta_sd: Mapping[str, float]) -> float:
@@ -568,7 +677,7 @@ def simulate_run(design: RunDesign, model: SubjectModel, modality: str, grid: Br
     """One run: (n_volumes, n_brain) float32 BOLD intensities and its confounds table."""
     n, n_brain = design.n_volumes, int(grid.mask.sum())
     f32 = np.float32
-    ts = ar1_noise(n, n_brain, cfg.ar_rho, rng)
+    ts = run_noise(n, model.shared_loadings, grid, cfg, rng)
     ts *= f32(cfg.noise_pct)
     # slow drift: a linear trend and the three slowest cosines, random per voxel
     drift = np.column_stack([np.linspace(-1, 1, n), cosine_drift(n, cfg.tr, cutoff=128.0)[:, :3] * np.sqrt(n / 2)])
@@ -590,9 +699,10 @@ def simulate_run(design: RunDesign, model: SubjectModel, modality: str, grid: Br
     # task signal: every trial's HRF regressor times the voxel's amplitude for that stimulus
     col = {sid: i for i, sid in enumerate(model.stimulus_ids[modality])}
     stim_index = np.array([col[s] for s in design.events["stimulus_id"]], int)
-    regressors = trial_regressors(design.events["onset"].to_numpy(), design.events["duration"].to_numpy(), n, cfg.tr)
-    signal = regressors.astype(f32) @ model.amplitudes[modality][:, stim_index].T
-    ts[:, model.brain_index[model.voxel_rows[modality]]] += signal
+    rows = model.voxel_rows[modality]
+    signal = varied_trial_signal(design.events["onset"].to_numpy(), design.events["duration"].to_numpy(), n, cfg.tr,
+                                 model.hrf_cumulative[rows], model.amplitudes[modality][:, stim_index], dt=HRF_DT)
+    ts[:, model.brain_index[rows]] += signal
     ts *= f32(0.01)
     ts += f32(1)
     ts *= grid.baseline.astype(f32)[None]
@@ -703,8 +813,9 @@ A simulated fMRI experiment written by `cortexflow simulate` (seed {seed}). Subj
 viewed grey-scale images (task `{task_image}`), listened to spoken sentences (task
 `{task_audio}`) and read sentences (task `{task_text}`), one modality per run.
 
-- `sub-*/func/*_events.tsv`, `*_bold.json`: the experiment's events and acquisition
-  (BIDS). Raw BOLD images are not included: only the preprocessed derivatives.
+- `sub-*/func/*_events.tsv`: the experiment's events, their columns described in
+  `task-*_events.json` (BIDS). Raw BOLD images are not included: only the preprocessed
+  derivatives, whose sidecars hold the acquisition (RepetitionTime).
 - `derivatives/fmriprep/`: preprocessed BOLD in {space} space ({voxel} mm, int16 with
   scl_slope {slope}), brain masks and confound tables named as fMRIPrep names them.
 - `stimuli/`: every stimulus; `stimuli/stimuli.tsv` lists them with their train/test
@@ -726,9 +837,12 @@ Files
   region, network, roi (index in nilearn's Seitzman list), grid indices i j k, MNI x y z (mm),
   tuning (pRF position/size in image half-widths with y up, preferred orientation in degrees,
   orientation selectivity (von Mises kappa), preferred spatial frequency in cycles/image; preferred
-  category index into {categories}; best frequency, preferred modulation rate and scale), and
-  noise_sd_pct (AR(1) noise sd, % of baseline), signal_sd_pct (sd of the response across stimuli),
-  mean_response_pct, beta_snr (signal sd / expected single-trial beta noise sd, set on the design of the
+  category index into {categories}; best frequency, preferred modulation rate and scale), `tuned`
+  (False for the untuned share of each region: same response to every stimulus), the voxel's own
+  HRF (`hrf_peak_shape`, `hrf_undershoot_shape`, `hrf_undershoot_ratio` of SPM's double gamma; the
+  canonical is 6, 16, 1/6), and
+  noise_sd_pct (noise sd, % of baseline), signal_sd_pct (sd of the response across stimuli, 0 when
+  untuned), mean_response_pct, beta_snr (signal sd / expected single-trial beta noise sd, set on the design of the
   region's primary task: language voxels on reading; when they listen, scale by the ratio of the tasks'
   `beta_noise_factor`). Drift, motion and physiological noise come on top unless regressed out.
 - `sub-XX/sub-XX_responses.npz`: noise-free response amplitudes (% signal change at plateau) per
@@ -739,9 +853,12 @@ Files
 - `simulation.json`: the full configuration, seed, and the expected single-trial beta noise sd per
   unit time-series noise for each task's design (`beta_noise_factor`).
 
-Signal model (per voxel, in % of baseline): task signal (HRF-convolved trial amplitudes) + slow
-drift + head-motion leakage (motion parameters and their derivatives, 3x stronger on the brain's
-edge) + a shared physiological signal (strongest in CSF) + AR(1) noise (rho = {rho}).
+Signal model (per voxel, in % of baseline): task signal (trial amplitudes convolved with the voxel's
+own HRF) + slow drift + head-motion leakage (motion parameters and their derivatives, 3x stronger on
+the brain's edge) + a shared physiological signal (strongest in CSF) + noise, AR(1) in time
+(rho = {rho}) and correlated in space: {smooth:.0%} of its variance a Gaussian-smoothed field
+(FWHM {fwhm} mm), {shared:.0%} {rank} global components with smooth spatial loadings, the rest
+independent per voxel.
 """
 
 
@@ -804,6 +921,7 @@ def _simulate_study(out_dir: Path, cfg: SimulationConfig, seed: int) -> Path:
     with atomic_dir(out_dir) as root:
         _write_json(root / "dataset_description.json", {
             "Name": "cortexflow simulated study", "BIDSVersion": "1.9.0", "DatasetType": "raw", "License": "CC0",
+            "Authors": ["cortexflow simulate (generated data)"],
             "GeneratedBy": [{"Name": "cortexflow simulate", "Description": f"seed {seed}"}]})
         _write_tsv(root / "participants.tsv", pd.DataFrame({"participant_id": [f"sub-{s}" for s in cfg.subject_labels]}))
         _write_text(root / "README", README.format(seed=seed, task_image=cfg.tasks.get("image", "-"),
@@ -812,7 +930,13 @@ def _simulate_study(out_dir: Path, cfg: SimulationConfig, seed: int) -> Path:
         _write_json(root / "derivatives" / "fmriprep" / "dataset_description.json", {
             "Name": "cortexflow simulated study: fMRIPrep-style derivatives", "BIDSVersion": "1.9.0",
             "DatasetType": "derivative", "GeneratedBy": [{"Name": "cortexflow simulate"}]})
+        # fMRIPrep's confounds tables are not (yet) in the BIDS specification: fMRIPrep-style outputs
+        # list them in .bidsignore so the validator (bids-validator-deno -r) accepts the derivative
+        _write_text(root / "derivatives" / "fmriprep" / ".bidsignore", "*_desc-confounds_timeseries.tsv\n")
         _write_stimuli(root / "stimuli", stim, cfg)
+        for m in cfg.modalities:
+            cats = sorted(stim.table.loc[stim.table["modality"] == m, "category"].unique())
+            _write_json(root / f"task-{cfg.tasks[m]}_events.json", events_sidecar(m, cats))
         truth = root / "derivatives" / "ground_truth"
 
         designs = plan_designs(stim.table, cfg, seed)
@@ -891,7 +1015,11 @@ def _write_study_truth(truth: Path, regions: pd.DataFrame, brain_index: np.ndarr
                                            "space": SPACE, "regions": regions["region"].value_counts().sort_index().to_dict()})
     _write_text(truth / "README.md", GROUND_TRUTH_README.format(
         space=SPACE, radius=cfg.roi_radius_mm, networks=dict(cfg.networks), early_y=cfg.early_visual_max_y,
-        categories=list(IMAGE_CATEGORIES), rho=cfg.ar_rho))
+        categories=list(IMAGE_CATEGORIES), rho=cfg.ar_rho, smooth=cfg.noise_smooth_fraction,
+        fwhm=cfg.noise_smooth_fwhm_mm, shared=cfg.noise_shared_fraction if cfg.noise_shared_rank else 0.0,
+        rank=cfg.noise_shared_rank))
+    # the simulation's own files (arrays, settings, voxel tables) have no BIDS name
+    _write_text(truth / ".bidsignore", "features.npz\nsimulation.json\nsub-*/sub-*_voxels.tsv\nsub-*/sub-*_responses.npz\n")
     _write_json(truth / "dataset_description.json", {
         "Name": "cortexflow simulated study: ground truth", "BIDSVersion": "1.9.0", "DatasetType": "derivative",
         "GeneratedBy": [{"Name": "cortexflow simulate"}]})
@@ -908,17 +1036,34 @@ def _write_run(root: Path, subject: str, modality: str, run: int, design: RunDes
     future = writer.submit(write_volumes, func / f"{stem}_space-{SPACE}_desc-preproc_bold.nii.gz", bold, grid, cfg.tr,
                            bold_quantum(cfg))
     (func / f"{stem}_space-{SPACE}_desc-brain_mask.nii.gz").write_bytes(mask_bytes)
+    # no Sources: there is no raw BOLD to point at (the validator flags links to missing files)
     _write_json(func / f"{stem}_space-{SPACE}_desc-preproc_bold.json",
-                {"RepetitionTime": cfg.tr, "SkullStripped": False, "TaskName": task,
-                 "Sources": [f"bids:raw:sub-{subject}/func/{stem}_bold.nii.gz"]})
+                {"RepetitionTime": cfg.tr, "SkullStripped": False, "TaskName": task})
     _write_tsv(func / f"{stem}_desc-confounds_timeseries.tsv", confounds)
     lookup = stimuli.set_index("stimulus_id").loc[design.events["stimulus_id"]]
     events = design.events.assign(trial_type=lookup["category"].to_numpy(), modality=modality,
                                   stim_file=lookup["path"].to_numpy())
     raw = root / f"sub-{subject}" / "func"
+    # the raw folder holds events only: a _bold.json there without its BOLD image is invalid BIDS
+    # (SIDECAR_WITHOUT_DATAFILE); the columns are described once per task (task-<t>_events.json)
     _write_tsv(raw / f"{stem}_events.tsv", events[["onset", "duration", "trial_type", "stimulus_id", "modality", "stim_file"]])
-    _write_json(raw / f"{stem}_bold.json", {"RepetitionTime": cfg.tr, "TaskName": task})
     return future
+
+
+def events_sidecar(modality: str, categories: list[str]) -> dict[str, Any]:
+    """The top-level ``task-<task>_events.json``: every events column described (BIDS inheritance)."""
+    return {
+        "onset": {"Description": "Stimulus onset from the first volume's acquisition", "Units": "s"},
+        "duration": {"Description": "How long the stimulus was shown or played", "Units": "s"},
+        "trial_type": {"Description": "Stimulus category (also the category column of stimuli/stimuli.tsv)",
+                       "Levels": {c: f"a {c} stimulus" for c in categories}},
+        "stimulus_id": {"Description": "Stimulus identifier, a row of stimuli/stimuli.tsv (BEP044 stim_id)"},
+        "modality": {"Description": "Stimulus modality of this task",
+                     "Levels": {modality: {"image": "grey-scale image", "audio": "spoken sentence",
+                                           "text": "written sentence"}[modality]}},
+        "stim_file": {"Description": "The stimulus file, relative to the dataset's stimuli/ folder"},
+        "StimulusPresentation": {"OperatingSystem": "none (simulated)", "SoftwareName": "cortexflow simulate"},
+    }
 
 
 def _save_npz(path: Path, arrays: Mapping[str, Any]) -> None:

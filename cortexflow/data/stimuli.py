@@ -3,10 +3,13 @@
 A set with real variety, not noise: crops of natural photographs (people,
 animals, objects, scenes, textures, printed text), faces and non-face patches
 from scikit-image's LFW subset, and handwritten digits from scikit-learn,
-all grey-scale at one size. Test images come from image regions (or, for
-faces and digits, from individual images) never used for a training image, so
-the two splits share no pixels and hold no near-duplicates, as the held-out
-images of NSD (Allen et al., 2022) share none with its training images.
+all grey-scale at one size. Test images come from source photos never used
+for training (one held-out photo per photo category, ``TEST_PHOTOS``) and, for
+faces, non-face patches and digits, from individual images never used for a
+training image, so the two splits share no pixels and no source, as the
+held-out images of NSD (Allen et al., 2022) share none with its training
+images. Every category appears in both splits: no kind of stimulus is seen
+only at test.
 """
 
 from __future__ import annotations
@@ -25,6 +28,14 @@ def _skimage(name: str) -> Callable[[], np.ndarray]:
         import skimage.data
 
         return getattr(skimage.data, name)()
+    return load
+
+
+def _skimage_first(name: str) -> Callable[[], np.ndarray]:
+    def load() -> np.ndarray:
+        import skimage.data
+
+        return getattr(skimage.data, name)()[0]
     return load
 
 
@@ -47,6 +58,7 @@ PHOTOS: dict[str, tuple[Callable[[], np.ndarray], str]] = {
     "clock": (_skimage("clock"), "object"),
     "coins": (_skimage("coins"), "object"),
     "flower": (_sklearn_photo(1), "object"),
+    "motorcycle": (_skimage_first("stereo_motorcycle"), "object"),
     "china": (_sklearn_photo(0), "scene"),
     "moon": (_skimage("moon"), "scene"),
     "hubble_deep_field": (_skimage("hubble_deep_field"), "scene"),
@@ -61,7 +73,9 @@ PHOTOS: dict[str, tuple[Callable[[], np.ndarray], str]] = {
 # Share of the image set drawn from each kind of source.
 SOURCE_SHARES = {"lfw_face": 0.09, "lfw_nonface": 0.07, "digit": 0.2, "photo": 0.64}
 IMAGE_CATEGORIES = ("face", "digit", "person", "animal", "object", "scene", "texture", "text")
-TEST_REGION = 0.25  # rightmost share of each photo's width reserved for test crops
+# One source photo per photo category is held out: test crops are cut from these only,
+# training crops from the others, so a test image never shares its source with a training one.
+TEST_PHOTOS = ("camera", "horse", "clock", "moon", "gravel", "page")
 
 
 @dataclass
@@ -115,16 +129,14 @@ def _stretch(a: np.ndarray) -> np.ndarray:
     return np.clip((a - lo) / (hi - lo), 0, 1)
 
 
-def _photo_crops(photo: np.ndarray, n: int, split: str, size: int, rng: np.random.Generator) -> list[np.ndarray]:
+def _photo_crops(photo: np.ndarray, n: int, size: int, rng: np.random.Generator) -> list[np.ndarray]:
     h, w = photo.shape
-    cut = int(round(w * (1 - TEST_REGION)))
-    x0, x1 = (0, cut) if split == "train" else (cut, w)
     out = []
     for _ in range(n):
         side = int(rng.uniform(0.15, 0.5) * min(h, w))
-        side = max(size // 2, min(side, x1 - x0, h))
+        side = max(size // 2, min(side, w, h))
         top = int(rng.integers(0, h - side + 1))
-        left = int(rng.integers(x0, x1 - side + 1))
+        left = int(rng.integers(0, w - side + 1))
         out.append(_stretch(_resize(photo[top: top + side, left: left + side], size)))
     return out
 
@@ -136,7 +148,7 @@ def _photos() -> dict[str, np.ndarray]:
 
 
 def make_image_set(n_train: int, n_test: int, size: int, rng: np.random.Generator) -> ImageSet:
-    """``n_train`` + ``n_test`` grey-scale images with no pixel shared across splits."""
+    """``n_train`` + ``n_test`` grey-scale images with no source shared across splits."""
     from skimage.data import lfw_subset
     from sklearn.datasets import load_digits
 
@@ -162,9 +174,10 @@ def make_image_set(n_train: int, n_test: int, size: int, rng: np.random.Generato
                 category.append("face" if kind == "lfw_face" else "digit" if kind == "digit" else "scene")
                 source.append(f"{kind}:{int(idx)}")
                 split.append(part)
-        per_photo = _split_counts(counts["photo"], {name: 1.0 for name in PHOTOS})
+        names = [n for n in PHOTOS if (n in TEST_PHOTOS) == (part == "test")]
+        per_photo = _split_counts(counts["photo"], {name: 1.0 for name in names})
         for name, k in per_photo.items():
-            for crop in _photo_crops(photos[name], k, part, size, rng):
+            for crop in _photo_crops(photos[name], k, size, rng):
                 images.append(crop)
                 category.append(PHOTOS[name][1])
                 source.append(f"photo:{name}")

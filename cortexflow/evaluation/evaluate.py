@@ -37,13 +37,15 @@ from cortexflow import _io
 from cortexflow.errors import CortexflowInputError
 from cortexflow.evaluation import metrics as M
 from cortexflow.evaluation.bootstrap import bootstrap_ci, bootstrap_indices, paired_bootstrap
-from cortexflow.evaluation.features import CharNgramConfig, char_ngram_features, make_image_features
+from cortexflow.evaluation.features import CharNgramConfig, HOGFeatures, char_ngram_features, make_image_features
 
 log = logging.getLogger("cortexflow.evaluation.evaluate")
 
 MODALITIES = ("image", "audio", "text")
 METRICS = {
-    "image": ("pixcorr", "ssim", "two_way_id_pixel", "two_way_id_feature"),
+    # two_way_id_feature: the independent feature space (evaluation.image_features, a fixed random-weight
+    # CNN by default); two_way_id_hog: HOG, generous on the simulated study (features.py)
+    "image": ("pixcorr", "ssim", "two_way_id_pixel", "two_way_id_feature", "two_way_id_hog"),
     "audio": ("mel_corr", "lsd", "two_way_id"),
     "text": ("cer", "wer", "bleu", "two_way_id"),
 }
@@ -72,7 +74,7 @@ class EvaluationConfig:
     n_boot: int = 1000
     confidence: float = 0.95
     chance_permutations: int = 10
-    image_features: dict = field(default_factory=lambda: {"kind": "hog"})
+    image_features: dict = field(default_factory=lambda: {"kind": "randconv"})
     log_mel_db_per_unit: float = M.DB_PER_NATURAL_LOG_MAGNITUDE
     normalize_text: bool = True
     text_features: CharNgramConfig = field(default_factory=CharNgramConfig)
@@ -181,16 +183,20 @@ class ImageScorer(_Scorer):
                 f"window ({M.SSIM_MIN_SIDE} pixels at sigma 1.5)", fix="evaluate images of at least 11x11 pixels")
         self.features = make_image_features(config.image_features)
         self.truth_features = self.features(self.truth)
+        self.hog = HOGFeatures()
+        self.truth_hog = self.hog(self.truth)
 
     def score(self, pred, orders):
         pred = np.clip(np.asarray(pred, dtype=np.float64), 0.0, 1.0)  # decoders may overshoot [0, 1] slightly
         pixel_corr = M.correlation_matrix(pred, self.truth)
         feature_corr = M.correlation_matrix(self.features(pred), self.truth_features)
+        hog_corr = M.correlation_matrix(self.hog(pred), self.truth_hog)
         return {
             "pixcorr": self._mean_over(orders, lambda o: M.pixcorr(pred, self.truth, o)),
             "ssim": self._mean_over(orders, lambda o: M.ssim(pred, self.truth, o)),
             "two_way_id_pixel": self._mean_over(orders, lambda o: M.two_way_identification(pixel_corr, o)),
             "two_way_id_feature": self._mean_over(orders, lambda o: M.two_way_identification(feature_corr, o)),
+            "two_way_id_hog": self._mean_over(orders, lambda o: M.two_way_identification(hog_corr, o)),
         }
 
 
