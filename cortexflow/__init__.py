@@ -2,7 +2,9 @@
 
 The public names are those of the seed library (cortexflowx 0.4) and are
 imported lazily, so ``import cortexflow`` and the command line stay fast and
-stages that need no torch never load it.
+stages that need no torch never load it. The seed's module paths
+(``cortexflow.dit``, ``cortexflow.brain2img``, ``cortexflow._types``, ...) are
+thin re-exports; docs/seed-compat.md lists what differs from the seed.
 """
 
 from __future__ import annotations
@@ -44,7 +46,16 @@ _PUBLIC = {
     "WarmupCosineScheduler": "cortexflow.training.trainer",
     "save_model": "cortexflow.models.io",
     "load_model": "cortexflow.models.io",
+    # the rest of the seed's top-level names
+    "Modality": "cortexflow.models.types",
+    "CortexFlowError": "cortexflow._types",
+    "AudioDiT": "cortexflow.models.brain2audio",
+    "make_synthetic_brain_data": "cortexflow.models.synthetic",
+    "SyntheticBrainDataset": "cortexflow.models.synthetic",
 }
+
+#: Seed names without a counterpart: importing one raises an error saying why.
+_SEED_ONLY = {"BrainTextDecoder": "cortexflow.brain2text"}
 
 __all__ = sorted(_PUBLIC) + ["__version__"]
 
@@ -54,6 +65,8 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(_PUBLIC[name]), name)
         globals()[name] = value
         return value
+    if name in _SEED_ONLY:
+        return getattr(importlib.import_module(_SEED_ONLY[name]), name)  # raises SeedNameError
     raise AttributeError(f"module 'cortexflow' has no attribute {name!r}")
 
 

@@ -8,17 +8,96 @@ that looks finished (``os.replace`` is atomic on POSIX within one filesystem).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
 import tempfile
+import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cortexflow.errors import CortexflowInputError
+
 log = logging.getLogger("cortexflow.io")
+
+# What a truncated or otherwise damaged file raises while its data are read:
+# gzip/zlib streams cut short (EOFError, zlib.error, BadGzipFile is an OSError),
+# short reads and I/O errors (OSError), numpy's and nibabel's size checks
+# (ValueError: "cannot reshape", "mmap length is greater than file size"), and
+# a damaged zip archive (.npz: BadZipFile, KeyError of a missing member).
+_DAMAGED = (OSError, EOFError, ValueError, zlib.error, zipfile.BadZipFile, KeyError)
+# Writing fails for reasons the user fixes outside the code: a full disk or quota,
+# a read-only or forbidden folder.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def _damaged(path: str | Path, what: str, e: BaseException, fix: str | None = None) -> CortexflowInputError:
+    return CortexflowInputError(
+        f"cannot read the {what}: the file is truncated or damaged ({type(e).__name__}: {e})", path=path,
+        fix=fix or "rerun the stage that wrote it (delete the file first), or restore it from its source")
+
+
+def _missing(path: str | Path, what: str, fix: str | None) -> CortexflowInputError:
+    return CortexflowInputError(f"the {what} does not exist", path=path,
+                                fix=fix or "check the path, or run the earlier stages first")
+
+
+def load_npy(path: str | Path, what: str = "array file", fix: str | None = None) -> np.ndarray:
+    """``np.load`` of a .npy whose damage (truncation, bad header) becomes an input error naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise _missing(path, what, fix)
+    try:
+        return np.load(path, allow_pickle=False)
+    except _DAMAGED as e:
+        raise _damaged(path, what, e, fix) from None
+
+
+def load_npz(path: str | Path, what: str = "array archive", fix: str | None = None) -> dict[str, np.ndarray]:
+    """Every array of a .npz, read now (a lazy NpzFile would fail later, far from the file's name)."""
+    path = Path(path)
+    if not path.is_file():
+        raise _missing(path, what, fix)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {key: archive[key] for key in archive.files}
+    except _DAMAGED as e:
+        raise _damaged(path, what, e, fix) from None
+
+
+def read_parquet(path: str | Path, what: str = "table", fix: str | None = None):  # noqa: ANN201 - DataFrame
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise _missing(path, what, fix)
+    try:
+        return pd.read_parquet(path)
+    except Exception as e:  # pyarrow raises ArrowInvalid (a ValueError) or OSError for broken files
+        raise _damaged(path, what, e, fix) from None
+
+
+def image_data(img: Any, path: str | Path, what: str, dtype: Any = None, fix: str | None = None) -> np.ndarray:
+    """The voxel array of a nibabel image; a truncated file (whose header reads but whose
+    data do not) becomes an input error naming it. ``dtype``: float type for ``get_fdata``."""
+    try:
+        return img.get_fdata(dtype=dtype) if dtype is not None else np.asanyarray(img.dataobj)
+    except _DAMAGED as e:
+        raise _damaged(path, what, e, fix or "re-export or re-copy the file (a .nii.gz that was cut short, e.g. "
+                                             "by an interrupted transfer, has a readable header but not all its data)") from None
+
+
+def _write_error(path: Path, e: OSError) -> CortexflowInputError | None:
+    if e.errno in _WRITE_ERRNOS or "No space left" in str(e):
+        return CortexflowInputError(f"cannot write the file ({e.strerror or e})", path=path,
+                                    fix="free disk space or quota, or make the results folder writable; "
+                                        "nothing was written in its place, so rerunning then continues")
+    return None
 
 
 def _umask() -> int:
@@ -42,15 +121,27 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
     writers that infer the format from the name still work.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes) or ".tmp"
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}.", suffix=f".tmp{suffix}", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}.", suffix=f".tmp{suffix}", dir=path.parent)
+    except OSError as e:
+        err = _write_error(path, e)
+        if err is not None:
+            raise err from e
+        raise
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
         _publish_mode(tmp)
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        err = _write_error(path, e)
+        if err is not None:
+            raise err from e
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -65,8 +156,14 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     import shutil
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    except OSError as e:
+        err = _write_error(path, e)
+        if err is not None:
+            raise err from e
+        raise
     try:
         yield tmp
         _publish_mode(tmp, directory=True)
@@ -78,6 +175,12 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        err = _write_error(path, e)
+        if err is not None:
+            raise err from e
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -7,8 +7,12 @@ command line and the Python API cannot drift apart::
     cortexflow glm-betas --bold ... --params '{"hrf_model": "spm"}'
 
 ``--params`` takes JSON (or ``@file.json``); ``--config config.yaml`` reads the
-stage's section of a workflow config instead. Errors in the input are printed
-as one message (file, problem, fix) and exit with status 2.
+stage's section of a workflow config instead. Errors in the input (including a
+file given on the command line that does not exist) are printed as one message
+(file, problem, fix) and exit with status 2. Any other exception is a bug or an
+environment failure: its traceback goes to the ``--log`` file (to stderr when
+there is none, or with ``--verbose``), one line names it and the log, and the
+exit status is 1.
 """
 
 from __future__ import annotations
@@ -30,14 +34,22 @@ log = logging.getLogger("cortexflow.cli")
 
 
 def _load_params(value: str) -> dict:
+    # argparse reports an ArgumentTypeError's own message (any other error as "invalid value")
     if value.startswith("@"):
-        value = Path(value[1:]).read_text()
+        try:
+            value = Path(value[1:]).read_text()
+        except OSError as e:
+            raise argparse.ArgumentTypeError(str(CortexflowInputError(
+                f"cannot read the --params file ({e.strerror or e})", path=value[1:],
+                fix="pass an existing JSON file as @file.json, or the JSON itself"))) from None
     try:
         params = json.loads(value)
     except json.JSONDecodeError as e:
-        raise CortexflowInputError(f"--params is not valid JSON ({e})", fix="pass a JSON object or @file.json") from None
+        raise argparse.ArgumentTypeError(str(CortexflowInputError(
+            f"--params is not valid JSON ({e})", fix="pass a JSON object or @file.json"))) from None
     if not isinstance(params, dict):
-        raise CortexflowInputError("--params must be a JSON object", fix="pass e.g. '{\"key\": 1}'")
+        raise argparse.ArgumentTypeError(str(CortexflowInputError(
+            "--params must be a JSON object", fix="pass e.g. '{\"key\": 1}'")))
     return params
 
 
@@ -145,10 +157,45 @@ def main(argv: list[str] | None = None) -> int:
         get_stage(name)(**kwargs)
         log.info("%s finished in %.1f s", name, time.perf_counter() - start)
     except CortexflowInputError as e:
-        log.error("%s", e)
-        print(f"cortexflow {name.replace('_', '-')}: error: {e}", file=sys.stderr)
-        return 2
+        return _input_error(name, e)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
+        # an input path that the stage did not check itself: still the one-line message
+        what = {FileNotFoundError: "does not exist", IsADirectoryError: "is a folder, not a file",
+                NotADirectoryError: "is not inside a folder", PermissionError: "cannot be read or written (permission denied)"}
+        return _input_error(name, CortexflowInputError(
+            f"the file {what.get(type(e), 'cannot be used')}", path=e.filename,
+            fix="check the paths given on the command line (run the earlier stages first if it is one of their outputs)"))
+    except Exception as e:  # noqa: BLE001 - anything else is reported, with its traceback, in the job's log
+        return _unexpected_error(name, e, args.log, args.verbose)
     return 0
+
+
+def _input_error(name: str, e: CortexflowInputError) -> int:
+    log.error("%s", e)
+    print(f"cortexflow {name.replace('_', '-')}: error: {e}", file=sys.stderr)
+    return 2
+
+
+def _unexpected_error(name: str, e: BaseException, log_file: str | None, verbose: bool) -> int:
+    """The traceback into the stage's log (where a cluster job's output is kept), one line on stderr."""
+    import traceback
+
+    trace = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+    summary = f"{type(e).__name__}: {e}".splitlines()[0] if str(e) else type(e).__name__
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    if log_file:
+        try:
+            with open(log_file, "a") as f:
+                f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} ERROR cortexflow.cli: {name} failed unexpectedly\n{trace}")
+        except OSError:
+            log_file = None
+    if not log_file or verbose:
+        sys.stderr.write(trace)
+    where = f"; the traceback is in {log_file}" if log_file else ""
+    print(f"cortexflow {name.replace('_', '-')}: unexpected error: {summary}{where}. This is a bug or a failure "
+          f"of the machine (memory, disk); please report it with the log", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ from pathlib import Path
 STAGE_SOURCES: dict[str, tuple[str, ...]] = {
     "simulate_study": ("stages/simulate.py", "data/simulate.py", "data/stimuli.py", "data/speech.py",
                        "data/sentences.py", "data/encoding_model.py", "data/hrf.py"),
-    "glm_betas": ("stages/preprocess.py", "preprocess/glm.py", "preprocess/hrf.py", "data/bids.py"),
+    "glm_betas": ("stages/preprocess.py", "preprocess/glm.py", "preprocess/glmsingle.py", "preprocess/hrf.py",
+                  "data/bids.py"),
     "extract_rois": ("stages/preprocess.py", "preprocess/rois.py"),
     "make_dataset": ("stages/preprocess.py", "preprocess/dataset.py", "data/bids.py"),
     "pretrain_vae": ("stages/vae.py", "stages/params.py", "data/stimulus_arrays.py", "data/bids.py",

@@ -224,7 +224,7 @@ def test_missing_mask_and_wrong_space_are_named(tmp_path):
     with pytest.raises(CortexflowInputError, match=r"no brain mask for run sub-01_task-look_run-01: expected "
                                                    r"sub-01_task-look_run-01_space-MNI152NLin2009cAsym_desc-brain_mask"):
         find_runs(root)
-    with pytest.raises(CortexflowInputError, match=r"no preprocessed BOLD runs for space 'T1w' .*exist in space\(s\): MNI152NLin2009cAsym"):
+    with pytest.raises(CortexflowInputError, match=r"no preprocessed BOLD runs for space 'T1w' .*runs there are in: space-MNI152NLin2009cAsym task-look"):
         find_runs(root, space="T1w")
 
 
@@ -237,3 +237,69 @@ def test_stimulus_table_is_validated(tmp_path):
     _edit_tsv(root / "stimuli" / "stimuli.tsv", lambda t: t.__setitem__("stimulus_id", ["a", "a"]))
     with pytest.raises(CortexflowInputError, match=r"duplicate stimulus id\(s\): a"):
         load_stimuli(root)
+
+
+# ----------------------------------------------------------------------------- fMRIPrep names as they come
+
+def _rename_all(folder: Path, old: str, new: str) -> None:
+    for p in list(folder.iterdir()):
+        if old in p.name:
+            p.rename(p.with_name(p.name.replace(old, new)))
+
+
+def test_fmriprep_entities_res_ses_acq_echo_are_found(tmp_path):
+    """fMRIPrep's `--output-spaces MNI152NLin2009cAsym:res-2` adds res- after space-; raw
+    entities (ses-, acq-, rec-, echo-) stay in the derivative names; events may omit echo-."""
+    root = make_dataset(tmp_path)
+    func = root / "derivatives" / "fmriprep" / "sub-01" / "func"
+    raw = root / "sub-01" / "func"
+    _rename_all(func, f"_space-{SPACE}_", f"_space-{SPACE}_res-2_")
+    for folder in (func, raw):
+        _rename_all(folder, "sub-01_task-look_run-01", "sub-01_ses-A_task-look_acq-mb4_rec-norm_run-03_echo-1")
+    _rename_all(raw, "_echo-1_events", "_events")  # events shared by every echo
+    ses = root / "derivatives" / "fmriprep" / "sub-01" / "ses-A"
+    ses.mkdir()
+    func.rename(ses / "func")
+    (root / "sub-01" / "ses-A").mkdir()
+    raw.rename(root / "sub-01" / "ses-A" / "func")
+    (run,) = find_runs(root, space=SPACE)
+    assert (run.subject, run.session, run.task, run.run) == ("01", "A", "look", 3)
+    assert run.bold.name == f"sub-01_ses-A_task-look_acq-mb4_rec-norm_run-03_echo-1_space-{SPACE}_res-2_desc-preproc_bold.nii.gz"
+    assert run.mask.name == f"sub-01_ses-A_task-look_acq-mb4_rec-norm_run-03_echo-1_space-{SPACE}_res-2_desc-brain_mask.nii.gz"
+    assert run.events.name == "sub-01_ses-A_task-look_acq-mb4_rec-norm_run-03_events.tsv"
+    assert run.sidecar.name.endswith("_res-2_desc-preproc_bold.json")
+    assert load_run(run).n_volumes == 12
+    assert find_runs(root, space=f"{SPACE}:res-2") == [run]
+    # a space that names another resolution is not found, and the message lists what is there
+    with pytest.raises(CortexflowInputError, match=rf"space '{SPACE}:res-1'.*there are in: space-{SPACE}:res-2 task-look"):
+        find_runs(root, space=f"{SPACE}:res-1")
+
+
+def test_two_resolutions_of_one_run_need_a_choice(tmp_path):
+    root = make_dataset(tmp_path)
+    func = root / "derivatives" / "fmriprep" / "sub-01" / "func"
+    for p in list(func.glob(f"*_space-{SPACE}_*")):
+        shutil.copy(p, p.with_name(p.name.replace(f"_space-{SPACE}_", f"_space-{SPACE}_res-2_")))
+    with pytest.raises(CortexflowInputError, match=rf"several variants.*Fix: pick one in data.space .*{SPACE}:res-2"):
+        find_runs(root)
+    (run,) = find_runs(root, space=f"{SPACE}:res-2")
+    assert "_res-2_" in run.bold.name and "_res-2_" in run.mask.name
+
+
+def test_stim_id_column_of_bep044_is_read(tmp_path):
+    root = make_dataset(tmp_path)
+    run = _only_run(root)
+    events = pd.read_csv(run.events, sep="\t")
+    events.rename(columns={"stimulus_id": "stim_id"}).to_csv(run.events, sep="\t", index=False, na_rep="n/a")
+    loaded = load_run(run, stimulus_ids=set(events["stimulus_id"].dropna()))
+    assert list(loaded.events["stimulus_id"].dropna()) == list(events.sort_values("onset")["stimulus_id"].dropna())
+
+
+def test_events_cut_mid_line_are_refused_with_the_line(tmp_path):
+    root = make_dataset(tmp_path)
+    run = _only_run(root)
+    text = run.events.read_text()
+    run.events.write_text(text.rstrip("\n")[:-6])  # an interrupted copy: the last row loses its last fields
+    with pytest.raises(CortexflowInputError, match=r"_events.tsv: line \d+ of the events file has \d fields but the "
+                                                   r"header has \d.*cut off mid-line"):
+        load_run(run)

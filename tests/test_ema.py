@@ -52,7 +52,7 @@ def test_warmed_up_average_tracks_a_moving_target():
     0.9999 would stay near the initial weights for thousands of steps."""
     model = _model()
     _set_all(model, 0.0)
-    warm, cold = EMAModel(model, decay=0.9999), EMAModel(model, decay=0.9999, warmup=False)
+    warm, cold = EMAModel(model, decay=0.9999, warmup=True), EMAModel(model, decay=0.9999)
     _set_all(model, 1.0)
     for _ in range(200):
         warm.update(model)
@@ -98,7 +98,7 @@ def test_average_parameters_restores_on_error():
 
 def test_state_dict_round_trip_and_mismatch():
     model = _model()
-    ema = EMAModel(model, decay=0.99)
+    ema = EMAModel(model, decay=0.99, warmup=True)
     _set_all(model, 0.3)
     for _ in range(4):
         ema.update(model)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import nibabel as nib
 import numpy as np
 import pandas as pd
@@ -85,9 +87,13 @@ def _labels_files(tmp_path, shift=(0.0, 0.0, 0.0)):
     return str(img_path), str(table_path)
 
 
-def test_labels_are_resampled_to_the_bold_grid(tmp_path):
+def test_labels_are_resampled_to_the_bold_grid(tmp_path, caplog):
     img, table = _labels_files(tmp_path)
     cfg = ROIConfig(source="labels", labels_img=img, labels_table=table, regions={"image": ["V1"], "audio": ["A1", "V1"]})
+    with pytest.raises(CortexflowInputError, match="another grid.*allow_resampling: true") as err:
+        build_regions(cfg, "audio", SHAPE, AFFINE)  # a resampling must be asked for
+    assert "atlas.nii.gz" in str(err.value)
+    cfg = dataclasses.replace(cfg, allow_resampling=True)
     voxels = select_voxels(build_regions(cfg, "audio", SHAPE, AFFINE), _brain(), cfg)
     assert list(voxels["region"].unique()) == ["A1", "V1"]  # config order
     v1 = voxels[voxels["region"] == "V1"]
@@ -95,18 +101,38 @@ def test_labels_are_resampled_to_the_bold_grid(tmp_path):
     expected = np.argwhere(_v1_box(_world()) & _brain())
     np.testing.assert_array_equal(np.sort(v1[["i", "j", "k"]].to_numpy(), axis=0), np.sort(expected, axis=0))
     assert len(v1) > 50
+    warning = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "resampled" in r.getMessage()]
+    assert warning and "atlas.nii.gz" in warning[0] and "A1 " in warning[0] and "V1 " in warning[0]
     assert set(select_voxels(build_regions(cfg, "image", SHAPE, AFFINE), _brain(), cfg)["region"]) == {"V1"}
 
 
 def test_labels_in_another_space_and_unknown_names_are_refused(tmp_path):
     img, table = _labels_files(tmp_path, shift=(0.0, 400.0, 0.0))  # far outside the brain
-    cfg = ROIConfig(source="labels", labels_img=img, labels_table=table, regions={"image": ["V1"]})
+    cfg = ROIConfig(source="labels", labels_img=img, labels_table=table, regions={"image": ["V1"]}, allow_resampling=True)
     with pytest.raises(CortexflowInputError, match="another space") as err:
         select_voxels(build_regions(cfg, "image", SHAPE, AFFINE), _brain(), cfg)
     assert "atlas.nii.gz" in str(err.value)
     cfg = ROIConfig(source="labels", labels_img=img, labels_table=table, regions={"image": ["V5"]})
     with pytest.raises(CortexflowInputError, match=r"\['V5'\] are not in the labels table"):
         build_regions(cfg, "image", SHAPE, AFFINE)
+
+
+def test_same_shape_with_another_affine_is_refused_not_resampled(tmp_path):
+    """A 12 mm shifted origin on the BOLD's own array size is a header error: resampling it
+    would move every region by 12 mm and exit 0 with most ROI voxels wrong."""
+    xyz = _world()
+    data = np.zeros(SHAPE, np.int16)
+    data[_v1_box(xyz)] = 7
+    affine = AFFINE.copy()
+    affine[1, 3] += 12.0
+    nib.save(nib.Nifti1Image(data, affine), tmp_path / "shifted.nii.gz")
+    pd.DataFrame({"index": [7], "name": ["V1"]}).to_csv(tmp_path / "atlas.tsv", sep="\t", index=False)
+    for allow in (False, True):  # not even when resampling is allowed
+        cfg = ROIConfig(source="labels", labels_img=str(tmp_path / "shifted.nii.gz"), labels_table=str(tmp_path / "atlas.tsv"),
+                        regions={"image": ["V1"]}, allow_resampling=allow)
+        with pytest.raises(CortexflowInputError, match=r"shifted.nii.gz: .*same|shape .* but another affine") as err:
+            build_regions(cfg, "image", SHAPE, AFFINE)
+        assert "12.0 mm" in str(err.value) and "Fix:" in str(err.value)
 
 
 def test_mask_source_and_its_checks(tmp_path):

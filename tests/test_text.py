@@ -247,7 +247,7 @@ def test_roi_text_model_trains():
         (lambda m: m.training_loss(torch.zeros(1, 21, dtype=torch.long), BrainData(voxels=torch.randn(1, 24))), "more than max_len=20"),
         (lambda m: m.reconstruct(torch.randn(1, 24)), "BrainData"),
         (lambda m: m.reconstruct(BrainData(voxels=torch.randn(1, 24)), max_len=21), "max_len must be in"),
-        (lambda m: m.reconstruct(BrainData(voxels=torch.randn(1, 24)), top_p=0.0), "top_p"),
+        (lambda m: m.reconstruct(BrainData(voxels=torch.randn(1, 24)), top_p=1.5), "top_p"),
     ],
 )
 def test_brain2text_rejects_misuse(call, message):

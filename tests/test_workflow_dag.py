@@ -220,6 +220,34 @@ def test_bids_source_finds_on_disk_the_runs_the_simulator_planned(finished):
     assert {rule: n for rule, n in planned.items() if rule != "simulate_study"} == found
 
 
+def test_glmsingle_option_feeds_glm_betas_its_file_and_the_runs_in_order(finished):
+    """data.glmsingle: glm_betas reads GLMsingle's betas (one file per subject and task) and gets
+    every run's events in run order; the stimulus table is an input of every glm_betas job."""
+    pattern = "glmsingle/sub-{subject}/task-{task}/TYPED_FITHRF_GLMDENOISE_RR.npy"
+    for path in (finished / "data" / "tiny" / "bids" / "derivatives" / "fmriprep").glob("sub-*"):
+        for task in ("images", "audio", "text"):
+            target = finished / pattern.format(subject=path.name.removeprefix("sub-"), task=task)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.touch()
+    real = overlay(finished, "glmsingle.yaml", {"data": {"source": "bids", "bids_root": "data/tiny/bids",
+                                                         "glmsingle": pattern}})
+    out = snakemake(finished, "--cores", "1", "--dry-run", "--forceall", "--printshellcmds", "--configfile", TINY, real).stdout
+    commands = [line[line.index("cortexflow glm-betas"):] for line in out.splitlines() if "cortexflow glm-betas" in line]
+    assert commands
+    runs: dict[tuple, list[str]] = {}
+    for command in commands:
+        own = command.split("--events ")[1].split()[0]
+        subject, task = re.search(r"sub-(\w+?)_task-(\w+?)_run-", own).groups()
+        runs.setdefault((subject, task), []).append(own)
+    for command in commands:
+        own = command.split("--events ")[1].split()[0]
+        subject, task = re.search(r"sub-(\w+?)_task-(\w+?)_run-", own).groups()
+        events = re.search(r"--glmsingle-events (.*?) --out-betas", command).group(1).split()
+        assert f"--glmsingle {pattern.format(subject=subject, task=task)}" in command
+        assert events == sorted(runs[(subject, task)])  # every run of the subject and task, in run order
+        assert "--stimuli data/tiny/bids/stimuli/stimuli.tsv" in command
+
+
 def test_invalid_config_stops_the_workflow_naming_the_key(finished):
     proc = snakemake(finished, "--cores", "1", "--dry-run", "--config", "device=gpu", check=False)
     assert proc.returncode != 0

@@ -2,11 +2,23 @@
 
 Files are found by their BIDS entities, as fMRIPrep (>= 20.2) names them::
 
-    <fmriprep>/sub-<s>/[ses-<x>/]func/sub-<s>[_ses-<x>]_task-<t>[_acq-..][_run-<r>]_space-<space>_desc-preproc_bold.nii.gz
-        ..._space-<space>_desc-brain_mask.nii.gz          the brain mask
-        ..._space-<space>_desc-preproc_bold.json          sidecar (RepetitionTime)
+    <fmriprep>/sub-<s>/[ses-<x>/]func/sub-<s>[_ses-<x>]_task-<t>[_acq-..][_ce-..][_rec-..][_dir-..][_run-<r>][_echo-..]
+        ..._space-<space>[_cohort-..][_res-..][_den-..]_desc-preproc_bold.nii.gz   the preprocessed run
+        ..._space-<space>[_res-..]_desc-brain_mask.nii.gz  the brain mask (same space entities as the run)
+        ..._space-<space>[_res-..]_desc-preproc_bold.json  sidecar (RepetitionTime)
         ..._desc-confounds_timeseries.tsv                  (or the older _desc-confounds_regressors.tsv)
     <bids_root>/sub-<s>/[ses-<x>/]func/..._events.tsv      the events, in the raw dataset
+
+A file name is parsed into its entities (``key-value`` pairs), suffix and
+extension, as the BIDS specification defines them, rather than matched against
+one fixed pattern: fMRIPrep adds ``res-``/``den-``/``cohort-`` after ``space-``
+(``--output-spaces MNI152NLin2009cAsym:res-2``) and keeps the raw run's
+``ses-``/``acq-``/``rec-``/``dir-``/``echo-`` entities. ``data.space`` takes
+fMRIPrep's own syntax: ``MNI152NLin2009cAsym`` matches any resolution, and
+``MNI152NLin2009cAsym:res-2`` picks one when several were written. (pybids
+would also parse these names, but it pulls in a database layer and indexes the
+whole tree on every workflow start; the few naming rules needed here are in
+``parse_bids_name``.)
 
 and validated before anything is computed from them (``load_run``): the TR in
 the sidecar against the NIfTI header, a 4-D image, a mask on the BOLD grid,
@@ -25,13 +37,18 @@ Decisions, following the conventions of the tools that write these files:
   (``framewise_displacement``, ``dvars``, ``*_derivative1``...): there is no
   previous volume. Those first-row gaps are set to 0; a missing value anywhere
   else is an error.
-- Events without a ``stimulus_id`` (e.g. fixation or response rows) are kept;
-  when the events have no ``stimulus_id`` column but BIDS's ``stim_file``, the
-  stimulus id is the file's name without its extension.
+- Events without a ``stimulus_id`` (e.g. fixation or response rows) are kept.
+  The id may also be in a ``stim_id`` column (the name BIDS extension proposal
+  BEP044, stimuli, gives it); when the events have neither but BIDS's
+  ``stim_file``, the stimulus id is the file's name without its extension.
+- Every row of a TSV must have as many fields as its header: a row with fewer is
+  what a file cut off mid-line looks like, and is refused with its line number
+  rather than read as a row with missing values.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
@@ -43,6 +60,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cortexflow._io import image_data
 from cortexflow.errors import CortexflowInputError
 
 log = logging.getLogger("cortexflow.data.bids")
@@ -52,7 +70,11 @@ MOTION_COLUMNS = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
 EVENT_COLUMNS = ("onset", "duration")
 STIMULUS_COLUMNS = ("stimulus_id", "modality", "path", "split")
 MODALITIES = ("image", "audio", "text")
-_ENTITY = re.compile(r"(?P<key>[a-zA-Z]+)-(?P<value>[a-zA-Z0-9]+)")
+_ENTITY = re.compile(r"(?P<key>[a-zA-Z]+)-(?P<value>[a-zA-Z0-9+]+)")
+# Entities fMRIPrep adds to say where an output lives; the run's identity is the rest.
+SPACE_ENTITIES = ("space", "cohort", "res", "den")
+# Entities of a raw run that its events file may leave out (BIDS inheritance).
+_EVENTS_OPTIONAL = (("echo", "part"), ("echo", "part", "rec", "ce", "dir", "acq"))
 _TR_TOLERANCE = 1e-3  # seconds
 
 
@@ -92,15 +114,68 @@ class LoadedRun:
         return int(self.bold.shape[3])
 
 
+@dataclass(frozen=True)
+class BIDSName:
+    """A BIDS file name taken apart: ``sub-01_task-x_run-2_bold.nii.gz`` ->
+    entities {sub: 01, task: x, run: 2} (in file order), suffix ``bold``, extension ``.nii.gz``."""
+
+    entities: dict
+    suffix: str
+    extension: str
+
+    def name(self, drop: Sequence[str] = (), **change: str | None) -> str:
+        """The name with some entities dropped or changed (None drops); suffix/extension via ``suffix=``/``extension=``."""
+        suffix = change.pop("suffix", None) or self.suffix
+        extension = change.pop("extension", None) or self.extension
+        ent = {k: v for k, v in self.entities.items() if k not in drop}
+        for key, value in change.items():
+            if value is None:
+                ent.pop(key, None)
+            else:
+                ent[key] = value
+        return "_".join([f"{k}-{v}" for k, v in ent.items()] + [suffix]) + extension
+
+
+def parse_bids_name(name: str) -> BIDSName | None:
+    """Entities, suffix and extension of a BIDS file name; None when it is not one."""
+    stem, dot, rest = name.partition(".")
+    parts = stem.split("_")
+    if len(parts) < 2 or "-" in parts[-1]:
+        return None
+    entities = {}
+    for part in parts[:-1]:
+        m = _ENTITY.fullmatch(part)
+        if m is None or m["key"] in entities:
+            return None
+        entities[m["key"]] = m["value"]
+    return BIDSName(entities, parts[-1], dot + rest)
+
+
 def _entities(name: str) -> dict[str, str]:
     """BIDS key-value entities of a file name (``sub-01_task-x_run-2_bold`` -> {sub: 01, ...})."""
+    parsed = parse_bids_name(name)
+    if parsed is not None:
+        return dict(parsed.entities)
     stem = name.split(".")[0]
     return {m["key"]: m["value"] for m in _ENTITY.finditer(stem)}
 
 
 def _prefix(name: str) -> str:
-    """The part of a derivative's name before ``_space-`` / ``_desc-``: the run's identity."""
-    return re.split(r"_(?:space|res|den|desc)-", name, maxsplit=1)[0]
+    """The part of a derivative's name before its space entities and ``desc-``: the run's identity."""
+    return re.split(r"_(?:space|cohort|res|den|desc)-", name, maxsplit=1)[0]
+
+
+def parse_space(space: str) -> tuple[str, dict[str, str]]:
+    """``MNI152NLin2009cAsym:res-2`` (fMRIPrep's --output-spaces syntax) -> (space, {res: 2})."""
+    name, _, rest = space.partition(":")
+    extra = {}
+    for part in filter(None, rest.split(":")):
+        m = _ENTITY.fullmatch(part)
+        if m is None or m["key"] not in SPACE_ENTITIES[1:]:
+            raise CortexflowInputError(f"data.space {space!r}: {part!r} is not a cohort-, res- or den- entity",
+                                       fix="write the space as fMRIPrep does, e.g. MNI152NLin2009cAsym or MNI152NLin2009cAsym:res-2")
+        extra[m["key"]] = m["value"]
+    return name, extra
 
 
 def _similar(folder: Path, prefix: str) -> str:
@@ -133,19 +208,41 @@ def find_runs(bids_root: str | Path, subject: str | None = None, task: str | Non
             fix="run fMRIPrep into <bids_root>/derivatives/fmriprep, or set data.fmriprep_dir to its folder")
     subject = subject.removeprefix("sub-") if subject else None
     task = task.removeprefix("task-") if task else None
-    pattern = f"sub-{subject or '*'}/**/*_space-{space}_desc-preproc_bold.nii.gz"
-    bolds = sorted(p for p in fmriprep.glob(pattern) if p.parent.name == "func")
-    bolds = [p for p in bolds if task is None or _entities(p.name).get("task") == task]
+    space_name, space_extra = parse_space(space)
+    every = []  # (path, parsed name) of every preprocessed BOLD run in the folder, any space
+    for p in sorted(fmriprep.glob(f"sub-{subject or '*'}/**/*_bold.nii*")):
+        parsed = parse_bids_name(p.name)
+        if (p.parent.name == "func" and parsed is not None and parsed.suffix == "bold"
+                and parsed.extension in (".nii.gz", ".nii") and parsed.entities.get("desc") == "preproc"):
+            every.append((p, parsed))
+    bolds = [p for p, parsed in every
+             if parsed.entities.get("space") == space_name
+             and all(parsed.entities.get(k) == v for k, v in space_extra.items())
+             and (task is None or parsed.entities.get("task") == task)]
     if not bolds:
-        other = sorted({_entities(p.name).get("space", "?") for p in fmriprep.glob("sub-*/**/*_desc-preproc_bold.nii.gz")})
         what = f"subject {subject!r}, " if subject else ""
         what += f"task {task!r}, " if task else ""
+        if every:
+            found = sorted({"space-" + ":".join([e.entities.get("space", "none")] + [
+                f"{k}-{e.entities[k]}" for k in SPACE_ENTITIES[1:] if k in e.entities])
+                + f" task-{e.entities.get('task', '?')}" for _, e in every})
+            there = f"; the preprocessed runs there are in: {', '.join(found[:8])}" + (" ..." if len(found) > 8 else "")
+        else:
+            there = "; there is no *_desc-preproc_bold.nii.gz in its sub-*/[ses-*/]func folders"
         raise CortexflowInputError(
-            f"no preprocessed BOLD runs for {what}space {space!r} in this folder"
-            + (f" (runs exist in space(s): {', '.join(other)})" if other else ""),
+            f"no preprocessed BOLD runs for {what}space {space!r} in this folder{there}",
             path=fmriprep,
             fix="check the subject and task labels and data.space; files must be named "
-                f"sub-<label>_task-<label>[_run-<index>]_space-{space}_desc-preproc_bold.nii.gz")
+                f"sub-<label>_task-<label>[_run-<index>]_space-{space_name}[_res-<label>]_desc-preproc_bold.nii.gz")
+    variants: dict[tuple, list[Path]] = {}
+    for p in bolds:
+        variants.setdefault(tuple(sorted((k, v) for k, v in _entities(p.name).items() if k not in SPACE_ENTITIES)), []).append(p)
+    several = [v for v in variants.values() if len(v) > 1]
+    if several:
+        raise CortexflowInputError(
+            f"run {_prefix(several[0][0].name)} exists in several variants of space {space!r}: "
+            + ", ".join(p.name for p in several[0]), path=several[0][0].parent,
+            fix=f"pick one in data.space the way fMRIPrep names it, e.g. {space_name}:res-2")
     runs = [_companions(p, bids_root, space) for p in bolds]
     runs.sort(key=lambda r: (r.subject, r.session or "", r.task, r.run))
     seen: dict[tuple, Path] = {}
@@ -178,24 +275,60 @@ def _companions(bold: Path, bids_root: Path, space: str) -> RunFiles:
             f"no {what} for run {prefix}: expected {candidates[0].name}; {_similar(candidates[0].parent, prefix)}",
             path=candidates[0], fix=fix)
 
-    mask = need([folder / f"{prefix}_space-{space}_desc-brain_mask.nii.gz"], "brain mask",
+    parsed = parse_bids_name(bold.name)
+    mask = need([folder / parsed.name(suffix="mask", desc="brain", extension=".nii.gz"),
+                 folder / parsed.name(drop=("den",), suffix="mask", desc="brain", extension=".nii.gz")], "brain mask",
                 "fMRIPrep writes the mask beside the BOLD run; restore or rename it")
     confounds = need([folder / f"{prefix}_desc-confounds_timeseries.tsv", folder / f"{prefix}_desc-confounds_regressors.tsv"],
                      "confounds table", "fMRIPrep writes <run>_desc-confounds_timeseries.tsv beside the run; restore it")
     raw_dir = _raw_func_dir(bids_root, subject, session)
-    events = need([raw_dir / f"{prefix}_events.tsv"], "events file",
+    raw = parse_bids_name(prefix + "_bold.nii.gz")
+    events = need(list(dict.fromkeys(raw_dir / raw.name(drop=d, suffix="events", extension=".tsv")
+                                     for d in ((),) + _EVENTS_OPTIONAL)), "events file",
                   "put the run's events.tsv in the raw BIDS folder, named like the run")
-    sidecar = need([bold.with_name(bold.name.replace(".nii.gz", ".json")), raw_dir / f"{prefix}_bold.json",
+    sidecar = need([bold.with_name(bold.name.split(".")[0] + ".json"), raw_dir / f"{prefix}_bold.json",
                     bids_root / f"task-{task_label}_bold.json"], "JSON sidecar with RepetitionTime",
                    "add the run's _bold.json sidecar (fMRIPrep writes it beside the preprocessed BOLD)")
     return RunFiles(subject=subject, task=task_label, run=run, bold=bold, mask=mask, events=events,
                     confounds=confounds, sidecar=sidecar, session=session)
 
 
+def require_file(path: str | Path, what: str, fix: str) -> Path:
+    """``path`` as a Path if it is a file; otherwise the input error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CortexflowInputError(f"the {what} does not exist" if not path.exists() else f"the {what} is not a file",
+                                   path=path, fix=fix)
+    return path
+
+
 def _read_tsv(path: Path, what: str) -> pd.DataFrame:
     try:
-        return pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        with open(path, newline="") as f:
+            text = f.read()
+    except OSError as e:
+        raise CortexflowInputError(f"cannot read the {what} ({e.strerror or e})", path=path,
+                                   fix="check that the file exists and is readable") from None
+    except UnicodeDecodeError as e:
+        raise CortexflowInputError(f"the {what} is not UTF-8 text ({e})", path=path,
+                                   fix="save it as UTF-8 text (a TSV)") from None
+    lines = text.splitlines()
+    if lines:
+        width = lines[0].count("\t")
+        short = [i for i, line in enumerate(lines[1:], start=2) if line.strip() and line.count("\t") != width]
+        if short:
+            i = short[0]
+            cut = " (the last line: the file looks cut off mid-line)" if i == len(lines) and not text.endswith("\n") else ""
+            raise CortexflowInputError(
+                f"line {i} of the {what} has {lines[i - 1].count(chr(9)) + 1} fields but the header has {width + 1}{cut}",
+                path=path, fix="give every row a value for every column (n/a when missing); if the file was cut off, "
+                               "restore it from its source")
+        if len(lines) > 1 and not text.endswith(("\n", "\r")):
+            log.warning("%s does not end with a newline: if it was cut off mid-line, its last row (line %d) is "
+                        "incomplete", path, len(lines))
+    try:
+        return pd.read_csv(io.StringIO(text), sep="\t", na_values=["n/a"], keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         raise CortexflowInputError(f"cannot read the {what} as a tab-separated table ({e})", path=path,
                                    fix="write it as TSV with a header row, tabs between columns, n/a for missing") from None
 
@@ -213,7 +346,7 @@ def _load_nifti(path: Path, what: str):  # noqa: ANN202 - nibabel image
 def _sidecar_tr(path: Path) -> float:
     try:
         meta = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CortexflowInputError(f"sidecar is not valid JSON ({e})", path=path, fix="fix the JSON syntax") from None
     tr = meta.get("RepetitionTime") if isinstance(meta, dict) else None
     if not isinstance(tr, (int, float)) or isinstance(tr, bool) or not tr > 0:
@@ -235,6 +368,12 @@ def load_run(run_files: RunFiles, stimulus_ids: Iterable[str] | None = None) -> 
     None skips that check. The BOLD data are not read into memory here.
     """
     f = run_files
+    require_file(f.bold, "preprocessed BOLD run", "check the path; fMRIPrep writes <run>_space-<space>_desc-preproc_bold.nii.gz")
+    require_file(f.mask, "brain mask", "fMRIPrep writes <run>_space-<space>_desc-brain_mask.nii.gz beside the BOLD run")
+    require_file(f.events, "events file", "put the run's events.tsv in the raw BIDS folder, named like the run")
+    require_file(f.confounds, "confounds table", "fMRIPrep writes <run>_desc-confounds_timeseries.tsv beside the run")
+    require_file(f.sidecar, "JSON sidecar with RepetitionTime",
+                 "add the run's _bold.json sidecar (fMRIPrep writes it beside the preprocessed BOLD), or pass --sidecar")
     tr = _sidecar_tr(f.sidecar)
     bold = _load_nifti(f.bold, "preprocessed BOLD run")
     if len(bold.shape) != 4 or bold.shape[3] < 2:
@@ -255,7 +394,7 @@ def load_run(run_files: RunFiles, stimulus_ids: Iterable[str] | None = None) -> 
     if not np.allclose(mask.affine, bold.affine, atol=1e-3):
         raise CortexflowInputError("mask affine differs from the BOLD affine (not on the same grid)", path=f.mask,
                                    fix="use the brain mask fMRIPrep wrote for this run and space")
-    if not np.any(np.asarray(mask.dataobj)):
+    if not np.any(image_data(mask, f.mask, "brain mask")):
         raise CortexflowInputError("the brain mask is empty (no non-zero voxel)", path=f.mask,
                                    fix="use the brain mask fMRIPrep wrote for this run and space")
     n_volumes = int(bold.shape[3])
@@ -264,10 +403,18 @@ def load_run(run_files: RunFiles, stimulus_ids: Iterable[str] | None = None) -> 
     return LoadedRun(files=f, bold=bold, mask=mask, events=events, confounds=confounds, tr=tr)
 
 
+def read_events(path: str | Path, run_seconds: float = np.inf, stimulus_ids: Iterable[str] | None = None) -> pd.DataFrame:
+    """One events file, read and validated (``check_events``); ``run_seconds`` inf skips the run-length check."""
+    path = require_file(path, "events file", "put the run's events.tsv in the raw BIDS folder, named like the run")
+    return check_events(_read_tsv(path, "events file"), path, run_seconds, stimulus_ids)
+
+
 def check_events(events: pd.DataFrame, path: Path, run_seconds: float,
                  stimulus_ids: Iterable[str] | None = None) -> pd.DataFrame:
     """Validate an events table (sorted by onset on return)."""
     missing = [c for c in EVENT_COLUMNS if c not in events.columns]
+    if "stimulus_id" not in events.columns and "stim_id" in events.columns:  # BEP044's name for the column
+        events = events.rename(columns={"stim_id": "stimulus_id"})
     if "stimulus_id" not in events.columns:
         if "stim_file" in events.columns:
             events = events.assign(stimulus_id=[None if pd.isna(v) else Path(str(v)).name.split(".")[0]
@@ -276,7 +423,7 @@ def check_events(events: pd.DataFrame, path: Path, run_seconds: float,
             missing.append("stimulus_id")
     if missing:
         raise CortexflowInputError(f"events file lacks column(s) {', '.join(missing)} (has: {', '.join(events.columns)})",
-                                   path=path, fix="add onset, duration and stimulus_id (or stim_file) columns")
+                                   path=path, fix="add onset, duration and stimulus_id (or stim_id, or stim_file) columns")
     if events.empty:
         raise CortexflowInputError("events file has no rows", path=path, fix="list the run's trials, one per row")
     for col in EVENT_COLUMNS:
@@ -305,7 +452,7 @@ def check_events(events: pd.DataFrame, path: Path, run_seconds: float,
         if unknown:
             raise CortexflowInputError(
                 f"{len(unknown)} stimulus id(s) not in the stimulus table: {', '.join(unknown[:5])}" + (" ..." if len(unknown) > 5 else ""),
-                path=path, fix="list every stimulus in stimuli/stimuli.tsv, or correct the ids in the events")
+                path=path, fix="correct the ids in this events file, or list those stimuli in the study's stimuli/stimuli.tsv")
     events["stimulus_id"] = events["stimulus_id"].astype(object).where(events["stimulus_id"].notna(), None)
     return events.sort_values("onset", kind="stable").reset_index(drop=True)
 
@@ -363,7 +510,12 @@ def load_stimuli(bids_root: str | Path) -> pd.DataFrame:
     ``path`` (relative to ``stimuli/``, as BIDS's ``stim_file``), ``split``
     (train | test), and ``text`` for sentences; other columns are kept.
     """
-    path = Path(bids_root) / "stimuli" / "stimuli.tsv"
+    return read_stimulus_table(Path(bids_root) / "stimuli" / "stimuli.tsv")
+
+
+def read_stimulus_table(path: str | Path) -> pd.DataFrame:
+    """The stimulus table at ``path`` (``load_stimuli`` documents its columns), validated."""
+    path = Path(path)
     if not path.is_file():
         raise CortexflowInputError("stimulus table not found", path=path,
                                    fix="list the stimuli in stimuli/stimuli.tsv (stimulus_id, modality, path, split)")

@@ -23,13 +23,14 @@ from cortexflow.errors import CortexflowInputError
 from cortexflow.models import audio
 from cortexflow.models.brain2img import LatentFlowDecoder
 from cortexflow.models.brain_encoder import BrainEncoder
-from cortexflow.models.dit import DiTConfig
+from cortexflow.models.dit import DiffusionTransformer, DiTConfig
+from cortexflow.models.types import Modality
 from cortexflow.models.flow import FlowConfig
 from cortexflow.models.vae import AudioVAE, AudioVAEConfig
 
 log = logging.getLogger("cortexflow.models.brain2audio")
 
-__all__ = ["Brain2AudioConfig", "Brain2Audio", "build_brain2audio"]
+__all__ = ["AudioDiT", "Brain2AudioConfig", "Brain2Audio", "build_brain2audio"]
 
 
 @dataclass
@@ -63,7 +64,7 @@ class Brain2Audio(LatentFlowDecoder):
     along time), the STFT settings, ``prior_conditioning`` and ``cond_drop_prob``.
     """
 
-    modality = "audio"
+    modality = Modality.AUDIO
 
     def __init__(
         self,
@@ -197,6 +198,40 @@ class Brain2Audio(LatentFlowDecoder):
         return audio.waveform_to_mel(
             waveform, sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels
         )
+
+
+class AudioDiT(DiffusionTransformer):
+    """The seed library's 1-D DiT on mel spectrograms, ``AudioDiT(n_mels, seq_len,
+    hidden_dim, depth, num_heads, cond_dim)``: here it is this package's
+    :class:`~cortexflow.models.dit.DiffusionTransformer` on (B, n_mels, seq_len)
+    inputs, one token per frame (patch size 1), so it has the same blocks
+    (projected QK-norm attention, cross-attention, SwiGLU) as every other DiT.
+    ``forward(x, t, brain_global, brain_tokens=None)`` returns the velocity,
+    shaped like ``x``. :class:`Brain2Audio` does not use it: it runs the DiT on
+    the latents of an :class:`AudioVAE` instead of on raw mel frames.
+    """
+
+    def __init__(
+        self,
+        n_mels: int = 80,
+        seq_len: int = 128,
+        hidden_dim: int = 256,
+        depth: int = 6,
+        num_heads: int = 8,
+        cond_dim: int = 256,
+    ):
+        super().__init__(
+            DiTConfig(
+                in_channels=n_mels,
+                hidden_dim=hidden_dim,
+                depth=depth,
+                num_heads=num_heads,
+                patch_size=1,
+                cond_dim=cond_dim,
+                input_size=(seq_len,),
+            )
+        )
+        self.n_mels, self.seq_len = n_mels, seq_len
 
 
 def build_brain2audio(

@@ -21,6 +21,7 @@ from cortexflow.models.brain_encoder import BrainEncoder
 from cortexflow.models.dit import DiTConfig
 from cortexflow.models.flow import FlowConfig
 from cortexflow.models.latent_flow import LatentFlowDecoder
+from cortexflow.models.types import Modality
 from cortexflow.models.vae import LatentVAE, VAEConfig
 
 log = logging.getLogger("cortexflow.models.brain2img")
@@ -55,7 +56,7 @@ class Brain2Image(LatentFlowDecoder):
     ``vae_config``), ``prior_conditioning`` and ``cond_drop_prob``.
     """
 
-    modality = "image"
+    modality = Modality.IMAGE
 
     def __init__(
         self,

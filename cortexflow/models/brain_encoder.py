@@ -221,13 +221,14 @@ class ROIBrainEncoderConfig:
 
     roi_sizes: ROI name -> voxel count, in the order tokens are laid out (and
         the order columns are split in when a flat tensor is passed).
-    tokens_per_roi: tokens each ROI contributes to the token sequence.
+    tokens_per_roi: tokens each ROI contributes to the token sequence, or a
+        list with one count per ROI.
     hidden_dim: width of each ROI's projector (default: ``cond_dim``).
     """
 
     roi_sizes: dict[str, int]
     cond_dim: int
-    tokens_per_roi: int = 4
+    tokens_per_roi: int | list[int] = 4
     hidden_dim: int | None = None
     dropout: float = 0.1
     input_dropout: float = 0.0
@@ -242,12 +243,45 @@ class ROIBrainEncoderConfig:
             )
         self.roi_sizes = {str(k): int(v) for k, v in self.roi_sizes.items()}
         _check_positive(**{f"roi_sizes[{k!r}]": v for k, v in self.roi_sizes.items()})
-        _check_positive(cond_dim=self.cond_dim, tokens_per_roi=self.tokens_per_roi)
+        _check_positive(cond_dim=self.cond_dim)
+        if isinstance(self.tokens_per_roi, (list, tuple)):
+            if len(self.tokens_per_roi) != len(self.roi_sizes):
+                raise CortexflowInputError(
+                    f"tokens_per_roi lists {len(self.tokens_per_roi)} counts for {len(self.roi_sizes)} ROIs",
+                    fix="give one token count per ROI, or a single number for all",
+                )
+            self.tokens_per_roi = list(self.tokens_per_roi)
+            _check_positive(**{f"tokens_per_roi[{i}]": k for i, k in enumerate(self.tokens_per_roi)})
+        else:
+            _check_positive(tokens_per_roi=self.tokens_per_roi)
         if self.hidden_dim is not None:
             _check_positive(hidden_dim=self.hidden_dim)
         if self.n_blocks < 0:
             raise CortexflowInputError(f"n_blocks must be >= 0, got {self.n_blocks}")
         _check_prob(dropout=self.dropout, input_dropout=self.input_dropout)
+
+    @property
+    def token_counts(self) -> list[int]:
+        """Tokens of each ROI, in ``roi_sizes`` order."""
+        k = self.tokens_per_roi
+        return list(k) if isinstance(k, list) else [k] * len(self.roi_sizes)
+
+
+def _seed_roi_tokens(roi_sizes: Mapping[str, int], n_tokens: int) -> int | list[int]:
+    """The seed's ``n_tokens`` (tokens in all) as per-ROI counts: split evenly,
+    the first ROIs taking one more when it does not divide."""
+    n_rois = len(roi_sizes) if isinstance(roi_sizes, Mapping) else 0
+    if not isinstance(n_tokens, int) or n_rois == 0 or n_tokens < n_rois:
+        raise CortexflowInputError(
+            f"n_tokens={n_tokens!r} cannot give each of the {n_rois} ROIs its own token group",
+            fix=f"use n_tokens >= {max(n_rois, 1)} (or tokens_per_roi)",
+        )
+    base, extra = divmod(n_tokens, n_rois)
+    if not extra:
+        return base
+    counts = [base + (i < extra) for i in range(n_rois)]
+    log.info("ROIBrainEncoder: %d tokens over %d ROIs -> %s per ROI", n_tokens, n_rois, counts)
+    return counts
 
 
 class ROIBrainEncoder(nn.Module):
@@ -260,6 +294,10 @@ class ROIBrainEncoder(nn.Module):
     tokens ``[i * tokens_per_roi, (i + 1) * tokens_per_roi)`` come from ROI ``i``
     only and carry a learned ROI embedding. The global embedding is a linear
     map of all ROI features together.
+
+    The seed's keywords also work: ``n_tokens`` (tokens in all, split over the
+    ROIs, the first ones taking one more when it does not divide) instead of
+    ``tokens_per_roi``, and ``per_roi_dim`` for ``hidden_dim``.
     """
 
     def __init__(
@@ -272,8 +310,20 @@ class ROIBrainEncoder(nn.Module):
         input_dropout: float = 0.0,
         n_blocks: int = 1,
         input_norm: bool = True,
+        *,
+        n_tokens: int | None = None,
+        per_roi_dim: int | None = None,
     ):
         super().__init__()
+        if n_tokens is not None:
+            tokens_per_roi = _seed_roi_tokens(roi_sizes, n_tokens)
+        if per_roi_dim is not None:
+            if hidden_dim is not None and hidden_dim != per_roi_dim:
+                raise CortexflowInputError(
+                    f"per_roi_dim={per_roi_dim} (the seed's name) and hidden_dim={hidden_dim} disagree",
+                    fix="give only hidden_dim",
+                )
+            hidden_dim = per_roi_dim
         self.config = ROIBrainEncoderConfig(
             dict(roi_sizes), cond_dim, tokens_per_roi, hidden_dim, dropout, input_dropout, n_blocks, input_norm
         )
@@ -283,7 +333,7 @@ class ROIBrainEncoder(nn.Module):
         self.projectors = nn.ModuleList(
             _VoxelProjector(n, hidden, n_blocks, dropout, input_dropout, input_norm) for n in sizes.values()
         )
-        self.token_heads = nn.ModuleList(_TokenHead(hidden, tokens_per_roi, cond_dim) for _ in sizes)
+        self.token_heads = nn.ModuleList(_TokenHead(hidden, k, cond_dim) for k in self.config.token_counts)
         self.roi_embedding = nn.Parameter(torch.randn(len(sizes), 1, cond_dim) * 0.02)
         self.global_head = nn.Linear(hidden * len(sizes), cond_dim)
 
@@ -305,7 +355,7 @@ class ROIBrainEncoder(nn.Module):
 
     @property
     def n_tokens(self) -> int:
-        return self.config.tokens_per_roi * len(self.config.roi_sizes)
+        return sum(self.config.token_counts)
 
     def split(self, voxels: torch.Tensor | Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
         """Validate the input and return one (B, n_roi) tensor per ROI, in order."""

@@ -35,6 +35,7 @@ import torch.nn as nn
 
 from cortexflow.errors import CortexflowInputError
 from cortexflow.models.brain_encoder import BrainEncoder
+from cortexflow.models.brain_noise import check_brain_noise, perturb_condition
 from cortexflow.models.dit import DiffusionTransformer, DiTConfig
 from cortexflow.models.flow import FlowConfig, RectifiedFlowMatcher, random_tensor
 from cortexflow.models.io import module_from_spec, module_spec
@@ -168,7 +169,7 @@ class LatentFlowDecoder(nn.Module):
                 f"expected a BrainData, got {type(brain_data).__name__}",
                 fix="wrap the voxels: BrainData(voxels=fmri)",
             )
-        return self.brain_encoder(brain_data.voxels)
+        return self.brain_encoder(brain_data.encoder_input(self.brain_encoder))
 
     def _prior(self, brain_data: BrainData, batch: int) -> torch.Tensor | None:
         prior = brain_data.prior
@@ -240,13 +241,15 @@ class LatentFlowDecoder(nn.Module):
         num_samples: int = 1,
         progress: bool = False,
         precision: str | None = None,
+        brain_noise: float = 0.0,
     ) -> torch.Tensor:
         """Raw latents (B, *latent_shape), or (B, num_samples, *latent_shape) when
         ``num_samples > 1``; every sample starts from its own noise. ``precision``:
         ``"auto"`` / ``"fp32"`` / ``"bf16"`` for the DiT's forward passes
-        (default: the flow config's, ``"auto"``; see :func:`~cortexflow.models.flow.sampling_dtype`)."""
+        (default: the flow config's, ``"auto"``; see :func:`~cortexflow.models.flow.sampling_dtype`).
+        ``brain_noise`` as in :meth:`reconstruct`."""
         z, _ = self._sample(brain_data, num_steps, cfg_scale, solver, shift, generator, num_samples, progress,
-                            precision)
+                            precision, brain_noise)
         return z
 
     def _sample(
@@ -260,9 +263,11 @@ class LatentFlowDecoder(nn.Module):
         num_samples: int,
         progress: bool,
         precision: str | None = None,
+        brain_noise: float = 0.0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
             raise CortexflowInputError(f"num_samples must be a positive integer, got {num_samples!r}")
+        brain_noise = check_brain_noise(brain_noise)
         with torch.inference_mode(), _eval_mode(self):
             brain_global, brain_tokens = self.encode_brain(brain_data)
             batch = brain_global.shape[0]
@@ -272,6 +277,9 @@ class LatentFlowDecoder(nn.Module):
                 cond_global = brain_global.repeat_interleave(num_samples, dim=0)
                 cond_tokens = brain_tokens.repeat_interleave(num_samples, dim=0)
                 prior = None if prior is None else prior.repeat_interleave(num_samples, dim=0)
+            if brain_noise > 0:
+                cond_global = perturb_condition(cond_global, brain_noise, generator)
+                cond_tokens = perturb_condition(cond_tokens, brain_noise, generator)
             z = self.flow_matcher.sample(
                 self.dit,
                 (batch * num_samples, *self.latent_shape),
@@ -302,20 +310,28 @@ class LatentFlowDecoder(nn.Module):
         brain_data: BrainData,
         num_steps: int = 50,
         cfg_scale: float = 4.0,
+        num_samples: int = 1,
+        brain_noise: float = 0.0,
+        *,
         solver: str = "euler",
         shift: float = 1.0,
         generator: torch.Generator | None = None,
-        num_samples: int = 1,
         progress: bool = False,
         precision: str | None = None,
     ) -> ReconstructionResult:
         """Sample latents for ``brain_data`` and decode them.
 
+        The seed library's positional order (``brain_data, num_steps,
+        cfg_scale, num_samples, brain_noise``); the rest is keyword-only.
         ``output`` is (B, *stimulus_shape), or (B, num_samples, *stimulus_shape)
-        when ``num_samples > 1``. ``precision`` as in :meth:`sample_latents`.
+        when ``num_samples > 1``. ``brain_noise`` > 0 adds Gaussian noise to each
+        sample's brain embedding and tokens, scaled by ``brain_noise`` times the
+        vector's norm (the seed's rule), so samples explore different readings
+        of the brain signal; the null condition of guidance is not perturbed.
+        ``precision`` as in :meth:`sample_latents`.
         """
         z, brain_global = self._sample(brain_data, num_steps, cfg_scale, solver, shift, generator, num_samples, progress,
-                                       precision)
+                                       precision, brain_noise)
         with torch.inference_mode():
             out = self.decode_latents(z.reshape(-1, *self.latent_shape))
         out = out.clone()
@@ -331,6 +347,7 @@ class LatentFlowDecoder(nn.Module):
                 "solver": solver,
                 "shift": shift,
                 "num_samples": num_samples,
+                "brain_noise": float(brain_noise),
                 "precision": self.flow_matcher.config.precision if precision is None else precision,
             },
         )

@@ -348,9 +348,10 @@ def make_dataset_stage(
     for path in (roi_betas, trials, voxels, stimuli):
         if not Path(path).exists():
             raise CortexflowInputError("file does not exist", path=path, fix="run the earlier stages first")
-    betas = np.load(roi_betas)
-    trials_df = pd.read_parquet(trials)
-    voxels_df = pd.read_parquet(voxels)
+    rerun = "rerun extract_rois for this subject and task (delete the file first)"
+    betas = _io.load_npy(roi_betas, "ROI betas matrix", rerun)
+    trials_df = _io.read_parquet(trials, "ROI trials table", rerun)
+    voxels_df = _io.read_parquet(voxels, "ROI voxels table", rerun)
     stimuli_df = pd.read_csv(stimuli, sep="\t", dtype={"stimulus_id": str})
     if "modality" in stimuli_df.columns and "modality" in trials_df.columns:
         # one stimulus_id may be listed for several modalities (a sentence read and heard):
@@ -377,11 +378,22 @@ def load_dataset(path: str | Path, selected_only: bool = True) -> Dataset:
     """Read a make_dataset output folder; with ``selected_only`` keep the selected voxels' columns."""
     import json
 
+    from cortexflow import _io
+
     path = Path(path)
-    voxels = pd.read_parquet(path / "voxels.parquet")
-    X_train, X_test = np.load(path / "X_train.npy"), np.load(path / "X_test.npy")
+    if not (path / "dataset.json").is_file():
+        raise CortexflowInputError("not a make_dataset output folder (no dataset.json)", path=path,
+                                   fix="run make_dataset for this subject and modality first")
+    rerun = "rerun make_dataset for this subject and modality (delete its folder first)"
+    voxels = _io.read_parquet(path / "voxels.parquet", "dataset's voxels table", rerun)
+    X_train = _io.load_npy(path / "X_train.npy", "training matrix", rerun)
+    X_test = _io.load_npy(path / "X_test.npy", "test matrix", rerun)
     if selected_only:
         keep = voxels["selected"].to_numpy(bool)
         X_train, X_test, voxels = X_train[:, keep], X_test[:, keep], voxels[keep].reset_index(drop=True)
-    return Dataset(X_train, pd.read_parquet(path / "train.parquet"), X_test, pd.read_parquet(path / "test.parquet"),
-                   voxels, json.loads((path / "dataset.json").read_text()))
+    try:
+        summary = json.loads((path / "dataset.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CortexflowInputError(f"dataset.json is damaged ({e})", path=path / "dataset.json", fix=rerun) from None
+    return Dataset(X_train, _io.read_parquet(path / "train.parquet", "training trials table", rerun), X_test,
+                   _io.read_parquet(path / "test.parquet", "test stimuli table", rerun), voxels, summary)

@@ -16,7 +16,10 @@ every voxel at once:
   (trials × time) matrix and again a single product with all voxels.
 
 Nuisance columns are the confounds named in the config (fMRIPrep's
-``desc-confounds_timeseries.tsv``), one HRF regressor per ``trial_type`` of
+``desc-confounds_timeseries.tsv``) — or, with ``confounds_strategy``, the
+columns nilearn's ``load_confounds`` picks for a denoising strategy (volumes it
+scrubs become one spike regressor each, which in a least-squares fit is the
+same as censoring them) — one HRF regressor per ``trial_type`` of
 events that have no stimulus (e.g. responses), and a DCT-II cosine drift basis
 plus a constant (high-pass filter; nilearn's ``create_cosine_drift``).
 
@@ -49,6 +52,9 @@ DEFAULT_CONFOUNDS = (
     "framewise_displacement", "csf", "white_matter",
 )
 TRIAL_COLUMNS = ["trial", "onset", "duration", "stimulus_id", "modality"]
+# nilearn.interfaces.fmriprep.load_confounds' strategies (nilearn 0.13)
+CONFOUND_STRATEGIES = ("motion", "wm_csf", "global_signal", "compcor", "ica_aroma", "scrub", "high_pass",
+                       "non_steady_state", "tedana")
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,11 @@ class GLMConfig:
     the default simulated study that extra column cut the median correlation of
     single-trial betas with the true responses from 0.62 to 0.43. ``min_residual_dof`` is the fewest degrees of freedom the design
     may leave for the noise: below it the run has too few volumes for its trials.
+    ``confounds_strategy`` (e.g. ``[motion, wm_csf]``) replaces the ``confounds``
+    column list by ``nilearn.interfaces.fmriprep.load_confounds(strategy=...)``,
+    with ``confounds_options`` as its other arguments (``motion: full``,
+    ``scrub: 5``, ...). Leave ``high_pass`` out of the strategy: the cosine
+    drifts of ``drift_model`` are already in the design.
     """
 
     method: str = "lsa"
@@ -74,6 +85,8 @@ class GLMConfig:
     min_onset: float = -24.0
     min_residual_dof: int = 5
     voxel_chunk: int = 32768
+    confounds_strategy: tuple[str, ...] | None = None
+    confounds_options: Mapping = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         checks = [
@@ -86,6 +99,12 @@ class GLMConfig:
             (0.0 <= self.slice_time_ref <= 1.0, "slice_time_ref must lie in [0, 1]"),
             (int(self.min_residual_dof) >= 1, "min_residual_dof must be >= 1"),
             (int(self.voxel_chunk) >= 1, "voxel_chunk must be >= 1"),
+            (self.confounds_strategy is None or (len(self.confounds_strategy) > 0 and all(
+                s in CONFOUND_STRATEGIES for s in self.confounds_strategy)),
+             f"confounds_strategy must be null or a list of {', '.join(CONFOUND_STRATEGIES)}"),
+            (isinstance(self.confounds_options, Mapping) and "strategy" not in self.confounds_options
+             and "img_files" not in self.confounds_options,
+             "confounds_options must map load_confounds' other arguments (motion, scrub, ...) to values"),
         ]
         for ok, message in checks:
             if not ok:
@@ -103,6 +122,11 @@ class GLMConfig:
             raise CortexflowInputError(f"glm config: unknown keys {unknown}", fix=f"use only {sorted(known)}")
         if "confounds" in params:
             params["confounds"] = tuple(params["confounds"] or ())
+        if params.get("confounds_strategy") is not None:
+            strategy = params["confounds_strategy"]
+            params["confounds_strategy"] = (strategy,) if isinstance(strategy, str) else tuple(strategy)
+        if "confounds_options" in params:
+            params["confounds_options"] = dict(params["confounds_options"] or {})
         return cls(**params)
 
 
@@ -137,6 +161,23 @@ class Design:
 
 def _source(sources: Mapping[str, str] | None, key: str) -> str | None:
     return None if sources is None else sources.get(key)
+
+
+def _is_trial(events: pd.DataFrame) -> pd.Series:
+    """Rows that are trials: those that name a stimulus."""
+    stim = events["stimulus_id"]
+    return stim.notna() & ~stim.astype(str).str.strip().isin(["", "n/a", "nan", "None"])
+
+
+def _trials_table(events: pd.DataFrame) -> pd.DataFrame:
+    trials = events[_is_trial(events)].sort_values("onset", kind="stable").reset_index(drop=True)
+    return pd.DataFrame({
+        "trial": np.arange(len(trials)),
+        "onset": trials["onset"].to_numpy(float),
+        "duration": trials["duration"].to_numpy(float),
+        "stimulus_id": trials["stimulus_id"].astype(str).to_numpy(),
+        "modality": trials["modality"].astype(str).to_numpy() if "modality" in trials else None,
+    })
 
 
 def _check_events(events: pd.DataFrame, n_scans: int, tr: float, sources) -> pd.DataFrame:
@@ -212,8 +253,7 @@ def build_design(
     times = frame_times(n_scans, tr, cfg.slice_time_ref)
     hrf = gamma_difference_hrf(tr, cfg.oversampling, model=cfg.hrf_model)
 
-    stim = ev["stimulus_id"]
-    is_trial = stim.notna() & ~stim.astype(str).str.strip().isin(["", "n/a", "nan", "None"])
+    is_trial = _is_trial(ev)
     trials = ev[is_trial].sort_values("onset", kind="stable").reset_index(drop=True)
     if len(trials) == 0:
         raise CortexflowInputError("the events table has no trials (no row with a stimulus_id)",
@@ -237,14 +277,7 @@ def build_design(
     columns["constant"] = np.ones(n_scans)
     matrix = pd.DataFrame(columns, index=pd.Index(times, name="frame_time"))
 
-    table = pd.DataFrame({
-        "trial": np.arange(len(trials)),
-        "onset": trials["onset"].to_numpy(float),
-        "duration": trials["duration"].to_numpy(float),
-        "stimulus_id": trials["stimulus_id"].astype(str).to_numpy(),
-        "modality": trials["modality"].astype(str).to_numpy() if "modality" in trials else None,
-    })
-    design = Design(matrix=matrix, n_trials=len(trials), trials=table)
+    design = Design(matrix=matrix, n_trials=len(trials), trials=_trials_table(ev))
     _check_design(design, cfg, sources)
     return design
 
@@ -381,9 +414,70 @@ def single_trial_betas(
 # --------------------------------------------------------------------- stage
 
 
+def strategy_confounds(bold: str | Path, cfg: GLMConfig, confounds_path: str | Path, n_scans: int) -> pd.DataFrame:
+    """The confounds nilearn's ``load_confounds`` selects for ``cfg.confounds_strategy``,
+    plus one spike column per volume its scrubbing leaves out (``spike_<volume>``).
+
+    nilearn finds the confounds file from the BOLD file's fMRIPrep name (it must be
+    the ``<run>_desc-confounds_timeseries.tsv`` beside it), so errors name that file.
+    """
+    from nilearn.interfaces.fmriprep import load_confounds
+    from nilearn.interfaces.fmriprep.load_confounds_utils import get_confounds_file
+
+    try:
+        found = Path(get_confounds_file(str(bold), flag_full_aroma=False, flag_tedana=False))
+    except (ValueError, FileNotFoundError) as e:
+        found = None
+        reason = f"{type(e).__name__}: {e}"
+    if found is None or found.resolve() != Path(confounds_path).resolve():
+        raise CortexflowInputError(
+            "glm.confounds_strategy reads the confounds through nilearn, which looks for them beside the BOLD run "
+            + (f"under fMRIPrep's name and found {found}" if found is not None else f"and did not find them ({reason})"),
+            path=confounds_path, fix="keep fMRIPrep's <run>_desc-confounds_timeseries.tsv beside the BOLD run and pass "
+                                     "that file, or list the columns in glm.confounds instead of a strategy")
+    try:
+        table, sample_mask = load_confounds(str(bold), strategy=cfg.confounds_strategy, **dict(cfg.confounds_options))
+    except (ValueError, KeyError, TypeError, FileNotFoundError) as e:  # missing columns, bad options, misnamed files
+        raise CortexflowInputError(
+            f"nilearn's load_confounds cannot apply strategy {list(cfg.confounds_strategy)} "
+            f"({type(e).__name__}: {e})", path=confounds_path,
+            fix="use fMRIPrep's own confounds file and sidecar beside the BOLD run, choose strategies whose columns "
+                "it has (scrub needs std_dvars and framewise_displacement, compcor its .json), or list columns in "
+                "glm.confounds instead") from None
+    table = pd.DataFrame(table).reset_index(drop=True)
+    if len(table) != n_scans:
+        raise CortexflowInputError(f"load_confounds returned {len(table)} rows for a run of {n_scans} volumes",
+                                   path=confounds_path, fix="use the confounds file fMRIPrep wrote for this very run")
+    if sample_mask is not None:
+        censored = np.setdiff1d(np.arange(n_scans), np.asarray(sample_mask))
+        for v in censored:
+            table[f"spike_{v:04d}"] = (np.arange(n_scans) == v).astype(float)
+        log.info("%s: load_confounds %s kept %d columns and scrubbed %d volume(s) (spike regressors)",
+                 Path(bold).name, list(cfg.confounds_strategy), table.shape[1] - len(censored), len(censored))
+    return table
+
+
+
 def _bids_entity(path: str | Path, key: str) -> str | None:
     m = re.search(rf"(?:^|_){key}-([a-zA-Z0-9]+)", Path(path).name)
     return m.group(1) if m else None
+
+
+def _glmsingle_betas(glmsingle: str, all_events: list[str], events: str, loaded, inside: np.ndarray,  # noqa: ANN001
+                     stimulus_ids) -> tuple[np.ndarray, pd.DataFrame]:  # noqa: ANN001
+    """This run's betas and trials table from a GLMsingle output over the runs of ``all_events``."""
+    from cortexflow.data.bids import read_events
+    from cortexflow.preprocess.glmsingle import run_betas
+
+    resolved = [Path(p).resolve() for p in all_events]
+    if Path(events).resolve() not in resolved:
+        raise CortexflowInputError("this run's events file is not among --glmsingle-events", path=events,
+                                   fix="list the events of every run the GLMsingle model was fit on, in run order")
+    index = resolved.index(Path(events).resolve())
+    counts = [int(_is_trial(read_events(p, stimulus_ids=stimulus_ids)).sum()) if i != index
+              else int(_is_trial(loaded.events).sum()) for i, p in enumerate(all_events)]
+    betas = run_betas(glmsingle, index, counts, inside, all_events)
+    return betas, _trials_table(loaded.events)
 
 
 def glm_betas_stage(
@@ -396,21 +490,32 @@ def glm_betas_stage(
     out_trials: str,
     params: dict,
     sidecar: str | None = None,
+    stimuli: str | None = None,
+    glmsingle: str | None = None,
+    glmsingle_events: list[str] | None = None,
 ) -> None:
     """Single-trial betas of one BOLD run: a 4-D NIfTI (one volume per trial) and a trials table.
 
     Reads the run through ``cortexflow.data.bids.load_run`` (which checks TR,
-    shapes, events and confounds against the files), masks it with the brain
+    shapes, events and confounds against the files, and, given ``stimuli`` (the
+    study's stimuli.tsv), that every stimulus id of the events is listed there,
+    so an unknown id is reported here naming this run's events file), masks it with the brain
     mask, estimates betas with :func:`single_trial_betas`, and writes them on the
     BOLD grid (zeros outside the mask) with the trials table (``trial, onset,
     duration, stimulus_id, modality, run`` and ``session`` when the file names
     carry ``ses-``).
+
+    With ``glmsingle`` (GLMsingle's TYPED_FITHRF_GLMDENOISE_RR file for the runs
+    whose events are ``glmsingle_events``, in run order; this run's ``events``
+    among them) the betas are read from it instead of estimated
+    (``cortexflow.preprocess.glmsingle``); the BOLD data are not read.
     """
     import nibabel as nib
 
     from cortexflow import _io
-    from cortexflow.data.bids import RunFiles, load_run
+    from cortexflow.data.bids import RunFiles, load_run, read_stimulus_table
 
+    cfg = GLMConfig.from_params(params)  # before any data are read: a config error costs nothing
     run_label, session = _bids_entity(bold, "run"), _bids_entity(bold, "ses")
     if sidecar is None:  # fMRIPrep writes it beside the preprocessed BOLD
         sidecar = str(Path(bold).with_name(Path(bold).name.split(".")[0] + ".json"))
@@ -418,17 +523,26 @@ def glm_betas_stage(
                          run=int(run_label) if run_label and run_label.isdigit() else 1, bold=Path(bold),
                          mask=Path(mask), events=Path(events), confounds=Path(confounds), sidecar=Path(sidecar),
                          session=session)
-    loaded = load_run(run_files)
+    stimulus_ids = None if stimuli is None else set(read_stimulus_table(stimuli)["stimulus_id"])
+    loaded = load_run(run_files, stimulus_ids)
     mask_img, bold_img = loaded.mask, loaded.bold  # load_run checked that they share a grid
-    inside = np.asanyarray(mask_img.dataobj) > 0
+    inside = _io.image_data(mask_img, mask, "brain mask") > 0
     if not inside.any():
         raise CortexflowInputError("brain mask is empty", path=mask, fix="use the run's desc-brain_mask")
-    data = bold_img.get_fdata(dtype=np.float32)  # float32: half the memory of nibabel's default
-    bold_2d = data[inside].T  # (time, voxels)
-    del data
-    bold_img.uncache()
-    betas, trials = single_trial_betas(bold_2d, loaded.events, loaded.confounds, float(loaded.tr), params,
-                                       sources={"bold": bold, "events": events, "confounds": confounds})
+    if glmsingle is not None:
+        betas, trials = _glmsingle_betas(glmsingle, glmsingle_events or [events], events, loaded, inside, stimulus_ids)
+    else:
+        # float32: half the memory of nibabel's default; a truncated .nii.gz fails here, not in load_run
+        data = _io.image_data(bold_img, bold, "preprocessed BOLD run", dtype=np.float32)
+        bold_2d = data[inside].T  # (time, voxels)
+        del data
+        bold_img.uncache()
+        confound_table = loaded.confounds
+        if cfg.confounds_strategy is not None:
+            confound_table = strategy_confounds(bold, cfg, confounds, bold_2d.shape[0])
+            cfg = dataclasses.replace(cfg, confounds=tuple(confound_table.columns))
+        betas, trials = single_trial_betas(bold_2d, loaded.events, confound_table, float(loaded.tr), cfg,
+                                           sources={"bold": bold, "events": events, "confounds": confounds})
     trials["run"] = run_files.run
     if session is not None:
         trials["session"] = session

@@ -12,10 +12,15 @@ Three ways to say where the regions are, for the modality being decoded:
   to keep per modality.
 * ``mask``: one binary mask image per modality.
 
-Labels and masks are resampled to the BOLD grid with nearest-neighbour
-interpolation (labels must stay integers). An image in another space usually
-still resamples to *something*, so the check that catches it is anatomical:
-most of the selected region voxels must fall inside the brain.
+Labels and masks should be on the BOLD grid. An image with the BOLD's shape but
+another affine is refused: that is almost always a header error (a shifted
+origin silently moves every region), never a reason to resample. An image on
+another grid (other shape or voxel size, e.g. a 1 mm atlas for 2 mm data) is
+resampled with nearest-neighbour interpolation (labels must stay integers) only
+when ``rois.allow_resampling`` is true, with a WARNING giving the shift between
+the grids and each region's overlap with the brain mask. An image in another
+space usually still resamples to *something*, so the check that catches it is
+anatomical: most of the selected region voxels must fall inside the brain.
 
 Which voxels are "in the brain" is read from the betas themselves: the GLM stage
 writes zeros outside its brain mask, so a voxel is kept only where every run has
@@ -50,7 +55,9 @@ class ROIConfig:
     (two 4 mm voxels; Seitzman et al. drew 5 mm spheres on 2 mm data).
     ``min_brain_overlap`` is the smallest fraction of the selected region
     voxels that must lie inside the brain; below it the image is taken to be in
-    another space.
+    another space. ``allow_resampling`` lets a labels or mask image on another
+    grid than the BOLD's be resampled to it (nearest neighbour); off by default,
+    so a resampling is always a decision the config records.
     """
 
     source: str = "coords"
@@ -62,6 +69,7 @@ class ROIConfig:
     regions: Mapping[str, Sequence[str]] | None = None
     mask_img: Mapping[str, str] | None = None
     min_brain_overlap: float = 0.5
+    allow_resampling: bool = False
 
     def __post_init__(self) -> None:
         fix = "correct the rois section of the config"
@@ -78,6 +86,8 @@ class ROIConfig:
             raise CortexflowInputError("rois.source: mask needs mask_img: {modality: path}", fix=fix)
         if not 0.0 <= self.min_brain_overlap <= 1.0:
             raise CortexflowInputError("rois.min_brain_overlap must lie in [0, 1]", fix=fix)
+        if not isinstance(self.allow_resampling, bool):
+            raise CortexflowInputError(f"rois.allow_resampling must be true or false, not {self.allow_resampling!r}", fix=fix)
 
     @classmethod
     def from_params(cls, params: ROIConfig | Mapping | None) -> ROIConfig:
@@ -99,6 +109,8 @@ class RegionMap:
     affine: np.ndarray
     names: list[str]
     networks: list[str]
+    resampled_from: str | None = None  # the image's path when it was resampled to this grid
+    shift_mm: float = 0.0  # distance between the centres of that image's grid and this one
 
     def voxels(self, brain: np.ndarray | None = None) -> pd.DataFrame:
         """One row per region voxel (inside ``brain`` if given), grouped by region in
@@ -176,28 +188,63 @@ def coordinate_regions(cfg: ROIConfig, modality: str, shape: Sequence[int], affi
     return RegionMap(labels, affine, list(table["region"]), list(table["network"]))
 
 
-def _resample_nearest(path: str, shape: Sequence[int], affine: np.ndarray, what: str):
+def _grid_shift_mm(shape_a, affine_a, shape_b, affine_b) -> float:
+    """Distance in mm between the centres of two grids' fields of view."""
+    def centre(shape, affine):  # noqa: ANN001, ANN202
+        return affine[:3, :3] @ ((np.asarray(shape[:3], float) - 1) / 2) + affine[:3, 3]
+    return float(np.linalg.norm(centre(shape_a, affine_a) - centre(shape_b, affine_b)))
+
+
+def _resample_nearest(path: str, shape: Sequence[int], affine: np.ndarray, what: str, allow: bool = False):
+    """The image on the BOLD grid (ints), its native data, and the shift in mm when it was resampled (else None)."""
     import nibabel as nib
     from nilearn.image import resample_img
 
+    from cortexflow._io import image_data
+
     if not Path(path).exists():
         raise CortexflowInputError(f"{what} image does not exist", path=path, fix="correct the path in the rois config")
-    img = nib.load(path)
-    if len(img.shape) == 4 and img.shape[3] == 1:
-        img = nib.Nifti1Image(np.asanyarray(img.dataobj)[..., 0], img.affine, img.header)
-    if len(img.shape) != 3:
+    try:
+        img = nib.load(path)
+    except Exception as e:  # nibabel raises several types for broken files
+        raise CortexflowInputError(f"cannot read the {what} image as NIfTI ({type(e).__name__}: {e})", path=path,
+                                   fix="re-export the file as .nii.gz") from None
+    data = image_data(img, path, f"{what} image")
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+        img = nib.Nifti1Image(data, img.affine, img.header)
+    if data.ndim != 3:
         raise CortexflowInputError(f"{what} image must be 3-D, got shape {img.shape}", path=path,
                                    fix=f"pass a single-volume {what} image")
-    data = np.asanyarray(img.dataobj)
     if not np.all(np.isfinite(data)) or not np.allclose(data, np.rint(data)):
         raise CortexflowInputError(f"{what} image holds non-integer values", path=path,
                                    fix="pass an integer labels image or a binary mask (not a probability map)")
-    same_grid = tuple(img.shape) == tuple(shape) and np.allclose(img.affine, affine, atol=1e-3)
-    if not same_grid:
-        img = resample_img(img, target_affine=affine, target_shape=tuple(shape), interpolation="nearest",
-                           force_resample=True, copy_header=True)
-        log.info("resampled %s %s to the BOLD grid %s", what, path, tuple(shape))
-    return np.rint(np.asanyarray(img.dataobj)).astype(np.int64), data
+    same_shape = tuple(img.shape[:3]) == tuple(shape[:3])
+    same_affine = np.allclose(img.affine, affine, atol=1e-3)
+    if same_shape and same_affine:
+        return np.rint(data).astype(np.int64), data, None
+    shift = _grid_shift_mm(img.shape, img.affine, shape, affine)
+    if same_shape:
+        # Same array size, another affine: a header error (e.g. a wrong origin)
+        # far more often than a deliberate grid; resampling would move every region.
+        raise CortexflowInputError(
+            f"the {what} image has the BOLD grid's shape {tuple(shape[:3])} but another affine "
+            f"(its grid is shifted by {shift:.1f} mm; voxel sizes {_zooms(img.affine)} vs {_zooms(affine)} mm)",
+            path=path, fix="correct the image's header (sform/qform) to the BOLD's affine, or use the atlas "
+                           "image made for this space; it is never resampled silently")
+    if not allow:
+        raise CortexflowInputError(
+            f"the {what} image is on another grid than the BOLD data (shape {tuple(img.shape[:3])} vs "
+            f"{tuple(shape[:3])}, voxel sizes {_zooms(img.affine)} vs {_zooms(affine)} mm, centres {shift:.1f} mm apart)",
+            path=path, fix="resample it to the BOLD grid yourself (nilearn.image.resample_to_img, "
+                           "interpolation='nearest'), or set rois.allow_resampling: true")
+    img = resample_img(img, target_affine=affine, target_shape=tuple(shape[:3]), interpolation="nearest",
+                       force_resample=True, copy_header=True)
+    return np.rint(np.asanyarray(img.dataobj)).astype(np.int64), data, shift
+
+
+def _zooms(affine: np.ndarray) -> tuple[float, ...]:
+    return tuple(round(float(z), 2) for z in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0)))
 
 
 def labels_regions(cfg: ROIConfig, modality: str, shape: Sequence[int], affine: np.ndarray) -> RegionMap:
@@ -208,6 +255,9 @@ def labels_regions(cfg: ROIConfig, modality: str, shape: Sequence[int], affine: 
     except FileNotFoundError:
         raise CortexflowInputError("labels table does not exist", path=table_path,
                                    fix="give a TSV with columns index and name") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise CortexflowInputError(f"cannot read the labels table as TSV ({e})", path=table_path,
+                                   fix="write it as a TSV with columns index, name") from None
     if not {"index", "name"} <= set(table.columns):
         raise CortexflowInputError(f"labels table needs columns index and name, has {list(table.columns)}",
                                    path=table_path, fix="write the table as a TSV with columns index, name")
@@ -220,14 +270,15 @@ def labels_regions(cfg: ROIConfig, modality: str, shape: Sequence[int], affine: 
     if missing:
         raise CortexflowInputError(f"regions {missing} are not in the labels table (it has {len(names)} names, "
                                    f"e.g. {list(names)[:5]})", path=table_path, fix="correct rois.regions")
-    grid_labels, native = _resample_nearest(str(cfg.labels_img), shape, affine, "labels")
+    grid_labels, native, shift = _resample_nearest(str(cfg.labels_img), shape, affine, "labels", cfg.allow_resampling)
     labels = np.zeros(grid_labels.shape, dtype=np.int32)
     for r, name in enumerate(wanted, start=1):
         if not np.any(native == names[name]):
             raise CortexflowInputError(f"region {name!r} (index {names[name]}) has no voxel in the labels image",
                                        path=cfg.labels_img, fix="check that the labels table belongs to this image")
         labels[grid_labels == names[name]] = r
-    return RegionMap(labels, affine, wanted, wanted)
+    return RegionMap(labels, affine, wanted, wanted, resampled_from=None if shift is None else str(cfg.labels_img),
+                     shift_mm=shift or 0.0)
 
 
 def mask_regions(cfg: ROIConfig, modality: str, shape: Sequence[int], affine: np.ndarray) -> RegionMap:
@@ -236,11 +287,12 @@ def mask_regions(cfg: ROIConfig, modality: str, shape: Sequence[int], affine: np
     if not path:
         raise CortexflowInputError(f"rois.mask_img has no entry for modality {modality!r}",
                                    fix=f"add mask_img: {{{modality}: path/to/mask.nii.gz}}")
-    grid, native = _resample_nearest(str(path), shape, affine, "mask")
+    grid, native, shift = _resample_nearest(str(path), shape, affine, "mask", cfg.allow_resampling)
     if not np.isin(np.unique(native), [0, 1]).all():
         raise CortexflowInputError("mask image is not binary", path=path, fix="pass a 0/1 mask (or use source: labels)")
     name = Path(path).name.split(".")[0]
-    return RegionMap((grid > 0).astype(np.int32), affine, [name], [modality])
+    return RegionMap((grid > 0).astype(np.int32), affine, [name], [modality],
+                     resampled_from=None if shift is None else str(path), shift_mm=shift or 0.0)
 
 
 def build_regions(cfg: ROIConfig, modality: str, shape: Sequence[int], affine: np.ndarray) -> RegionMap:
@@ -259,6 +311,14 @@ def select_voxels(regions: RegionMap, brain: np.ndarray, cfg: ROIConfig, source:
             f"none of the {n_region} region voxels on the BOLD grid lies inside the brain", path=where,
             fix="the image is probably in another space than the BOLD data (use one in the same space, e.g. MNI152)")
     overlap = len(voxels) / n_region
+    if regions.resampled_from is not None:
+        inside = voxels["region"].value_counts()
+        per_region = ", ".join(
+            f"{name} {inside.get(name, 0) / max(int((regions.labels == r).sum()), 1):.0%}"
+            for r, name in enumerate(regions.names, start=1))
+        log.warning("resampled %s to the BOLD grid (rois.allow_resampling; grid centres %.1f mm apart); "
+                    "share of each region's voxels inside the brain mask: %s", regions.resampled_from,
+                    regions.shift_mm, per_region)
     if overlap < cfg.min_brain_overlap:
         raise CortexflowInputError(
             f"only {overlap:.0%} of the {n_region} region voxels lie inside the brain "
@@ -295,8 +355,15 @@ def extract_rois_stage(
                                    fix="pass one trials table per betas image, in the same order")
     runs = []
     for b_path, t_path in zip(betas, trials):
-        table = pd.read_parquet(t_path)
-        img = nib.load(b_path)
+        rerun = "rerun glm_betas for this run (delete the file first)"
+        table = _io.read_parquet(t_path, "trials table", rerun)
+        if not Path(b_path).is_file():
+            raise CortexflowInputError("the betas image does not exist", path=b_path, fix="run glm_betas for this run first")
+        try:
+            img = nib.load(b_path)
+        except Exception as e:  # nibabel raises several types for broken headers
+            raise CortexflowInputError(f"cannot read the betas image ({type(e).__name__}: {e})", path=b_path,
+                                       fix=rerun) from None
         n_vol = img.shape[3] if len(img.shape) == 4 else 1
         if n_vol != len(table):
             raise CortexflowInputError(f"{n_vol} beta volumes but {len(table)} rows in {t_path}", path=b_path,
@@ -318,7 +385,7 @@ def extract_rois_stage(
                                    path=runs[0][2], fix="give events.tsv a modality column (image, audio or text)")
     modality = str(modalities[0])
 
-    volumes = [np.asarray(r[3].dataobj, dtype=np.float32).reshape(shape + (-1,)) for r in runs]
+    volumes = [np.asarray(_io.image_data(r[3], r[1], "betas image", fix="rerun glm_betas for this run (delete the file first)"), dtype=np.float32).reshape(shape + (-1,)) for r in runs]
     brain = np.logical_and.reduce([np.any(v != 0, axis=3) for v in volumes])
     regions = build_regions(cfg, modality, shape, affine)
     voxels = select_voxels(regions, brain, cfg)

@@ -72,7 +72,7 @@ def _training_config(p: DecoderParams, seed: int, device: str):
     from cortexflow.training.trainer import TrainingConfig
 
     return TrainingConfig(learning_rate=p.learning_rate, batch_size=p.batch_size, weight_decay=p.weight_decay,
-                          warmup_steps=p.warmup_steps, max_steps=p.steps, ema_decay=p.ema_decay, use_ema=True,
+                          warmup_steps=p.warmup_steps, max_steps=p.steps, ema_decay=p.ema_decay, use_ema=True, ema_warmup=True,
                           seed=seed, device=device, log_every=max(1, p.steps // 20),
                           checkpoint_every=p.checkpoint_every)
 

@@ -1,5 +1,7 @@
 """cortexflow.training: the optimisation loop (``Trainer``), its schedule and
-resumable checkpoints."""
+resumable checkpoints (and the seed library's ``SyntheticBrainDataset``)."""
+
+from cortexflow.models.synthetic import SyntheticBrainDataset
 
 from cortexflow.training.trainer import (
     FitResult,
@@ -13,6 +15,7 @@ from cortexflow.training.trainer import (
 
 __all__ = [
     "FitResult",
+    "SyntheticBrainDataset",
     "Trainer",
     "TrainingConfig",
     "TrainingInterrupted",

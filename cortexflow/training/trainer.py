@@ -68,6 +68,8 @@ class TrainingConfig:
     min_lr_ratio: the schedule ends at ``learning_rate * min_lr_ratio``.
     grad_clip: clip the global gradient norm to this (0 or None: no clipping).
     ema_decay / ema_warmup / use_ema: see :class:`cortexflow.EMAModel`.
+        As in the seed library, ``ema_decay=0`` turns EMA off and the decay is
+        constant unless ``ema_warmup=True`` (which the workflow's stages set).
     mixed_precision: ``"auto"`` = bf16 autocast when training on CUDA (with
         bf16 support), fp32 otherwise; ``"bf16"`` forces bf16 autocast on any
         device; ``"no"`` keeps fp32. Parameters and optimizer state stay fp32.
@@ -87,7 +89,7 @@ class TrainingConfig:
     min_lr_ratio: float = 0.1
     grad_clip: float | None = 1.0
     ema_decay: float = 0.9999
-    ema_warmup: bool = True
+    ema_warmup: bool = False
     use_ema: bool = True
     mixed_precision: str = "auto"
     device: str = "auto"
@@ -167,6 +169,11 @@ class WarmupCosineScheduler(LRScheduler):
         span = max(1, self.total_steps - self.warmup_steps)
         progress = min(1.0, (step - self.warmup_steps) / span)
         return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    @property
+    def current_lr(self) -> float:
+        """The first parameter group's learning rate now (the seed's name)."""
+        return self.optimizer.param_groups[0]["lr"]
 
     def get_lr(self) -> list[float]:
         factor = self.lr_factor(self.last_epoch)
@@ -255,7 +262,8 @@ class Trainer:
         self.scheduler = WarmupCosineScheduler(
             self.optimizer, config.warmup_steps, config.max_steps, config.min_lr_ratio
         )
-        self.ema = EMAModel(model, config.ema_decay, warmup=config.ema_warmup) if config.use_ema else None
+        use_ema = config.use_ema and config.ema_decay > 0  # the seed: ema_decay=0 means no EMA
+        self.ema = EMAModel(model, config.ema_decay, warmup=config.ema_warmup) if use_ema else None
         self.data_generator = torch.Generator().manual_seed(config.seed)
         self.step = 0
         self.autocast_dtype = _autocast_dtype(config.mixed_precision, self.device)
@@ -309,6 +317,15 @@ class Trainer:
         """The learning rate the next step will use."""
         return self.optimizer.param_groups[0]["lr"]
 
+    @property
+    def global_step(self) -> int:
+        """The seed library's name for :attr:`step` (optimizer steps taken)."""
+        return self.step
+
+    @global_step.setter
+    def global_step(self, value: int) -> None:
+        self.step = int(value)
+
     # ------------------------------------------------------------------ many steps
 
     def fit(
@@ -346,6 +363,12 @@ class Trainer:
             and losing up to ``checkpoint_every`` steps. Only in the main thread.
         """
         cfg = self.config
+        if callable(steps):
+            raise CortexflowInputError(
+                "Trainer.fit's second argument is the number of steps, got a function",
+                fix="pass the loss as loss_fn=...: fit(batches, steps, loss_fn=loss_fn) "
+                "(the seed library's fit(dataset, loss_fn, n_epochs) is not this API; see docs/seed-compat.md)",
+            )
         target = cfg.max_steps if steps is None else int(steps)
         if target < 0:
             raise CortexflowInputError(f"steps must be >= 0, got {steps}")

@@ -219,11 +219,21 @@ def glm_inputs(wildcards):
     inputs = {key: files[key] for key in ("bold", "events", "confounds", "mask")}
     if files.get("sidecar"):
         inputs["sidecar"] = files["sidecar"]
+    if DATA["glmsingle"]:  # betas from GLMsingle: its file and every run's events, in run order
+        inputs["glmsingle"] = DATA["glmsingle"].format(subject=wildcards.subject, task=wildcards.task)
+        inputs["glmsingle_events"] = [RUNS[(wildcards.subject, wildcards.task, run)]["events"]
+                                      for run in runs_of(wildcards.subject, wildcards.task)]
     return inputs
 
 
 def sidecar_arg(wildcards, input):
     return optional_arg("--sidecar", input.get("sidecar"))
+
+
+def glmsingle_arg(wildcards, input):
+    if not input.get("glmsingle"):
+        return ""
+    return f"--glmsingle {input.glmsingle} --glmsingle-events {' '.join(input.glmsingle_events)}"
 
 
 def run_betas(wildcards):

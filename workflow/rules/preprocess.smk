@@ -3,15 +3,17 @@
 
 
 rule glm_betas:
-    """One run: confound and drift regression, one beta per trial."""
+    """One run: confound and drift regression, one beta per trial (or GLMsingle's, with data.glmsingle)."""
     input:
         unpack(glm_inputs),
+        stimuli=STIMULI_TSV,
     output:
         betas=f"{RESULTS}/betas/sub-{{subject}}/sub-{{subject}}_task-{{task}}_run-{{run}}_betas.nii.gz",
         trials=f"{RESULTS}/betas/sub-{{subject}}/sub-{{subject}}_task-{{task}}_run-{{run}}_trials.parquet",
     params:
         section=glm_params,
         sidecar=sidecar_arg,
+        glmsingle=glmsingle_arg,
         code=stage_fingerprint("glm_betas"),
     log:
         f"{LOGS}/glm_betas/sub-{{subject}}_task-{{task}}_run-{{run}}.log",
@@ -24,7 +26,8 @@ rule glm_betas:
         "../../environment.yml"
     shell:
         "cortexflow glm-betas --bold {input.bold} --events {input.events} --confounds {input.confounds}"
-        " --mask {input.mask} {params.sidecar} --out-betas {output.betas} --out-trials {output.trials}"
+        " --mask {input.mask} {params.sidecar} --stimuli {input.stimuli} {params.glmsingle}"
+        " --out-betas {output.betas} --out-trials {output.trials}"
         " --params {params.section:q} --log {log}"
 
 
