@@ -12,7 +12,9 @@ import os
 import sys
 from pathlib import Path
 
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
+
+from cortexflow.config import validate_config
 
 min_version("9.0")
 
@@ -20,7 +22,15 @@ min_version("9.0")
 # which cluster jobs inherit. When none is on PATH (e.g. `.venv/bin/snakemake`
 # run directly), the one beside the Python that runs Snakemake is used. A shell
 # prefix, not part of any rule's command, so moving the environment reruns nothing.
-shell.prefix(f'set -euo pipefail; export PATH="$PATH{os.pathsep}{Path(sys.executable).parent}"; ')
+shell.prefix(
+    f'set -euo pipefail; export PATH="$PATH{os.pathsep}{Path(sys.executable).parent}"; '
+)
+
+
+# The rules' conda environment (workflow/envs/cortexflow.yml) installs this
+# checkout with `pip install -e ${CORTEXFLOW_SOURCE}`: Snakemake copies env files
+# away from the repository, so only an absolute path finds the package.
+os.environ.update(CORTEXFLOW_SOURCE=str(Path(workflow.basedir).resolve()))
 
 
 configfile: "config.yaml"
@@ -29,7 +39,10 @@ configfile: "config.yaml"
 report: "workflow/report/workflow.rst"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
+# The schema (workflow/schemas/config.schema.yaml) with its defaults filled in,
+# and every stage section parsed with its stage's dataclass (keys and types), so
+# `snakemake -n` rejects a bad value before any job runs.
+config.update(validate_config(config))
 
 
 include: "workflow/rules/common.smk"

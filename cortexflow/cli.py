@@ -18,9 +18,12 @@ exit status is 1.
 from __future__ import annotations
 
 import argparse
+import ast
+import importlib.util
 import inspect
 import json
 import logging
+import re
 import sys
 import time
 import typing
@@ -31,6 +34,52 @@ from cortexflow.stages import STAGES, get_stage
 
 ALIASES = {"simulate": "simulate_study"}
 log = logging.getLogger("cortexflow.cli")
+
+# Help of the options the stages share (by keyword name); others get their type.
+OPTION_HELP = {
+    "bold": "preprocessed BOLD run (NIfTI)",
+    "events": "the run's BIDS events.tsv",
+    "confounds": "the run's fMRIPrep confounds TSV",
+    "mask": "brain mask on the BOLD grid (NIfTI)",
+    "sidecar": "the BOLD run's JSON sidecar (RepetitionTime)",
+    "stimuli": "the study's stimuli.tsv (or its BIDS root)",
+    "dataset": "folder written by make-dataset",
+    "latents": "latent cache written by encode-latents",
+    "vae": "autoencoder written by pretrain-vae",
+    "ridge": "ridge decoder written by fit-baseline",
+    "decoder": "decoder written by train-decoder",
+    "checkpoint_dir": "folder of resumable training checkpoints",
+    "modality": "which stimuli the stage works on",
+    "seed": "seed of every random draw",
+    "threads": "CPU threads for torch and BLAS",
+    "device": "where models run; auto picks cuda when present",
+    "out": "output file",
+    "ground_truth": "the simulator's ground-truth folder of the subject (noise ceiling)",
+}
+CHOICES = {"modality": ("image", "audio", "text"), "device": ("auto", "cpu", "cuda")}
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown after each option's help; descriptions keep their paragraphs."""
+
+
+def plain(doc: str) -> str:
+    """A docstring without reStructuredText markup (``x``, :func:`x`) for the terminal."""
+    doc = re.sub(r":\w+:`~?([^`]+)`", r"\1", doc)
+    return doc.replace("``", "")
+
+
+def _stage_doc(module: str, function: str) -> str:
+    """The docstring of a stage function, read from its source without importing it
+    (so ``cortexflow --help`` does not import every stage's libraries)."""
+    spec = importlib.util.find_spec(module)
+    tree = ast.parse(Path(spec.origin).read_text())
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == function:
+            return ast.get_docstring(node) or ""
+        if isinstance(node, ast.ImportFrom) and node.module and any(a.name == function for a in node.names):
+            return _stage_doc(node.module, function)
+    return ""
 
 
 def _load_params(value: str) -> dict:
@@ -64,9 +113,9 @@ def _add_stage_parser(sub, name: str) -> None:
     module, func_name, section = STAGES[name]
     cli_name = name.replace("_", "-")
     func = get_stage(name)
-    doc = inspect.getdoc(func) or ""
+    doc = plain(inspect.getdoc(func) or "")
     p = sub.add_parser(cli_name, help=doc.splitlines()[0] if doc else None, description=doc,
-                       aliases=[a for a, t in ALIASES.items() if t == name])
+                       aliases=[a for a, t in ALIASES.items() if t == name], formatter_class=_HelpFormatter)
     p.set_defaults(_stage=name)
     hints = typing.get_type_hints(func)
     for pname, param in inspect.signature(func).parameters.items():
@@ -81,13 +130,17 @@ def _add_stage_parser(sub, name: str) -> None:
             p.add_argument(flag, type=_load_params, default=None, help="stage parameters as JSON or @file.json")
             continue
         kwargs: dict = {"dest": pname, "required": required and pname != "params"}
-        if not required:
-            kwargs["default"] = param.default
+        kwargs["help"] = OPTION_HELP.get(pname) or (
+            "output " + pname[4:].replace("_", " ") if pname.startswith("out_") else pname.replace("_", " "))
+        kwargs["default"] = param.default if not required else argparse.SUPPRESS  # no "(default: None)"
+        if pname in CHOICES:
+            kwargs["choices"] = CHOICES[pname]
         if origin in (list, tuple) or hint in (list, tuple):
             kwargs["nargs"] = "+"
             kwargs["type"] = args[0] if args and args[0] in (int, float) else str
         elif hint is bool:
-            kwargs = {"dest": pname, "action": argparse.BooleanOptionalAction, "default": param.default if not required else False}
+            kwargs = {"dest": pname, "action": argparse.BooleanOptionalAction, "help": kwargs["help"],
+                      "default": param.default if not required else False}
         elif hint in (int, float):
             kwargs["type"] = hint
         elif type(None) in args:
@@ -97,19 +150,22 @@ def _add_stage_parser(sub, name: str) -> None:
     if "params" in inspect.signature(func).parameters:
         p.add_argument("--config", default=None, help=f"workflow config file; its '{section}' section gives the parameters")
     p.add_argument("--log", default=None, help="also write the log to this file")
-    p.add_argument("--verbose", "-v", action="store_true")
+    p.add_argument("--verbose", "-v", action="store_true", help="log debug messages too")
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The parser; with ``only`` (a stage name), import and describe just that stage,
     so a command does not pay for importing every other stage's libraries."""
-    parser = argparse.ArgumentParser(prog="cortexflow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="cortexflow", description=plain(__doc__),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(title="stages", metavar="STAGE")
     if only is not None:
         _add_stage_parser(sub, only)
         return parser
-    for name in STAGES:
-        _add_stage_parser(sub, name)
+    for name, (module, function, _) in STAGES.items():  # the list only: no stage is imported
+        doc = plain(_stage_doc(module, function))
+        sub.add_parser(name.replace("_", "-"), help=doc.splitlines()[0] if doc else None,
+                       aliases=[a for a, t in ALIASES.items() if t == name])
     return parser
 
 

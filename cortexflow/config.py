@@ -113,6 +113,12 @@ def validate_config(config: dict, path: str | Path | None = None) -> dict:
     filled = copy.deepcopy(config)
     validator = _defaulting_validator(load_schema())
     errors = sorted(validator.iter_errors(filled), key=lambda e: list(map(str, e.absolute_path)))
+    from cortexflow.sections import check_sections
+
+    try:  # every stage section with its stage's dataclass: the clearer message for keys and types
+        check_sections(filled)
+    except CortexflowInputError as e:
+        raise CortexflowInputError(e.problem, path=path, fix=e.fix) from None
     if errors:
         error = errors[0]
         key = _key_name(error)

@@ -1,9 +1,10 @@
 """Fingerprints of the source code each workflow stage runs.
 
 Snakemake reruns a job when its params, inputs or shell command change, but it
-cannot see the Python modules the command imports (DESIGN.md, "Reruns after
-edits"). Each rule therefore puts ``stage_fingerprint(rule)`` into its params:
-a hash of exactly the ``cortexflow`` source files that stage depends on, so an
+cannot see the Python modules the command imports (docs/design-notes.md,
+"Reruns after edits"). Each rule therefore puts ``stage_fingerprint(rule)`` into its params:
+a hash of exactly the ``cortexflow`` source files that stage imports (found by
+following its imports, :func:`stage_sources`), so an
 edit of ``models/dit.py`` reruns ``train_decoder`` and what follows, and nothing
 upstream.
 
@@ -13,37 +14,84 @@ so a checkout on another machine or a ``touch`` does not rerun anything.
 
 from __future__ import annotations
 
+import ast
+import functools
 import hashlib
 from pathlib import Path
 
-# rule -> source files and packages (relative to the cortexflow package) whose
-# code decides that rule's outputs: the rule's module in ``stages/`` and the
-# library code it calls. Shared plumbing (_io, errors, cli, config, the stage
-# table in stages/__init__.py) is left out on purpose: it moves files and
-# arguments, not numbers.
-# A listed path that does not exist counts as "absent", so creating it later
-# (e.g. splitting a helper into its own module) also reruns the stage.
-STAGE_SOURCES: dict[str, tuple[str, ...]] = {
-    "simulate_study": ("stages/simulate.py", "data/simulate.py", "data/stimuli.py", "data/speech.py",
-                       "data/sentences.py", "data/encoding_model.py", "data/hrf.py"),
-    "glm_betas": ("stages/preprocess.py", "preprocess/glm.py", "preprocess/glmsingle.py", "preprocess/hrf.py",
-                  "data/bids.py"),
-    "extract_rois": ("stages/preprocess.py", "preprocess/rois.py"),
-    "make_dataset": ("stages/preprocess.py", "preprocess/dataset.py", "data/bids.py"),
-    "pretrain_vae": ("stages/vae.py", "stages/params.py", "data/stimulus_arrays.py", "data/bids.py",
-                     "models/vae.py", "models/audio.py", "models/io.py", "training/"),
-    "encode_latents": ("stages/vae.py", "stages/params.py", "data/stimulus_arrays.py", "data/bids.py",
-                       "models/vae.py", "models/audio.py", "models/io.py", "models/latents.py"),
-    "train_decoder": ("stages/decoder.py", "stages/vae.py", "stages/params.py", "data/stimulus_arrays.py",
-                      "models/", "training/"),
-    "fit_baseline": ("stages/baseline.py", "data/stimulus_arrays.py", "models/ridge.py", "models/latents.py",
-                     "evaluation/features.py"),
-    "sample": ("stages/sample.py", "stages/params.py", "data/stimulus_arrays.py", "models/",
-               "evaluation/noise_ceiling.py", "evaluation/features.py"),
-    "evaluate": ("stages/evaluate.py", "evaluation/evaluate.py", "evaluation/metrics.py", "evaluation/bootstrap.py",
-                 "evaluation/features.py"),
-    "summarize": ("stages/evaluate.py", "evaluation/summary.py", "evaluation/figures.py"),
-}
+# Shared plumbing left out of every fingerprint on purpose: it moves files,
+# arguments and config values (whose values are in each rule's params), not
+# numbers; the stage table only names the stages.
+PLUMBING = ("__init__.py", "_io.py", "errors.py", "cli.py", "config.py", "sections.py", "fingerprint.py",
+            "stages/__init__.py")
+
+
+def _module_file(root: Path, dotted: str) -> Path | None:
+    """The source file of ``cortexflow.a.b`` under ``root`` (a module or a package's __init__)."""
+    parts = dotted.split(".")[1:]
+    if not parts:
+        return root / "__init__.py"
+    module, package = root.joinpath(*parts).with_suffix(".py"), root.joinpath(*parts, "__init__.py")
+    return module if module.is_file() else package if package.is_file() else None
+
+
+def _imports(file: Path, root: Path) -> list[tuple[str, tuple[str, ...]]]:
+    """(module, names) of every ``cortexflow`` import in ``file``, at any depth (lazy imports run too)."""
+    tree = ast.parse(file.read_bytes(), filename=str(file))
+    package = ["cortexflow", *file.relative_to(root).with_suffix("").parts][:-1]  # the file's package
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(a.name, ()) for a in node.names if a.name.split(".")[0] == "cortexflow"]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package[: len(package) - node.level + 1] + ([base] if base else []))
+            if base.split(".")[0] == "cortexflow":
+                found.append((base, tuple(a.name for a in node.names)))
+    return found
+
+
+@functools.lru_cache(maxsize=None)
+def _stage_module_files(rule: str, root: Path) -> tuple[str, ...]:
+    from cortexflow.stages import STAGES  # a table of strings: imports no stage
+
+    try:
+        module, function, _ = STAGES[rule]
+    except KeyError:
+        raise KeyError(f"no stage for rule {rule!r}; known: {', '.join(sorted(STAGES))}") from None
+    start = _module_file(root, module)
+    # a stage module that re-exports the function: start where it is defined
+    for base, names in _imports(start, root):
+        if function in names and _module_file(root, base) is not None:
+            start = _module_file(root, base)
+            break
+    seen: set[Path] = set()
+    todo = [start]
+    while todo:
+        file = todo.pop()
+        if file in seen:
+            continue
+        seen.add(file)
+        for base, names in _imports(file, root):
+            targets = [_module_file(root, f"{base}.{n}") for n in names] if names else []
+            # `from package import submodule` imports the submodule; `from module import name` the module
+            targets = [t for t in targets if t is not None] or [_module_file(root, base)]
+            todo += [t for t in targets if t is not None and t not in seen
+                     and t.relative_to(root).as_posix() not in PLUMBING]  # nor what plumbing imports
+    rel = {f.relative_to(root).as_posix() for f in seen}
+    return tuple(sorted(r for r in rel if r not in PLUMBING or r == start.relative_to(root).as_posix()))
+
+
+def stage_sources(rule: str, root: str | Path | None = None) -> tuple[str, ...]:
+    """The cortexflow source files (relative to the package) that rule ``rule``'s stage runs.
+
+    Found by following the ``cortexflow`` imports (module level and inside
+    functions) from the module that defines the stage function, statically
+    (nothing is imported); package ``__init__`` files that only re-export, and
+    the shared plumbing in :data:`PLUMBING`, are left out.
+    """
+    return _stage_module_files(rule, (package_root() if root is None else Path(root)).resolve())
 
 
 def package_root() -> Path:
@@ -85,8 +133,4 @@ def source_fingerprint(*module_paths: str, root: str | Path | None = None) -> st
 
 def stage_fingerprint(rule: str, root: str | Path | None = None) -> str:
     """The fingerprint of the sources that workflow rule ``rule`` depends on."""
-    try:
-        sources = STAGE_SOURCES[rule]
-    except KeyError:
-        raise KeyError(f"no source list for rule {rule!r}; known: {', '.join(sorted(STAGE_SOURCES))}") from None
-    return source_fingerprint(*sources, root=root)
+    return source_fingerprint(*stage_sources(rule, root), root=root)

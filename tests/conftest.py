@@ -1,6 +1,29 @@
-"""Shared pytest settings for the test suite."""
+"""Shared pytest settings and fixtures for the test suite."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
 
 # The seed library's own tests and example scripts are fixtures, run in
 # subprocesses by tests/test_seed_suite.py and tests/test_seed_examples.py
 # (their own conftest and pytest.ini; expected differences listed there).
 collect_ignore = ["seed_tests", "seed_examples"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Torch on one thread: tiny models run fastest so, and the test machine is shared.
+
+    Only where the test module uses torch (it is imported already), so tests
+    that never touch torch do not pay for importing it.
+    """
+    torch = sys.modules.get("torch")
+    if torch is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -54,3 +54,27 @@ def test_bad_scores_are_rejected():
         paired_bootstrap(np.zeros(3), np.zeros(4))
     with pytest.raises(ValueError):
         bootstrap_ci(np.zeros(3), confidence=1.5)
+
+
+def test_hierarchical_bootstrap_with_one_seed_is_the_item_bootstrap():
+    from cortexflow.evaluation.bootstrap import hierarchical_bootstrap
+
+    scores = np.random.default_rng(3).normal(size=60)
+    indices = bootstrap_indices(60, 500, seed=1)
+    assert hierarchical_bootstrap(scores[None], indices=indices) == bootstrap_ci(scores, indices=indices)
+
+
+def test_hierarchical_interval_widens_when_training_seeds_disagree():
+    from cortexflow.evaluation.bootstrap import hierarchical_bootstrap
+
+    items = np.random.default_rng(4).normal(0.5, 0.1, size=80)
+    agree = np.stack([items, items, items])
+    disagree = agree + np.array([[0.15], [0.0], [-0.15]])  # same mean, seeds 0.3 apart
+    a, d = hierarchical_bootstrap(agree, seed=2), hierarchical_bootstrap(disagree, seed=2)
+    assert a.value == pytest.approx(d.value) and a.n == d.n == 80
+    assert (d.ci_high - d.ci_low) > 2 * (a.ci_high - a.ci_low)
+    # the item-only interval of the pooled scores would not see the seeds' spread
+    pooled = bootstrap_ci(disagree.mean(axis=0), seed=2)
+    assert (pooled.ci_high - pooled.ci_low) < 0.6 * (d.ci_high - d.ci_low)
+    with pytest.raises(ValueError, match="non-finite"):
+        hierarchical_bootstrap(np.array([[1.0, np.nan]]))

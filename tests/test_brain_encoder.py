@@ -15,14 +15,6 @@ from cortexflow.models.brain_encoder import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models run fastest on one thread, and the test machine is shared.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def test_brain_encoder_shapes_and_config_round_trip():
     torch.manual_seed(0)

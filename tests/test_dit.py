@@ -11,14 +11,6 @@ from cortexflow.errors import CortexflowInputError
 from cortexflow.models.dit import DiffusionTransformer, DiTConfig
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models run fastest on one thread, and the test machine is shared.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _dit(**kw) -> DiffusionTransformer:
     base = dict(hidden_dim=32, depth=2, num_heads=4, cond_dim=24, input_size=(8, 8), patch_size=2, in_channels=4)

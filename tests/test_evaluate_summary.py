@@ -35,21 +35,39 @@ def recon_files(tmp_path_factory):
     rng = np.random.default_rng(0)
     ids = np.array([f"stim{i:02d}" for i in range(N)])
     truth = smooth_images(rng, N)
-    save_npz(root / "recon" / "sub-01_image.npz", ids=ids, truth=truth.astype(np.float32),
-             dit=np.clip(truth + rng.normal(0, 0.25, truth.shape), 0, 1),
-             dit_mean8=np.clip(truth + rng.normal(0, 0.1, truth.shape), 0, 1),
-             ridge=np.clip(0.3 * truth + 0.35 + rng.normal(0, 0.1, truth.shape), 0, 1),
-             ceiling=truth)
+    baselines = dict(ridge=np.clip(0.3 * truth + 0.35 + rng.normal(0, 0.1, truth.shape), 0, 1),
+                     nn=np.clip(truth[::-1] + rng.normal(0, 0.1, truth.shape), 0, 1), ceiling=truth)
+    # two training seeds of the decoder: the second one noisier; the baselines are the same in both files
+    for k, noise in enumerate((0.25, 0.35)):
+        save_npz(root / "recon" / f"sub-01_image_seed{k}.npz", ids=ids, truth=truth.astype(np.float32),
+                 dit=np.clip(truth + rng.normal(0, noise, truth.shape), 0, 1),
+                 dit_mean8=np.clip(truth + rng.normal(0, noise / 2.5, truth.shape), 0, 1), **baselines)
     mel = rng.normal(size=(N, 16, 24))
-    save_npz(root / "recon" / "sub-01_audio.npz", ids=ids, truth=mel, dit=mel + rng.normal(size=mel.shape),
+    save_npz(root / "recon" / "sub-01_audio_seed0.npz", ids=ids, truth=mel, dit=mel + rng.normal(size=mel.shape),
              ridge=0.5 * mel + rng.normal(size=mel.shape), ceiling=mel + 0.1 * rng.normal(size=mel.shape))
     words = "the cat sat on a mat while dogs ran across green fields under blue sky".split()
     sentences = [" ".join(rng.choice(words, 6)) + f" {i}" for i in range(N)]
     decoded = [s[:-4] + "zz" if i % 2 else s for i, s in enumerate(sentences)]
     retrieved = [sentences[(i + 1) % N] for i in range(N)]
-    save_npz(root / "recon" / "sub-01_text.npz", ids=ids, truth=np.asarray(sentences, dtype=str),
-             decoder=np.asarray(decoded, dtype=str), ridge=np.asarray(retrieved, dtype=str))
+    save_npz(root / "recon" / "sub-01_text_seed0.npz", ids=ids, truth=np.asarray(sentences, dtype=str),
+             decoder=np.asarray(decoded, dtype=str), retrieval=np.asarray(retrieved, dtype=str),
+             ngram_lm=np.asarray(["the cat sat on the mat"] * N, dtype=str))
+    pd.DataFrame({"stimulus_id": ids, "category": ["face" if i < 8 else "scene" for i in range(N)]}).to_csv(
+        root / "stimuli.tsv", sep="\t", index=False)
+    # a make_dataset folder's voxels and test tables, for the ncsnr section
+    folder = root / "dataset" / "sub-01" / "image"
+    folder.mkdir(parents=True)
+    pd.DataFrame({"region": ["V1"] * 4 + ["LOC"] * 4, "ncsnr": [0.2, 0.4, 0.6, 0.8, 0.1, 0.1, 0.3, 0.3]}).to_parquet(
+        folder / "voxels.parquet")
+    pd.DataFrame({"stimulus_id": ids, "n_repeats": 3}).to_parquet(folder / "test.parquet")
     return root
+
+
+SEEDS = {"image": 2, "audio": 1, "text": 1}
+
+
+def recons(root, modality):
+    return [str(root / "recon" / f"sub-01_{modality}_seed{k}.npz") for k in range(SEEDS[modality])]
 
 
 def metric_paths(root, modality):
@@ -61,7 +79,7 @@ def metric_paths(root, modality):
 @pytest.fixture(scope="module")
 def evaluated(recon_files):
     for modality in ("image", "audio", "text"):
-        evaluate_stage(recon=str(recon_files / "recon" / f"sub-01_{modality}.npz"), subject="01", modality=modality,
+        evaluate_stage(recon=recons(recon_files, modality), subject="01", modality=modality,
                        params=PARAMS, seed=0, **metric_paths(recon_files, modality))
     return recon_files
 
@@ -75,9 +93,9 @@ def value(summary, method, metric):
 
 
 def test_summary_has_the_promised_columns_methods_and_metrics(evaluated):
-    for modality, methods in [("image", {"dit", "dit_mean8", "ridge", "ceiling", "chance"}),
+    for modality, methods in [("image", {"dit", "dit_mean8", "ridge", "nn", "ceiling", "chance"}),
                               ("audio", {"dit", "ridge", "ceiling", "chance"}),
-                              ("text", {"decoder", "ridge", "chance"})]:
+                              ("text", {"decoder", "retrieval", "ngram_lm", "chance"})]:
         summary = read(evaluated, modality, "summary")
         assert list(summary.columns) == SUMMARY_COLUMNS
         assert set(summary.method) == methods
@@ -85,8 +103,21 @@ def test_summary_has_the_promised_columns_methods_and_metrics(evaluated):
         assert (summary.subject == "01").all() and (summary.modality == modality).all() and (summary.n == N).all()
         assert (summary.ci_low <= summary.value + 1e-12).all() and (summary.value <= summary.ci_high + 1e-12).all()
         items = read(evaluated, modality, "items")
-        assert list(items.columns) == ["method", "metric", "item", "score"]
-        assert len(items) == len(summary) * N
+        assert list(items.columns) == ["method", "metric", "item", "score", "seed"]
+        decoder_rows = items["method"].isin(["dit", "dit_mean8", "decoder"])
+        assert len(items) == (len(summary) + (SEEDS[modality] - 1) * items[decoder_rows].metric.nunique()
+                              * items[decoder_rows].method.nunique()) * N
+        assert set(items.loc[decoder_rows, "seed"]) == set(range(SEEDS[modality]))
+        assert items.loc[~decoder_rows, "seed"].isna().all()
+
+
+def test_decoder_summary_pools_training_seeds(evaluated):
+    items = read(evaluated, "image", "items")
+    summary = read(evaluated, "image", "summary")
+    dit = items[(items.method == "dit") & (items.metric == "ssim")]
+    per_seed = dit.groupby("seed")["score"].mean()
+    assert len(per_seed) == 2 and per_seed[0] > per_seed[1]  # the noisier seed scores lower
+    assert value(summary, "dit", "ssim").value == pytest.approx(per_seed.mean())
 
 
 def test_perfect_reconstruction_scores_one_and_chance_is_half(evaluated):
@@ -103,16 +134,19 @@ def test_perfect_reconstruction_scores_one_and_chance_is_half(evaluated):
     text = read(evaluated, "text", "summary")
     assert value(text, "decoder", "two_way_id").value == pytest.approx(1.0)
     assert value(text, "chance", "two_way_id").value == pytest.approx(0.5, abs=0.08)
-    assert value(text, "decoder", "cer").value < value(text, "ridge", "cer").value
-    # ridge returns the neighbour's sentence: as bad as chance on CER
-    assert value(text, "ridge", "cer").value == pytest.approx(value(text, "chance", "cer").value, abs=0.1)
+    assert value(text, "decoder", "cer").value < value(text, "retrieval", "cer").value
+    # retrieval returns the neighbour's sentence: as bad as chance on CER
+    assert value(text, "retrieval", "cer").value == pytest.approx(value(text, "chance", "cer").value, abs=0.1)
+    # the LM prior writes one sentence for every item: two-way identification cannot beat a coin
+    assert value(text, "ngram_lm", "two_way_id").value == pytest.approx(0.5)
 
 
 def test_comparisons_are_paired_differences_of_the_item_scores(evaluated):
     comparisons = read(evaluated, "image", "comparisons")
     assert list(comparisons.columns) == COMPARISON_COLUMNS
     pairs = set(zip(comparisons.method_a, comparisons.method_b))
-    assert {("dit", "ridge"), ("dit_mean8", "ridge"), ("dit_mean8", "dit"), ("dit", "chance")} <= pairs
+    assert {("dit", "ridge"), ("dit", "nn"), ("dit_mean8", "ridge"), ("dit_mean8", "nn"), ("dit_mean8", "dit"),
+            ("dit", "chance"), ("nn", "chance"), ("ridge", "chance")} <= pairs
     summary = read(evaluated, "image", "summary")
     row = comparisons[(comparisons.method_a == "dit_mean8") & (comparisons.method_b == "dit")
                       & (comparisons.metric == "ssim")].iloc[0]
@@ -120,14 +154,20 @@ def test_comparisons_are_paired_differences_of_the_item_scores(evaluated):
     assert row["diff"] == pytest.approx(expected)
     assert row.ci_low > 0 and row.n == N
     text = read(evaluated, "text", "comparisons")
-    assert ("decoder", "ridge") in set(zip(text.method_a, text.method_b))
+    assert {("decoder", "retrieval"), ("decoder", "ngram_lm")} <= set(zip(text.method_a, text.method_b))
+    # against a baseline (one "seed"), the difference is the seed-pooled decoder mean minus the baseline's
+    row = comparisons[(comparisons.method_a == "dit") & (comparisons.method_b == "nn")
+                      & (comparisons.metric == "pixcorr")].iloc[0]
+    assert row["diff"] == pytest.approx(value(summary, "dit", "pixcorr").value - value(summary, "nn", "pixcorr").value)
 
 
 def test_comparison_pairs():
-    assert comparison_pairs(["decoder", "ridge"]) == [("decoder", "ridge")]
-    assert comparison_pairs(["ridge", "chance", "dit_mean8", "dit"]) == [
-        ("dit", "ridge"), ("dit", "chance"), ("dit_mean8", "ridge"), ("dit_mean8", "chance"), ("dit_mean8", "dit"),
-        ("ridge", "chance")]
+    assert comparison_pairs(["decoder", "retrieval", "ngram_lm"]) == [("decoder", "retrieval"), ("decoder", "ngram_lm")]
+    assert comparison_pairs(["ridge", "chance", "dit_mean8", "dit", "nn_mean8", "ridge_pt", "noise_free_linear"]) == [
+        ("dit", "ridge"), ("dit", "ridge_pt"), ("dit", "nn_mean8"), ("dit", "chance"), ("dit", "noise_free_linear"),
+        ("dit_mean8", "ridge"), ("dit_mean8", "ridge_pt"), ("dit_mean8", "nn_mean8"), ("dit_mean8", "chance"),
+        ("dit_mean8", "noise_free_linear"), ("dit_mean8", "dit"),
+        ("ridge", "chance"), ("ridge_pt", "chance"), ("nn_mean8", "chance")]
 
 
 def test_summarize_writes_tables_markdown_and_figures(evaluated):
@@ -135,8 +175,11 @@ def test_summarize_writes_tables_markdown_and_figures(evaluated):
     out = evaluated / "summary_out"
     summarize_stage(summaries=[metric_paths(evaluated, m)["out_summary"] for m in modalities],
                     comparisons=[metric_paths(evaluated, m)["out_comparisons"] for m in modalities],
-                    recons=[str(evaluated / "recon" / f"sub-01_{m}.npz") for m in modalities],
+                    recons=[recons(evaluated, m)[0] for m in modalities],
+                    items=[metric_paths(evaluated, m)["out_items"] for m in modalities],
+                    stimuli=str(evaluated / "stimuli.tsv"), datasets=[str(evaluated / "dataset" / "sub-01" / "image")],
                     out_summary=str(out / "summary.parquet"), out_comparisons=str(out / "comparisons.parquet"),
+                    out_by_category=str(out / "summary_by_category.parquet"),
                     out_markdown=str(out / "summary.md"), out_figures=str(out / "figures"), params=PARAMS)
     summary = pd.read_parquet(out / "summary.parquet")
     assert list(summary.columns) == SUMMARY_COLUMNS
@@ -144,14 +187,43 @@ def test_summarize_writes_tables_markdown_and_figures(evaluated):
     assert len(summary) == sum(len(read(evaluated, m, "summary")) for m in modalities)
     assert list(pd.read_parquet(out / "comparisons.parquet").columns) == COMPARISON_COLUMNS
     figures = sorted(p.name for p in (out / "figures").iterdir())
-    assert figures == ["metrics.png", "sub-01_audio.png", "sub-01_image.png", "sub-01_text.png"]
+    assert figures == ["by_category.png", "metrics.png", "sub-01_audio.png", "sub-01_image.png", "sub-01_text.png"]
     assert all((out / "figures" / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in figures)
     md = (out / "summary.md").read_text()
     assert "## sub-01 · image (20 test items)" in md
-    assert "| metric | dit | dit_mean8 | ridge | chance | ceiling |" in md
+    assert "| metric | dit | dit_mean8 | ridge | nn | chance | ceiling |" in md
     assert "dit_mean8 − dit" in md and "**significant**: dit_mean8 better" in md
-    first_sentence = str(np.load(evaluated / "recon" / "sub-01_text.npz")["truth"][0])
+    first_sentence = str(np.load(recons(evaluated, "text")[0])["truth"][0])
     assert "## sub-01 · decoded sentences" in md and first_sentence in md
+    # per-seed spread: the image dit's two seeds are listed
+    assert "## Training seeds" in md and "| sub-01 | image | dit | ssim | 2 |" in md
+    # NSD's noise ceiling at the median ncsnr: V1 median 0.5 with 3 repeats -> 100 * 0.25 / (0.25 + 1/3)
+    assert "## Noise ceiling (NSD's definition)" in md
+    assert "| sub-01 | image | V1 | 4 | 0.50 [0.35, 0.65] | 42.9 | 3.0 |" in md
+    assert "## Decoder against the strongest baseline of each metric" in md
+
+
+def test_summary_by_category(evaluated):
+    out = evaluated / "summary_out"
+    table = pd.read_parquet(out / "summary_by_category.parquet")
+    assert set(table.category) == {"face", "scene"}
+    items = read(evaluated, "image", "items")
+    # a plain row is the mean of the category's items (over seeds for the decoder)
+    faces = [f"stim{i:02d}" for i in range(8)]
+    nn_face = items[(items.method == "nn") & (items.metric == "ssim") & items.item.isin(faces)].score.mean()
+    row = table[(table.modality == "image") & (table.category == "face") & (table.method == "nn")
+                & (table.metric == "ssim") & (table.baseline == "")].iloc[0]
+    assert row.value == pytest.approx(nn_face) and row.n == 8
+    # the difference rows: decoder minus the metric's strongest baseline (here ridge or nn, the better on SSIM)
+    summary = read(evaluated, "image", "summary")
+    best = max(("ridge", "nn"), key=lambda m: value(summary, m, "ssim").value)
+    diff = table[(table.modality == "image") & (table.category == "scene") & (table.method == "dit")
+                 & (table.metric == "ssim") & (table.baseline != "")].iloc[0]
+    scenes = ~items.item.isin(faces)
+    dit = items[(items.method == "dit") & (items.metric == "ssim") & scenes].score.mean()
+    base = items[(items.method == best) & (items.metric == "ssim") & scenes].score.mean()
+    assert diff.baseline == best and diff.value == pytest.approx(dit - base) and diff.ci_low <= diff.value <= diff.ci_high
+    assert "## By stimulus category" in (out / "summary.md").read_text()
 
 
 def test_bad_recon_files_are_rejected(tmp_path):
@@ -176,7 +248,7 @@ def test_evaluate_runs_from_the_command_line(recon_files, tmp_path, capsys, monk
     import cortexflow.cli
 
     monkeypatch.setattr(cortexflow.cli, "STAGES", {"evaluate": cortexflow.cli.STAGES["evaluate"]})
-    args = ["evaluate", "--recon", str(recon_files / "recon" / "sub-01_audio.npz"), "--subject", "01",
+    args = ["evaluate", "--recon", recons(recon_files, "audio")[0], "--subject", "01",
             "--modality", "audio", "--params", '{"n_boot": 100}', "--out-summary", str(tmp_path / "s.parquet"),
             "--out-items", str(tmp_path / "i.parquet"), "--out-comparisons", str(tmp_path / "c.parquet")]
     assert cli_main(args) == 0

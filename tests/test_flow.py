@@ -15,14 +15,6 @@ from cortexflow.models.dit import DiffusionTransformer, DiTConfig
 from cortexflow.models.flow import FlowConfig, RectifiedFlowMatcher, integrate, shift_time, time_grid
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models run fastest on one thread, and the test machine is shared.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def test_logit_normal_times_follow_their_distribution():
     fm = RectifiedFlowMatcher(FlowConfig(logit_normal_mean=0.5, logit_normal_std=0.8))

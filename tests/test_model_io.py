@@ -18,14 +18,6 @@ from cortexflow.models.io import config_from_dict, read_model_file
 from cortexflow.models.vae import AudioVAE, LatentVAE, VAEConfig
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models run fastest on one thread, and the test machine is shared.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _train_a_little(model, latents, brain, steps=3):
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)

@@ -7,6 +7,8 @@ workflow rule runs.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import tomllib
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -127,3 +129,10 @@ def test_every_third_party_import_of_the_package_is_declared():
     for module in sorted(third_party):
         names = {canonicalize_name(d) for d in distributions.get(module, [])}
         assert names & declared, f"cortexflow imports {module!r} (from {sorted(names)}) but pyproject.toml does not declare it"
+
+
+def test_the_workflow_files_are_snakefmt_clean():
+    """The Snakefile and workflow/rules/*.smk as `snakefmt` writes them (pinned in requirements.txt)."""
+    files = [str(REPO / "Snakefile"), *map(str, sorted((REPO / "workflow" / "rules").glob("*.smk")))]
+    proc = subprocess.run([sys.executable, "-m", "snakefmt", "--check", *files], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr + "\nrun: snakefmt Snakefile workflow/rules/"

@@ -17,14 +17,6 @@ from cortexflow.models.brain_encoder import ROIBrainEncoder
 from cortexflow.models.vae import LatentVAE, VAEConfig
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models run fastest on one thread, and the test machine is shared.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _image_model(**kw) -> Brain2Image:
     torch.manual_seed(0)

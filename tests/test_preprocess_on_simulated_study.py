@@ -142,7 +142,7 @@ def _images(bids, ids):
 
 
 def test_noise_free_responses_are_the_ground_truth_of_the_datasets_voxels(pipeline):
-    from cortexflow.evaluation.noise_ceiling import noise_free_responses
+    from cortexflow.evaluation.noise_free_linear import noise_free_responses
     from cortexflow.preprocess.dataset import load_dataset
 
     data = load_dataset(pipeline["dataset"])
@@ -163,8 +163,8 @@ def test_noise_free_responses_are_the_ground_truth_of_the_datasets_voxels(pipeli
     assert np.nanmedian(r) > 0.3
 
 
-def test_noise_ceiling_decoder_beats_the_same_ridge_on_noisy_betas(pipeline):
-    from cortexflow.evaluation.noise_ceiling import predict_without_noise
+def test_noise_free_linear_decoder_beats_the_same_ridge_on_noisy_betas(pipeline):
+    from cortexflow.evaluation.noise_free_linear import predict_without_noise
     from cortexflow.models.ridge import RidgeDecoder
     from cortexflow.preprocess.dataset import load_dataset
 
@@ -190,8 +190,8 @@ def test_noise_ceiling_decoder_beats_the_same_ridge_on_noisy_betas(pipeline):
     assert r_clean > r_noisy + 0.03 and id_clean >= id_noisy and id_clean > 0.8
 
 
-def test_noise_ceiling_refuses_a_ground_truth_on_another_grid(pipeline, tmp_path):
-    from cortexflow.evaluation.noise_ceiling import noise_free_responses
+def test_noise_free_linear_refuses_a_ground_truth_on_another_grid(pipeline, tmp_path):
+    from cortexflow.evaluation.noise_free_linear import noise_free_responses
     from cortexflow.preprocess.dataset import load_dataset
 
     voxels = load_dataset(pipeline["dataset"]).voxels.copy()

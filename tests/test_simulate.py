@@ -189,7 +189,7 @@ def test_cli_simulates_a_text_only_study(tmp_path, capsys):
     (run,) = find_runs(out)
     assert run.task == "text" and len(load_run(run).events) == 4 + 3 * 1
     assert cli_main(["simulate", "--out", str(out), "--params", '{"subject": 1}']) == 2
-    assert "unknown key(s) in the simulate section: subject" in capsys.readouterr().err
+    assert "simulate config: unknown keys simulate.subject" in capsys.readouterr().err
 
 
 def test_every_region_has_its_untuned_share_and_voxels_have_their_own_hrf(study):

@@ -21,13 +21,6 @@ from cortexflow.models.brain2text import (
 from cortexflow.models.types import BrainData
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _tiny(**kwargs) -> Brain2Text:
     torch.manual_seed(0)
@@ -260,3 +253,27 @@ def test_build_rejects_inconsistent_arguments():
         build_brain2text()
     with pytest.raises(CortexflowInputError, match="not divisible by n_heads"):
         build_brain2text(n_voxels=10, hidden_dim=30, n_heads=4)
+
+
+def test_state_dicts_with_the_old_feed_forward_names_still_load():
+    """The text decoder's gated MLP is the DiT's SwiGLU now; files saved with its
+    own copy's names (gate_up/down) load into the same weights."""
+    model = _tiny()
+    state = model.state_dict()
+    old = {k.replace(".mlp.w13.", ".mlp.gate_up.").replace(".mlp.w2.", ".mlp.down."): v for k, v in state.items()}
+    assert any(".mlp.gate_up." in k for k in old) and not any(".mlp.w13." in k for k in old)
+    fresh = _tiny()
+    fresh.load_state_dict(old)  # strict: every key mapped
+    for key, value in fresh.state_dict().items():
+        assert torch.equal(value, state[key]), key
+
+
+def test_residual_output_projections_get_the_scaled_init():
+    """GPT-2 init: attention's proj and the MLP's w2 write into the residual stream,
+    so their weights are N(0, 0.02 / sqrt(2 depth)); the other linears N(0, 0.02)."""
+    torch.manual_seed(0)
+    model = build_brain2text(n_voxels=20, max_len=64, hidden_dim=128, depth=8, n_heads=4, n_brain_tokens=4)
+    residual = 0.02 / (2 * 8) ** 0.5
+    for block in model.blocks:
+        assert abs(block.mlp.w2.weight.std().item() - residual) < 0.25 * residual
+        assert abs(block.mlp.w13.weight.std().item() - 0.02) < 0.1 * 0.02

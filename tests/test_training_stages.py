@@ -80,9 +80,18 @@ def test_train_decoder_takes_its_prior_from_the_baseline_file(tmp_path):
                                 "batch_size": 4, "warmup_steps": 1}}
     common = dict(modality="image", params=decoder_params, latents=str(tmp_path / "latents.npz"),
                   vae=str(tmp_path / "vae.pt"), stimuli=str(stimuli))
+    # another settings' checkpoints (a stale key) beside this run's, and a folder a user put there
+    checkpoints = tmp_path / "checkpoints"
+    (checkpoints / "0123456789ab").mkdir(parents=True)
+    (checkpoints / "0123456789ab" / "last.pt").write_bytes(b"x" * 1000)
+    (checkpoints / "notes").mkdir()
+    (checkpoints / "notes" / "readme.txt").write_text("mine")
     train_decoder_stage(dataset=str(dataset), out=str(tmp_path / "decoder.pt"),
-                        checkpoint_dir=str(tmp_path / "ckpt"), ridge=str(ridge), **common)
+                        checkpoint_dir=str(checkpoints / "current"), ridge=str(ridge), **common)
     assert load_model(tmp_path / "decoder.pt").config.prior_conditioning
+    # what a resume needs stays (a lost output is rebuilt from it); the stale key is gone
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["current", "notes"]
+    assert [p.name for p in (checkpoints / "current").iterdir()] == ["last.pt"]
 
     other = _dataset(tmp_path / "other", train_ids[::-1], ["img-10", "img-11"], seed=1)
     with pytest.raises(CortexflowInputError, match="other training trials") as error:

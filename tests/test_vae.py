@@ -10,14 +10,6 @@ from cortexflow.errors import CortexflowInputError
 from cortexflow.models.vae import AudioVAE, AudioVAEConfig, LatentVAE, VAEConfig
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models run fastest on one thread, and the test machine is shared.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _blobs(n: int, size: int = 16, channels: int = 1, seed: int = 0) -> torch.Tensor:
     """Smooth images in [0, 1]: one Gaussian blob each at a random place and width."""

@@ -1,6 +1,6 @@
 """The workflow's DAG: lint, config validation, and what reruns after an edit.
 
-DESIGN.md, "Reruns after edits": a change to a stage's parameters, or to the
+docs/design-notes.md, "Reruns after edits": a change to a stage's parameters, or to the
 cortexflow source files it depends on, reruns that stage and what follows, and
 nothing upstream. These tests check it with Snakemake's dry run on the tiny
 config, in a temporary copy of the repository whose outputs are made to look
@@ -26,7 +26,8 @@ import yaml
 import cortexflow
 from cortexflow.config import default_config, load_config, validate_config
 from cortexflow.errors import CortexflowInputError
-from cortexflow.fingerprint import STAGE_SOURCES, source_fingerprint, stage_fingerprint
+from cortexflow.fingerprint import source_fingerprint, stage_fingerprint, stage_sources
+from cortexflow.stages.params import training_seeds
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = "tests/configs/tiny.yaml"
@@ -151,21 +152,26 @@ def test_tiny_dag_has_every_rule_once_per_unit(finished, tiny):
     assert jobs["simulate_study"] == 1
     assert jobs["extract_rois"] == n_subjects * len(modalities)
     assert jobs["pretrain_vae"] == jobs["encode_latents"] == len(continuous)
-    for rule in ("fit_baseline", "train_decoder", "sample", "evaluate"):
+    for rule in ("fit_baseline", "evaluate"):
         assert jobs[rule] == n_subjects * len(modalities), rule
+    # one decoder (and one recon file) per training seed: decoder.<modality>.seeds
+    runs = sum(training_seeds(tiny["decoder"], m) for m in modalities)
+    assert training_seeds(tiny["decoder"], "image") == 2
+    assert jobs["train_decoder"] == jobs["sample"] == n_subjects * runs
     assert jobs["summarize"] == jobs["all"] == 1
     assert jobs["glm_betas"] >= jobs["extract_rois"]
 
 
 def test_decoder_param_change_reruns_decoder_and_downstream_only(finished, tiny):
     image = dict(tiny["decoder"]["image"])
-    image["cfg_scale_changed_by_test"] = 1.5
+    image["cond_drop_prob"] = 0.2  # a real key: unknown keys are refused while the DAG is built
     changed = overlay(finished, "decoder_change.yaml", {"decoder": {"image": image}})
     jobs = dry_run(finished, TINY, changed)
-    n_subjects = jobs["train_decoder"]
+    n_seeds = training_seeds(tiny["decoder"], "image")
+    n_subjects = jobs["train_decoder"] // n_seeds
     assert set(jobs) == {"train_decoder", "sample", "evaluate", "summarize", "all"}, jobs
-    # only the image decoders: one per subject, and their samples and metrics
-    assert jobs["sample"] == jobs["evaluate"] == n_subjects
+    # only the image decoders: one per subject and training seed, their samples, one evaluation per subject
+    assert jobs["sample"] == jobs["train_decoder"] == n_subjects * n_seeds and jobs["evaluate"] == n_subjects
     assert "glm_betas" not in jobs and "pretrain_vae" not in jobs and "fit_baseline" not in jobs
 
 
@@ -173,7 +179,7 @@ def test_sampling_change_reruns_sampling_not_training(finished, tiny):
     image = {**tiny["sampling"]["image"], "num_steps": tiny["sampling"]["image"]["num_steps"] + 3}
     jobs = dry_run(finished, TINY, overlay(finished, "sampling_change.yaml", {"sampling": {"image": image}}))
     assert set(jobs) == {"sample", "evaluate", "summarize", "all"}, jobs
-    assert jobs["sample"] == jobs["evaluate"] >= 1
+    assert jobs["sample"] == jobs["evaluate"] * training_seeds(tiny["decoder"], "image") >= 1
 
 
 def test_glm_param_change_reruns_from_glm_but_not_the_simulation(finished, tiny):
@@ -186,7 +192,7 @@ def test_glm_param_change_reruns_from_glm_but_not_the_simulation(finished, tiny)
 
 
 def test_audio_vae_change_leaves_the_image_path_alone(finished, tiny):
-    audio = {**tiny["vae"]["audio"], "changed_by_test": 1}
+    audio = {**tiny["vae"]["audio"], "kl_weight": 2e-4}  # a real key (unknown ones are refused)
     jobs = dry_run(finished, TINY, overlay(finished, "vae_change.yaml", {"vae": {"audio": audio}}))
     assert jobs["pretrain_vae"] == jobs["encode_latents"] == 1
     n_subjects = jobs["train_decoder"]
@@ -207,7 +213,7 @@ def test_editing_the_dit_source_reruns_decoders_and_downstream_only(finished):
         else:
             dit.write_bytes(original)
     assert set(jobs) == {"train_decoder", "sample", "evaluate", "summarize", "all"}, jobs
-    assert jobs["train_decoder"] == jobs["sample"] == jobs["evaluate"]  # every subject × modality
+    assert jobs["train_decoder"] == jobs["sample"] > jobs["evaluate"]  # every subject × modality × training seed
     assert dry_run(finished, TINY) == {}  # restoring the file restores the fingerprint
 
 
@@ -276,9 +282,10 @@ def test_load_config_overrides_the_default_like_snakemake(tmp_path):
 def test_schema_fills_nested_defaults_without_sharing_them():
     a = validate_config({})
     b = validate_config({})
-    assert a["data"]["space"] == "MNI152NLin2009cAsym" and a["decoder"]["text"] == {}
-    a["decoder"]["text"]["x"] = 1
-    assert b["decoder"]["text"] == {}
+    assert a["data"]["space"] == "MNI152NLin2009cAsym" and a["decoder"]["text"]["steps"] == 1500
+    a["vae"]["image"]["hidden_dims"].append(1)
+    a["glm"]["confounds"].append("x")
+    assert b["vae"]["image"]["hidden_dims"] == [32, 64] and "x" not in b["glm"]["confounds"]
 
 
 @pytest.mark.parametrize(
@@ -322,16 +329,31 @@ def test_fingerprint_follows_content_not_timestamps(tmp_path):
 def test_every_rule_has_a_source_list_and_dit_is_only_downstream():
     from cortexflow.stages import STAGES
 
-    assert set(STAGE_SOURCES) == set(STAGES)
+    sources = {rule: stage_sources(rule) for rule in STAGES}
     upstream = ("simulate_study", "glm_betas", "extract_rois", "make_dataset", "pretrain_vae", "encode_latents",
                 "fit_baseline")
     for rule in upstream:
-        assert not any(p in ("models/", "models/dit.py") for p in STAGE_SOURCES[rule]), rule
+        assert "models/dit.py" not in sources[rule], rule
+    assert "models/dit.py" in sources["train_decoder"] and "models/flow.py" in sources["train_decoder"]
+    # found from the imports: the module defining the stage and the library it calls, not its neighbours
+    assert "preprocess/glm.py" in sources["glm_betas"] and "preprocess/rois.py" not in sources["glm_betas"]
+    assert "models/ridge.py" in sources["fit_baseline"] and "evaluation/noise_ceiling.py" in sources["sample"]
+    assert not any(s in ("_io.py", "errors.py", "cli.py") for files in sources.values() for s in files)
     assert len({stage_fingerprint(rule) for rule in STAGES}) >= 8
-
-    # every listed source exists (a stale path would hash as "absent" and never change)
     root = Path(cortexflow.__file__).parent
-    for rule, sources in STAGE_SOURCES.items():
-        for source in sources:
-            assert (root / source).exists(), (rule, source)
-        assert any(s.startswith("stages/") for s in sources), rule  # the rule's own stage module
+    for rule, files in sources.items():
+        for source in files:
+            assert (root / source).is_file(), (rule, source)
+
+
+def test_a_new_import_joins_the_fingerprint(tmp_path):
+    pkg = tmp_path / "cortexflow"
+    shutil.copytree(Path(cortexflow.__file__).parent, pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    before = stage_sources("extract_rois", root=pkg)
+    assert "models/dit.py" not in before
+    rois = pkg / "preprocess" / "rois.py"
+    rois.write_text(rois.read_text() + "\n\ndef _lazy():\n    from cortexflow.models import dit\n")
+    from cortexflow import fingerprint
+
+    fingerprint._stage_module_files.cache_clear()
+    assert "models/dit.py" in stage_sources("extract_rois", root=pkg)

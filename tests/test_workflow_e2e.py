@@ -19,13 +19,17 @@ pytestmark = pytest.mark.slow
 
 SUMMARY_COLUMNS = ["subject", "modality", "method", "metric", "value", "ci_low", "ci_high", "n"]
 COMPARISON_COLUMNS = ["subject", "modality", "metric", "method_a", "method_b", "diff", "ci_low", "ci_high", "n"]
-# DESIGN.md, "Contracts that other parts rely on"
+# docs/contracts.md, the summary tables
 METRICS = {
     "image": {"pixcorr", "ssim", "two_way_id_pixel", "two_way_id_feature", "two_way_id_hog"},
     "audio": {"mel_corr", "two_way_id"},
     "text": {"cer", "two_way_id"},
 }
 DECODER = {"image": "dit", "audio": "dit", "text": "decoder"}
+# every baseline of issue 12 item 3, and the simulated study's noise-free linear decoder
+BASELINES = {"image": {"ridge", "ridge_pt", "ridge_pixels", "nn", "nn_mean8"},
+             "audio": {"ridge", "ridge_pt", "nn", "nn_mean8"},
+             "text": {"retrieval", "ngram_lm", "ngram_lm_ridge"}}
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +47,8 @@ def test_summary_has_every_subject_modality_method_and_metric(tiny_run):
     assert set(summary["modality"]) == set(METRICS)
     for modality, metrics in METRICS.items():
         rows = summary[summary["modality"] == modality]
-        # the simulated study also has its noise ceiling (ridge on the noise-free responses)
-        for method in (DECODER[modality], "ridge", "chance", "noise_ceiling"):
+        # the simulated study also has noise_free_linear (ridge on the noise-free responses)
+        for method in (DECODER[modality], *BASELINES[modality], "chance", "noise_free_linear"):
             found = set(rows.loc[rows["method"] == method, "metric"])
             assert metrics <= found, (modality, method, metrics - found)
     finite = summary.dropna(subset=["value", "ci_low", "ci_high"])
@@ -56,13 +60,37 @@ def test_summary_has_every_subject_modality_method_and_metric(tiny_run):
     assert np.all(np.abs(chance["value"] - 0.5) < 0.25), chance
 
 
-def test_comparisons_hold_decoder_against_ridge(tiny_run):
+def test_comparisons_hold_decoder_against_every_baseline(tiny_run):
     comparisons = pd.read_parquet(tiny_run / "results/tiny/comparisons.parquet")
     assert list(comparisons.columns)[: len(COMPARISON_COLUMNS)] == COMPARISON_COLUMNS
-    against_ridge = comparisons[comparisons["method_b"] == "ridge"]
     for modality in METRICS:
-        assert DECODER[modality] in set(against_ridge.loc[against_ridge["modality"] == modality, "method_a"])
+        rows = comparisons[(comparisons["modality"] == modality) & (comparisons["method_a"] == DECODER[modality])]
+        assert BASELINES[modality] <= set(rows["method_b"]), modality
     assert (comparisons["ci_low"] <= comparisons["ci_high"]).all()
+
+
+def test_image_decoder_has_two_training_seeds_and_categories(tiny_run):
+    results = tiny_run / "results/tiny"
+    items = pd.read_parquet(results / "metrics/sub-01_image_items.parquet")
+    assert set(items.loc[items["method"] == "dit", "seed"]) == {0, 1}
+    assert items.loc[items["method"] == "nn", "seed"].isna().all()
+    # two seeds' decoders are different networks: their reconstructions differ
+    a, b = (np.load(results / f"recon/sub-01_image_seed{k}.npz") for k in (0, 1))
+    assert not np.allclose(a["dit"], b["dit"]) and np.array_equal(a["ridge"], b["ridge"])
+    summary = pd.read_parquet(results / "summary.parquet")
+    dit = items[(items["method"] == "dit") & (items["metric"] == "ssim")]
+    row = summary[(summary["modality"] == "image") & (summary["method"] == "dit") & (summary["metric"] == "ssim")]
+    assert row["value"].iloc[0] == pytest.approx(dit.groupby("seed")["score"].mean().mean())
+    by_category = pd.read_parquet(results / "summary_by_category.parquet")
+    stimuli = pd.read_csv(tiny_run / "data/tiny/bids/stimuli/stimuli.tsv", sep="\t")
+    test_ids = set(np.load(results / "recon/sub-01_image_seed0.npz")["ids"].astype(str))
+    expected = set(stimuli.loc[stimuli["stimulus_id"].isin(test_ids), "category"])
+    image = by_category[by_category["modality"] == "image"]
+    assert set(image["category"]) == expected
+    assert (image.loc[image["baseline"] != "", "method"].isin(["dit", "dit_mean2"])).all()
+    markdown = (results / "summary.md").read_text()
+    for section in ("## Training seeds", "## By stimulus category", "## Noise ceiling (NSD's definition)"):
+        assert section in markdown
 
 
 def test_report_files_exist(tiny_run):
@@ -71,7 +99,7 @@ def test_report_files_exist(tiny_run):
     assert "ridge" in markdown
     figures = sorted((results / "figures").glob("*.png"))
     names = {f.name for f in figures}
-    assert "metrics.png" in names and {f"sub-01_{m}.png" for m in METRICS} <= names
+    assert {"metrics.png", "by_category.png"} <= names and {f"sub-01_{m}.png" for m in METRICS} <= names
     for figure in figures:
         assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for log in ("simulate_study.log", "summarize.log"):
@@ -84,8 +112,8 @@ def test_second_run_reruns_nothing(tiny_run):
 
 
 def test_lost_decoder_resumes_from_its_checkpoint(tiny_run):
-    decoder = "results/tiny/models/sub-01_text_decoder.pt"
-    log = tiny_run / "results/tiny/logs/train_decoder/sub-01_text.log"
+    decoder = "results/tiny/models/sub-01_text_decoder_seed0.pt"
+    log = tiny_run / "results/tiny/logs/train_decoder/sub-01_text_seed0.log"
     assert "resumed" not in log.read_text()  # the first run trained from scratch
     (tiny_run / decoder).unlink()
     proc = snakemake(tiny_run, decoder, "--cores", "2", "--configfile", TINY)

@@ -3,7 +3,7 @@
 snakemake-executor-plugin-slurm submits the workflow's jobs with `sbatch` and
 polls them with `sacct`; here those commands (and `sinfo`, `squeue`, `scontrol`,
 `sacctmgr`, `srun`) are small scripts on PATH that record what they are given,
-run the job in place and report it COMPLETED (see shared notes SLURM-TESTING.md).
+run the job in place and report it COMPLETED (see docs/slurm-testing.md).
 The rules' `cortexflow` command is a stand-in too: it records its arguments and
 creates the files it is asked to write, so the test exercises submission, not
 the stages.
@@ -77,10 +77,23 @@ while args and args[0].startswith("-"):
     args.pop(0)
 os.execvp(args[0], args)
 """,
+    # torchrun: records its options, runs the command after --no-python once (the stand-in
+    # stage does no training, so one copy stands for the N processes)
+    "torchrun": _RECORD + """
+record("torchrun")
+args = sys.argv[1:]
+command = args[args.index("--no-python") + 1:]
+os.execvp(command[0], command)
+""",
     # the stage command: creates what it is asked to write
     "cortexflow": _RECORD + """
 record("cortexflow")
 args = sys.argv[1:]
+# a job killed by its time limit: the first training job fails once
+fail_once = os.environ.get("STANDIN_FAIL_ONCE")
+if fail_once and args[0] == fail_once and not os.path.exists(os.path.join(log, "failed-once")):
+    open(os.path.join(log, "failed-once"), "w").close()
+    sys.exit(1)
 for flag, value in zip(args, args[1:]):
     if flag in ("--out-dir", "--out-figures"):
         os.makedirs(value, exist_ok=True)
@@ -99,15 +112,25 @@ def _write_standins(bin_dir: Path) -> None:
         path.chmod(0o755)
 
 
-def _test_profile(repo: Path, dest: Path) -> Path:
-    """The shipped SLURM profile, with what a user adds (an account) and fast polling."""
+TRAIN_GPUS = 2  # what a user with multi-GPU nodes sets for train_decoder
+
+
+def _test_profile(repo: Path, dest: Path, retries: int = 0) -> Path:
+    """The shipped SLURM profile, with what a user adds (an account, two GPUs for
+    training, as the profile's comment says) and fast polling."""
     profile = yaml.safe_load((repo / "workflow/profiles/slurm/config.yaml").read_text())
     profile["default-resources"]["slurm_account"] = ACCOUNT
+    profile["set-resources"]["train_decoder"]["gpu"] = TRAIN_GPUS
     profile.update({"slurm-init-seconds-before-status-checks": 1, "seconds-between-status-checks": 1,
-                    "latency-wait": 5, "retries": 0, "jobs": 3})
+                    "latency-wait": 5, "retries": retries, "jobs": 3})
     dest.mkdir(parents=True)
     (dest / "config.yaml").write_text(yaml.safe_dump(profile))
     return dest
+
+
+def _runtime(expression, attempt: int) -> int:
+    """A profile's runtime (minutes): a number, or a Python expression of ``attempt``."""
+    return int(eval(str(expression), {"attempt": attempt}))
 
 
 def _records(log: Path, name: str) -> list[dict]:
@@ -144,7 +167,7 @@ def slurm_run(tmp_path_factory):
     _write_standins(bin_dir)
     log.mkdir()
 
-    decoder = next(p for p in outputs if p.endswith("_image_decoder.pt"))
+    decoder = next(p for p in outputs if p.endswith("_image_decoder_seed0.pt"))
     subject = decoder.split("/")[-1].split("_")[0]
     betas = next(p for p in outputs if "_task-text_" in p and p.endswith("_betas.nii.gz"))
     metrics = next(p for p in outputs if p.endswith(f"{subject}_audio_summary.parquet"))
@@ -175,9 +198,9 @@ def test_training_job_gets_the_gpu_memory_time_and_cpus_the_profile_promises(slu
     train = submitted["train_decoder"]
     promised = shipped["set-resources"]["train_decoder"]
     argv = train["argv"]
-    assert "--gpus=1" in argv and promised["gpu"] == 1
+    assert promised["gpu"] == 1 and f"--gpus={TRAIN_GPUS}" in argv
     assert _option(argv, "--mem") == str(promised["mem_mb"])
-    assert _option(argv, "-t") == str(promised["runtime"])
+    assert _option(argv, "-t") == str(_runtime(promised["runtime"], attempt=1))
     assert _option(argv, "--cpus-per-task") == str(shipped["set-threads"]["train_decoder"])
     assert _option(argv, "-p") == promised["slurm_partition"] == "gpu"
     assert _option(argv, "-A") == ACCOUNT
@@ -191,7 +214,7 @@ def test_cpu_job_gets_no_gpu_and_the_default_partition(slurm_run):
     assert not any(a.startswith("--gpus") or a.startswith("--gres") for a in glm)
     assert _option(glm, "-p") == shipped["default-resources"]["slurm_partition"]
     assert _option(glm, "--mem") == str(shipped["set-resources"]["glm_betas"]["mem_mb"])
-    assert _option(glm, "-t") == str(shipped["set-resources"]["glm_betas"]["runtime"])
+    assert _option(glm, "-t") == str(_runtime(shipped["set-resources"]["glm_betas"]["runtime"], attempt=1))
     assert _option(glm, "--cpus-per-task") == "1"
 
 
@@ -207,3 +230,35 @@ def test_local_rule_runs_without_sbatch_and_jobs_run_the_cortexflow_command(slur
     train_sbatch = _submitted_by_rule(slurm_run["log"])["train_decoder"]
     wrap = next(a for a in train_sbatch["argv"] if a.startswith("--wrap="))
     assert "--target-jobs" in wrap and "train_decoder:" in wrap
+
+
+def test_a_multi_gpu_training_job_is_launched_by_torchrun_with_one_process_per_gpu(slurm_run):
+    launches = [r["argv"] for r in _records(slurm_run["log"], "torchrun")]
+    assert len(launches) == 1, launches  # train_decoder only; the CPU job and the local rule run cortexflow
+    argv = launches[0]
+    assert _option(argv, "--nproc-per-node") == str(TRAIN_GPUS) and "--standalone" in argv
+    assert argv[argv.index("--no-python") + 1:][:2] == ["cortexflow", "train-decoder"]
+
+
+def test_a_retried_job_gets_a_longer_time_limit(tmp_path):
+    """A job that fails (e.g. killed at its time limit) is resubmitted with runtime x attempt."""
+    repo = copy_repo(tmp_path / "repo")
+    outputs = fake_complete_run(repo, TINY)
+    shipped = yaml.safe_load((repo / "workflow/profiles/slurm/config.yaml").read_text())
+    assert shipped["retries"] >= 1
+    profile = _test_profile(repo, tmp_path / "profile", retries=1)
+    bin_dir, log = tmp_path / "bin", tmp_path / "log"
+    _write_standins(bin_dir)
+    log.mkdir()
+    decoder = next(p for p in outputs if p.endswith("_image_decoder_seed0.pt"))
+    (repo / decoder).unlink()
+    env = workflow_env(repo, path_prefix=[bin_dir])
+    env.update(STANDIN_LOG=str(log), STANDIN_ACCOUNT=ACCOUNT, STANDIN_FAIL_ONCE="train-decoder")
+    proc = snakemake(repo, decoder, "--workflow-profile", str(profile), "--configfile", TINY,
+                     env=env, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    submissions = [r for r in _records(log, "sbatch") if "rule_train_decoder" in (_option(r["argv"], "--comment") or "")]
+    assert [r["state"] for r in submissions] == ["FAILED", "COMPLETED"]
+    promised = shipped["set-resources"]["train_decoder"]["runtime"]
+    limits = [int(_option(r["argv"], "-t")) for r in submissions]
+    assert limits == [_runtime(promised, 1), _runtime(promised, 2)] and limits[1] == 2 * limits[0], limits

@@ -67,6 +67,7 @@ from cortexflow.data.sentences import generate_sentences, sentence_features, wor
 from cortexflow.data.speech import SpeechConfig, SpeechJob
 from cortexflow.data.stimuli import IMAGE_CATEGORIES, make_image_set
 from cortexflow.errors import CortexflowInputError
+from cortexflow.sections import from_mapping
 
 log = logging.getLogger("cortexflow.data.simulate")
 
@@ -155,27 +156,11 @@ class SimulationConfig:
         if isinstance(params, SimulationConfig):
             return params
         params = dict(params or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise CortexflowInputError(
-                f"unknown key(s) in the simulate section: {', '.join(unknown)}",
-                fix=f"use only these keys: {', '.join(sorted(known))}")
         defaults = cls()
-        kwargs: dict[str, Any] = {}
-        for key, value in params.items():
-            if key in cls._MAPPINGS:
-                if not isinstance(value, Mapping):
-                    raise CortexflowInputError(f"simulate.{key} must be a mapping, got {value!r}",
-                                               fix=f"write e.g. {key}: {dict(getattr(defaults, key))}")
-                merged = dict(getattr(defaults, key))
-                merged.update(value)
-                kwargs[key] = merged
-            elif key == "modalities":
-                kwargs[key] = tuple(value)
-            else:
-                kwargs[key] = value
-        return cls(**kwargs)
+        for name in cls._MAPPINGS:  # a partial mapping updates the default one
+            if isinstance(params.get(name), Mapping):
+                params[name] = {**getattr(defaults, name), **params[name]}
+        return from_mapping(cls, params, "simulate")
 
     def __post_init__(self) -> None:
         fix = "correct the simulate section of the config"

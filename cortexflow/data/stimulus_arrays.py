@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from cortexflow.errors import CortexflowInputError
 
@@ -75,6 +74,8 @@ def waveforms_to_mels(waveforms: list[np.ndarray], rates: list[int], cfg: AudioF
     for i, w in enumerate(waveforms):
         w = np.asarray(w, dtype=np.float32)[:n_samples]
         batch[i, : len(w)] = w
+    import torch
+
     mel = waveform_to_mel(torch.from_numpy(batch), sample_rate=cfg.sample_rate, n_fft=cfg.n_fft,
                           hop_length=cfg.hop_length, n_mels=cfg.n_mels, f_min=cfg.f_min, f_max=cfg.f_max)
     return mel[..., : cfg.n_frames].numpy().astype(np.float32)

@@ -6,7 +6,7 @@ ch. 13). Two methods evaluated on the same items are compared with a *paired*
 bootstrap: one index resample is applied to both score vectors and the
 interval is that of the mean difference. Pairing removes the between-item
 variance the two share; with ~100 test items it detects differences that
-overlapping marginal intervals would hide (see DECODING-PROTOTYPE.md).
+overlapping marginal intervals would hide (docs/design-notes.md, "The decoder prototype").
 
 Resampling indices are drawn once from ``seed`` and reused, so every method and
 metric of one evaluation sees the same resamples (common random numbers) and
@@ -79,3 +79,47 @@ def paired_bootstrap(scores_a: np.ndarray, scores_b: np.ndarray, *, n_boot: int 
     if a.shape != b.shape:
         raise ValueError(f"paired scores need the same items, got {a.shape} and {b.shape}")
     return bootstrap_ci(a - b, n_boot=n_boot, confidence=confidence, seed=seed, indices=indices)
+
+
+def seed_indices(n_seeds: int, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
+    """(n_boot, n_seeds) training-seed indices drawn with replacement (a stream apart from the items')."""
+    if n_seeds < 1 or n_boot < 1:
+        raise ValueError(f"need n_seeds >= 1 and n_boot >= 1, got {n_seeds}, {n_boot}")
+    return np.random.default_rng([seed, 1]).integers(0, n_seeds, size=(n_boot, n_seeds))
+
+
+def hierarchical_bootstrap(scores: np.ndarray, *, n_boot: int = 1000, confidence: float = 0.95, seed: int = 0,
+                           indices: np.ndarray | None = None, seeds: np.ndarray | None = None) -> BootstrapResult:
+    """Mean of a (n_training_seeds, n_items) score table with an interval over seeds *and* items.
+
+    Each resample draws training seeds with replacement and, independently,
+    items with replacement (the same items for every drawn seed: all seeds
+    reconstruct the same test set), and takes the mean of the drawn cells
+    (a two-stage bootstrap; Davison & Hinkley 1997, section 3.8). With one seed
+    it is ``bootstrap_ci``; when seeds disagree the interval widens with their
+    spread, which the item bootstrap of one run cannot show. ``indices`` /
+    ``seeds`` are the item and seed draws, shared across methods for common
+    random numbers.
+    """
+    table = np.asarray(scores, dtype=np.float64)
+    if table.ndim == 1:
+        table = table[None, :]
+    if table.ndim != 2 or table.size == 0:
+        raise ValueError(f"scores must be (n_seeds, n_items), got shape {np.shape(scores)}")
+    if not np.all(np.isfinite(table)):
+        raise ValueError(f"scores hold {int((~np.isfinite(table)).sum())} non-finite per-item scores")
+    n_seeds, n_items = table.shape
+    if indices is None:
+        indices = bootstrap_indices(n_items, n_boot, seed)
+    if seeds is None:
+        seeds = seed_indices(n_seeds, len(indices), seed)
+    if indices.shape[1] != n_items or seeds.shape != (len(indices), n_seeds):
+        raise ValueError(f"draws of shapes {indices.shape}, {seeds.shape} do not fit {n_seeds} seeds x {n_items} items")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    # mean over drawn seeds and items = mean over drawn seeds of (item-resampled row means)
+    per_seed = table[:, indices].mean(axis=2)  # (n_seeds, n_boot): each seed's mean over the drawn items
+    means = per_seed[seeds, np.arange(len(indices))[:, None]].mean(axis=1)
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(means, [alpha, 1.0 - alpha])
+    return BootstrapResult(float(table.mean()), float(low), float(high), n_items)

@@ -1,30 +1,40 @@
 """The evaluate stage: every metric for every method of one subject and modality.
 
-Input is the sample stage's recon file (``R/recon/sub-{s}_{modality}.npz``):
-``ids``, ``truth`` and one array per method (``dit``, ``dit_mean8``, ``ridge``,
-``ceiling``; ``decoder``/``ridge`` strings for text). Output:
+Input is the sample stage's recon files, one per training seed of the decoder
+(``R/recon/sub-{s}_{modality}_seed{k}.npz``): ``ids``, ``truth`` and one array
+per method (``dit``, ``dit_mean8``, the baselines, ``ceiling``; strings for
+text). The decoder's methods are scored in every file; the baselines, which
+do not depend on the decoder's seed, from the first. Output:
 
-- per-item scores (``method, metric, item, score``), from which everything else
-  follows;
-- the summary: mean over items with a percentile bootstrap interval;
-- paired comparisons over the same items (decoder minus ridge and others).
+- per-item scores (``method, metric, item, score, seed``; ``seed`` is the
+  training-seed index for decoder methods, missing for the others), from which
+  everything else follows;
+- the summary: mean over items (and seeds) with a percentile bootstrap
+  interval; for a decoder with several seeds, the two-stage bootstrap over
+  seeds and items (``bootstrap.hierarchical_bootstrap``);
+- paired comparisons over the same items: every decoder method against every
+  baseline, chance and the ceilings, each variant against ``dit``, with the
+  same two-stage bootstrap of the per-seed differences.
 
 Reference rows beside the methods:
 - ``chance``: the decoder's reconstructions scored against *other* items'
   truths (random derangements, averaged over ``chance_permutations``), i.e. what
   the metric gives on this test set when the reconstruction carries no
   information about its own stimulus. Two-way identification comes out ~0.5.
-- ``ridge``: the linear baseline (``ridge.py``), decoded as the decoder is.
+- baselines (``BASELINES``): ``ridge`` (``ridge.py``), ``ridge_pt``,
+  ``ridge_pixels``, ``nn``, ``nn_mean<k>``; text ``retrieval``, ``ngram_lm``
+  and ``ngram_lm_ridge`` (``models/baselines.py``), decoded as the decoder is.
 - ``ceiling``: whatever the sample stage stored under that name (the VAE's
   reconstruction of the true stimulus: the best a latent decoder could score).
-- ``noise_ceiling`` (simulated study): ridge on the simulator's noise-free
-  responses (``noise_ceiling.py``).
+- ``noise_free_linear`` (simulated study): ridge on the simulator's noise-free
+  responses (``noise_free_linear.py``); not a ceiling for a nonlinear decoder.
 """
 
 from __future__ import annotations
 
 import abc
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,8 +45,9 @@ from tqdm.auto import tqdm
 
 from cortexflow import _io
 from cortexflow.errors import CortexflowInputError
+from cortexflow.sections import from_mapping
 from cortexflow.evaluation import metrics as M
-from cortexflow.evaluation.bootstrap import bootstrap_ci, bootstrap_indices, paired_bootstrap
+from cortexflow.evaluation.bootstrap import bootstrap_indices, hierarchical_bootstrap, seed_indices
 from cortexflow.evaluation.features import CharNgramConfig, HOGFeatures, char_ngram_features, make_image_features
 
 log = logging.getLogger("cortexflow.evaluation.evaluate")
@@ -50,10 +61,13 @@ METRICS = {
     "text": ("cer", "wer", "bleu", "two_way_id"),
 }
 LOWER_IS_BETTER = frozenset({"cer", "wer", "lsd"})
-REFERENCE_METHODS = ("ridge", "chance", "ceiling", "noise_ceiling")
+# the baselines a decoder is compared against, in the order they are shown (nn_mean<k> after nn)
+BASELINES = ("ridge", "ridge_pt", "ridge_pixels", "nn", "retrieval", "ngram_lm", "ngram_lm_ridge")
+REFERENCE_METHODS = ("chance", "ceiling", "noise_free_linear")
 SUMMARY_COLUMNS = ["subject", "modality", "method", "metric", "value", "ci_low", "ci_high", "n"]
 COMPARISON_COLUMNS = ["subject", "modality", "metric", "method_a", "method_b", "diff", "ci_low", "ci_high", "n"]
-ITEM_COLUMNS = ["method", "metric", "item", "score"]
+ITEM_COLUMNS = ["method", "metric", "item", "score", "seed"]
+SEED_FILE = re.compile(r"_seed(\d+)$")
 
 
 def is_decoder_method(method: str) -> bool:
@@ -61,10 +75,22 @@ def is_decoder_method(method: str) -> bool:
     return method == "decoder" or method == "dit" or method.startswith("dit_") or method.startswith("decoder_")
 
 
+def is_baseline_method(method: str) -> bool:
+    """The baselines of ``BASELINES`` and ``nn_mean<k>``."""
+    return method in BASELINES or re.fullmatch(r"nn_mean\d+", method) is not None
+
+
 def method_order(methods) -> list[str]:
-    """Decoder methods first (``dit`` before its variants), then ridge, chance, ceiling, others."""
-    rank = {"dit": 0, "decoder": 0, "ridge": 2, "chance": 3, "ceiling": 4, "noise_ceiling": 5}
-    return sorted(methods, key=lambda m: (rank.get(m, 1 if is_decoder_method(m) else 6), m))
+    """Decoder methods first (``dit`` before its variants), then the baselines, chance, the ceilings, others."""
+    def key(m):
+        if is_decoder_method(m):
+            return (0 if m in ("dit", "decoder") else 1, 0, m)
+        if is_baseline_method(m):
+            return (2, BASELINES.index("nn") if m.startswith("nn_mean") else BASELINES.index(m), m)
+        if m in REFERENCE_METHODS:
+            return (3, REFERENCE_METHODS.index(m), m)
+        return (4, 0, m)
+    return sorted(methods, key=key)
 
 
 @dataclass(frozen=True)
@@ -81,17 +107,8 @@ class EvaluationConfig:
     figure_items: int = 10
 
     @classmethod
-    def from_params(cls, params: Mapping | None) -> "EvaluationConfig":
-        params = dict(params or {})
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise CortexflowInputError(f"unknown evaluation parameters {unknown}",
-                                       fix=f"use only {sorted(known)} in the config's evaluation section")
-        values = dict(params)
-        if "text_features" in values:
-            values["text_features"] = CharNgramConfig.from_params(values["text_features"])
-        config = cls(**values)
+    def from_params(cls, params: Mapping | None, key: str = "evaluation") -> "EvaluationConfig":
+        config = from_mapping(cls, params, key)
         if config.n_boot < 1 or not 0 < config.confidence < 1 or config.chance_permutations < 1:
             raise CortexflowInputError(
                 f"evaluation needs n_boot >= 1, 0 < confidence < 1 and chance_permutations >= 1, got "
@@ -247,8 +264,13 @@ def chance_source(methods) -> str:
     return candidates[0]
 
 
-def score_items(recon: Recon, modality: str, config: EvaluationConfig, seed: int = 0) -> pd.DataFrame:
-    """Per-item scores of every method and of chance: columns method, metric, item, score."""
+def score_items(recon: Recon, modality: str, config: EvaluationConfig, seed: int = 0,
+                decoder_seeds: list[Recon] | None = None) -> pd.DataFrame:
+    """Per-item scores of every method and of chance: columns method, metric, item, score, seed.
+
+    ``recon`` is the first training seed's file; ``decoder_seeds`` the others
+    (same items), whose decoder methods are scored too (seed 1, 2, ...).
+    """
     scorer = SCORERS[modality](recon.truth, config)
     n = len(recon.ids)
     identity = [np.arange(n)]
@@ -257,68 +279,120 @@ def score_items(recon: Recon, modality: str, config: EvaluationConfig, seed: int
     jobs = [(m, recon.methods[m], identity) for m in method_order(recon.methods)]
     source = chance_source(recon.methods)
     jobs.append(("chance", recon.methods[source], chance_orders))
+    seeds = {m: (0 if is_decoder_method(m) else pd.NA) for m, _, _ in jobs}
+    jobs = [(m, pred, orders, seeds[m]) for m, pred, orders in jobs]
+    for k, other in enumerate(decoder_seeds or [], start=1):
+        _check_same_items(recon, other)
+        jobs += [(m, other.methods[m], identity, k) for m in method_order(other.methods) if is_decoder_method(m)]
     frames = []
-    for method, pred, orders in tqdm(jobs, desc=f"scoring {modality}", disable=None, leave=False):
+    for method, pred, orders, training_seed in tqdm(jobs, desc=f"scoring {modality}", disable=None, leave=False):
         for metric, scores in scorer.score(pred, orders).items():
             frames.append(pd.DataFrame({"method": method, "metric": metric, "item": recon.ids,
-                                        "score": np.asarray(scores, dtype=np.float64)}))
+                                        "score": np.asarray(scores, dtype=np.float64),
+                                        "seed": pd.array([training_seed] * n, dtype="Int64")}))
     log.info("chance: %s's reconstructions against %d random derangements of the truth",
              source, config.chance_permutations)
     return pd.concat(frames, ignore_index=True)[ITEM_COLUMNS]
 
 
+def _check_same_items(first: Recon, other: Recon) -> None:
+    if not (np.array_equal(first.ids, other.ids) and first.truth.shape == other.truth.shape):
+        raise CortexflowInputError("recon files of one subject's training seeds hold different test items",
+                                   path=other.path, fix="rerun the sample stage for every seed on the same dataset")
+
+
 def _scores_by(items: pd.DataFrame) -> dict[tuple[str, str], np.ndarray]:
-    """(method, metric) -> per-item scores, all in the same item order."""
+    """(method, metric) -> (n_seeds, n_items) scores, items in the same order for every method."""
+    items = _with_seed(items)
     out = {}
     for (method, metric), group in items.groupby(["method", "metric"], sort=False):
-        out[(method, metric)] = group.sort_values("item", kind="stable")["score"].to_numpy()
+        table = group.pivot_table(index="seed_key", columns="item", values="score", aggfunc="first")
+        out[(method, metric)] = table.sort_index(axis=1).to_numpy()
     return out
+
+
+def _with_seed(items: pd.DataFrame) -> pd.DataFrame:
+    items = items.copy()
+    seed = items["seed"] if "seed" in items.columns else pd.Series(pd.NA, index=items.index, dtype="Int64")
+    items["seed_key"] = seed.astype("Int64").fillna(-1).astype(int)
+    return items
+
+
+def _draws(items: pd.DataFrame, config: EvaluationConfig, seed: int):
+    """Item draws shared by every method, and one seed draw per number of training seeds."""
+    n = items["item"].nunique()
+    indices = bootstrap_indices(n, config.n_boot, seed)
+    cache: dict[int, np.ndarray] = {}
+
+    def seeds(n_seeds: int) -> np.ndarray:
+        if n_seeds not in cache:
+            cache[n_seeds] = seed_indices(n_seeds, config.n_boot, seed)
+        return cache[n_seeds]
+    return indices, seeds
 
 
 def summarize_items(items: pd.DataFrame, *, subject: str, modality: str, config: EvaluationConfig,
                     seed: int = 0) -> pd.DataFrame:
-    """Mean per method and metric with its percentile bootstrap interval."""
+    """Mean per method and metric (over items and training seeds) with its bootstrap interval over both."""
     scores = _scores_by(items)
-    n = items["item"].nunique()
-    indices = bootstrap_indices(n, config.n_boot, seed)
+    indices, seeds = _draws(items, config, seed)
     rows = []
-    for (method, metric), values in scores.items():
-        r = bootstrap_ci(values, confidence=config.confidence, indices=indices)
+    for (method, metric), table in scores.items():
+        r = hierarchical_bootstrap(table, confidence=config.confidence, indices=indices, seeds=seeds(len(table)))
         rows.append((subject, modality, method, metric, r.value, r.ci_low, r.ci_high, r.n))
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+def seed_values(items: pd.DataFrame) -> pd.DataFrame:
+    """Each decoder method's mean over items per training seed: columns method, metric, seed, value."""
+    items = items[items["method"].map(is_decoder_method)]
+    items = items[items["seed"].notna()] if "seed" in items.columns else items.assign(seed=0)
+    return (items.groupby(["method", "metric", "seed"], sort=True)["score"].mean()
+            .rename("value").reset_index())
 
 
 def comparison_pairs(methods) -> list[tuple[str, str]]:
     """Which differences to report, as (method_a, method_b), diff = a - b.
 
-    Every decoder method against ridge (the contract), chance and the ceilings; every
-    decoder variant (``dit_mean8``...) against ``dit``; ridge against chance.
+    Every decoder method against every baseline, chance and the ceilings; every
+    decoder variant (``dit_mean8``...) against ``dit``; every baseline against chance.
     """
-    methods = set(methods)
-    decoders = [m for m in method_order(methods) if is_decoder_method(m)]
+    ordered = method_order(set(methods))
+    decoders = [m for m in ordered if is_decoder_method(m)]
+    baselines = [m for m in ordered if is_baseline_method(m)]
+    references = [m for m in ordered if m in REFERENCE_METHODS]
     pairs = []
     for d in decoders:
-        pairs += [(d, ref) for ref in ("ridge", "chance", "ceiling", "noise_ceiling") if ref in methods]
-        if d != "dit" and d.startswith("dit") and "dit" in methods:
+        pairs += [(d, ref) for ref in baselines + references]
+        if d != "dit" and d.startswith("dit") and "dit" in ordered:
             pairs.append((d, "dit"))
-    if {"ridge", "chance"} <= methods:
-        pairs.append(("ridge", "chance"))
+    if "chance" in ordered:
+        pairs += [(b, "chance") for b in baselines]
     return pairs
 
 
 def compare_methods(items: pd.DataFrame, *, subject: str, modality: str, config: EvaluationConfig,
                     seed: int = 0) -> pd.DataFrame:
-    """Paired bootstrap differences (same resampled items for both methods)."""
+    """Paired bootstrap differences: the same resampled items (and training seeds) for both methods.
+
+    The per-item difference is taken per training seed (a decoder's seed-k
+    scores minus the baseline's, which has one "seed"; two decoder methods of
+    the same seeds pair seed by seed), and its mean gets the two-stage
+    interval over seeds and items of ``hierarchical_bootstrap``.
+    """
     scores = _scores_by(items)
-    n = items["item"].nunique()
-    indices = bootstrap_indices(n, config.n_boot, seed)
+    indices, seeds = _draws(items, config, seed)
     metrics = list(dict.fromkeys(items["metric"]))
     rows = []
     for a, b in comparison_pairs(items["method"].unique()):
         for metric in metrics:
             if (a, metric) in scores and (b, metric) in scores:
-                r = paired_bootstrap(scores[(a, metric)], scores[(b, metric)], confidence=config.confidence,
-                                     indices=indices)
+                A, B = scores[(a, metric)], scores[(b, metric)]
+                if len(A) != len(B) and 1 not in (len(A), len(B)):
+                    raise CortexflowInputError(f"{a} has {len(A)} training seeds and {b} {len(B)}: cannot pair them")
+                diff = A - B
+                r = hierarchical_bootstrap(diff, confidence=config.confidence, indices=indices,
+                                           seeds=seeds(len(diff)))
                 rows.append((subject, modality, metric, a, b, r.value, r.ci_low, r.ci_high, r.n))
     return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
 
@@ -326,13 +400,18 @@ def compare_methods(items: pd.DataFrame, *, subject: str, modality: str, config:
 # -------------------------------------------------------------------- the stage
 
 
-def evaluate_stage(*, recon: str, out_summary: str, out_items: str, out_comparisons: str, subject: str,
+def evaluate_stage(*, recon: list[str], out_summary: str, out_items: str, out_comparisons: str, subject: str,
                    modality: str, params: dict, seed: int = 0) -> None:
-    """Score every method of one recon file; write summary, per-item scores and comparisons."""
+    """Score every method of one subject's recon files (one per training seed, in seed order);
+    write summary, per-item scores and comparisons."""
     config = EvaluationConfig.from_params(params)
-    data = load_recon(recon, modality)
-    log.info("evaluating %s: %d items, methods %s", recon, len(data.ids), method_order(data.methods))
-    items = score_items(data, modality, config, seed)
+    paths = [recon] if isinstance(recon, (str, Path)) else list(recon)
+    if not paths:
+        raise CortexflowInputError("no recon file to evaluate", fix="pass the sample stage's recon files")
+    data = [load_recon(p, modality) for p in paths]
+    log.info("evaluating %s: %d items, %d training seed(s), methods %s", paths[0], len(data[0].ids), len(data),
+             method_order(data[0].methods))
+    items = score_items(data[0], modality, config, seed, decoder_seeds=data[1:])
     summary = summarize_items(items, subject=subject, modality=modality, config=config, seed=seed)
     comparisons = compare_methods(items, subject=subject, modality=modality, config=config, seed=seed)
     for row in summary.itertuples():

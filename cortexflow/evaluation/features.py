@@ -14,15 +14,17 @@ Four are provided:
   second and third stages, each unit-normalised across channels at every
   position as LPIPS does. Untrained deep networks are a known perceptual
   similarity baseline (Zhang et al. 2018, "The unreasonable effectiveness of
-  deep features as a perceptual metric", whose random-weight networks already
-  beat SSIM on human judgements); no pretrained image network ships its
-  weights inside a package on the index this project installs from, and
-  nothing may download at run time. It is not an oriented-energy model: its
+  deep features as a perceptual metric", evaluate randomly initialised
+  networks beside trained ones). A brief search of the package index found no
+  light package that ships pretrained image-network weights inside it, and
+  nothing may download at run time; with local weights, ``alexnet`` or
+  ``torchscript`` (below) are the choice for real data. It is not an oriented-energy model: its
   filters are random, not tuned Gabors, and its deeper stages combine them
   non-linearly over space. Because the simulated early visual cortex encodes
   Gabor energy, HOG is close to what the voxels carry (a ridge from the ROI
   voxels straight to HOG identifies held-out images far better than one to
-  these features; README, "Metrics"), so it is no longer the default.
+  these features; README, "What the default study is"), so it is no longer
+  the default.
 - ``hog``: scikit-image's histogram of oriented gradients on the grayscale
   image, reported as the extra row ``two_way_id_hog``. Generous on the
   simulated study: HOG is an oriented-gradient energy, the kind of feature the
@@ -58,6 +60,7 @@ from typing import Protocol
 import numpy as np
 
 from cortexflow.errors import CortexflowInputError
+from cortexflow.sections import from_mapping
 
 log = logging.getLogger("cortexflow.evaluation.features")
 
@@ -98,16 +101,9 @@ class CharNgramConfig:
     normalize: bool = True
 
     @classmethod
-    def from_params(cls, params: dict | None) -> "CharNgramConfig":
+    def from_params(cls, params: dict | None, key: str = "text_features") -> "CharNgramConfig":
         """From a config mapping ``{ngram_range: [2, 3], n_features: 2048, normalize: true}``."""
-        params = dict(params or {})
-        unknown = sorted(set(params) - {"ngram_range", "n_features", "normalize"})
-        if unknown:
-            raise CortexflowInputError(f"unknown text_features parameters {unknown}",
-                                       fix="use ngram_range, n_features and normalize")
-        return cls(ngram_range=tuple(int(n) for n in params.get("ngram_range", cls.ngram_range)),
-                   n_features=int(params.get("n_features", cls.n_features)),
-                   normalize=bool(params.get("normalize", cls.normalize)))
+        return from_mapping(cls, params, key)
 
 
 def char_ngram_features(texts: list[str] | np.ndarray, config: CharNgramConfig = CharNgramConfig()) -> np.ndarray:

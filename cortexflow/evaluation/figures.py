@@ -3,7 +3,7 @@
 Every function computes nothing but a figure and saves it atomically as PNG.
 Figures are built on ``matplotlib.figure.Figure`` directly rather than through
 pyplot, so no display, no global backend switch and no figure registry to leak. The summarize stage names
-files after their recon file (``sub-01_image.npz`` -> ``sub-01_image.png``) so
+files after their subject and modality (``sub-01_image_seed0.npz`` -> ``sub-01_image.png``) so
 the workflow can declare them as outputs flagged with ``report()``.
 """
 
@@ -24,8 +24,9 @@ from cortexflow.evaluation.evaluate import (LOWER_IS_BETTER, METRICS, MODALITIES
 log = logging.getLogger("cortexflow.evaluation.figures")
 
 DPI = 120
-METHOD_COLORS = {"dit": "#1f77b4", "decoder": "#1f77b4", "ridge": "#ff7f0e",
-                 "chance": "#7f7f7f", "ceiling": "#2ca02c", "noise_ceiling": "#98df8a"}
+METHOD_COLORS = {"dit": "#1f77b4", "decoder": "#1f77b4", "ridge": "#ff7f0e", "ridge_pt": "#ffbb78",
+                 "ridge_pixels": "#d62728", "nn": "#8c564b", "retrieval": "#8c564b", "ngram_lm": "#e377c2",
+                 "chance": "#7f7f7f", "ceiling": "#2ca02c", "noise_free_linear": "#98df8a"}
 VARIANT_COLOR = "#17becf"  # decoder variants such as dit_mean8
 
 
@@ -169,3 +170,45 @@ def plot_recon(recon: Recon, modality: str, path: str | Path, n_items: int = 10,
     if modality == "audio":
         return plot_mel_grid(recon, path, min(n_items, 6), title)
     return plot_text_table(recon, path, n_items, title)
+
+
+def plot_by_category(table: pd.DataFrame, path: str | Path, confidence: float = 0.95) -> Path:
+    """Decoder minus the strongest baseline per stimulus category: one panel per modality x metric,
+    categories on the x axis, one marker per subject and decoder method, intervals as error bars."""
+    diffs = table[table["baseline"] != ""] if not table.empty else table
+    panels = [] if diffs.empty else sorted({(m, k) for m, k in zip(diffs["modality"], diffs["metric"])},
+                                           key=lambda mk: (MODALITIES.index(mk[0]), METRICS[mk[0]].index(mk[1])
+                                                           if mk[1] in METRICS[mk[0]] else 99, mk[1]))
+    if not panels:
+        fig = Figure(figsize=(4, 2))
+        fig.text(0.5, 0.5, "no stimulus categories (stimuli.tsv has no category column)", ha="center")
+        return _save(fig, path)
+    ncols = min(4, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig = Figure(figsize=(3.4 * ncols, 2.9 * nrows))
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    markers = "osD^v<>px*"
+    for ax, (modality, metric) in zip(axes, panels):
+        rows = diffs[(diffs.modality == modality) & (diffs.metric == metric)]
+        cats = sorted(rows["category"].unique())
+        series = sorted({(s, m) for s, m in zip(rows["subject"].astype(str), rows["method"])})
+        width = 0.7 / max(len(series), 1)
+        for k, (subject, method) in enumerate(series):
+            sub = rows[(rows.subject.astype(str) == subject) & (rows.method == method)].set_index("category")
+            for x, cat in enumerate(cats):
+                if cat not in sub.index:
+                    continue
+                r = sub.loc[cat]
+                ax.errorbar(x - 0.35 + width * (k + 0.5), r.value, yerr=[[r.value - r.ci_low], [r.ci_high - r.value]],
+                            fmt=markers[k % len(markers)],
+                            color=METHOD_COLORS.get(method, VARIANT_COLOR if is_decoder_method(method) else "#9467bd"),
+                            capsize=2, markersize=4, label=f"sub-{subject} {method}" if x == 0 else None)
+        ax.axhline(0, color="#7f7f7f", linewidth=0.8)
+        ax.set_xticks(range(len(cats)), cats, rotation=35, ha="right", fontsize=8)
+        ax.set_title(f"{modality}: {metric}\n(decoder − strongest baseline)", fontsize=9)
+    for ax in axes[len(panels):]:
+        ax.axis("off")
+    axes[0].legend(fontsize=6, loc="best")
+    fig.suptitle(f"by stimulus category, {confidence:.0%} paired intervals; > 0: the decoder scores higher "
+                 "(better unless the metric is lower-is-better)", fontsize=9)
+    return _save(fig, path)

@@ -141,16 +141,30 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale_plus_one: torch.Tensor)
 
 
 class SwiGLU(nn.Module):
-    """``W2 (SiLU(x W1) * x W3)`` (Shazeer 2020, Eq. 6), W1 and W3 fused in one matmul."""
+    """``W2 (SiLU(x W1) * x W3)`` (Shazeer 2020, Eq. 6), W1 and W3 fused in one matmul.
 
-    def __init__(self, dim: int, hidden_dim: int):
+    The feed-forward of the DiT (no biases) and of the text decoder (biases,
+    dropout on the output). Files written when the text decoder had its own
+    copy (``gate_up``/``down``) load into ``w13``/``w2``.
+    """
+
+    _OLD_NAMES = (("gate_up.", "w13."), ("down.", "w2."))
+
+    def __init__(self, dim: int, hidden_dim: int, bias: bool = False, dropout: float = 0.0):
         super().__init__()
-        self.w13 = nn.Linear(dim, 2 * hidden_dim, bias=False)
-        self.w2 = nn.Linear(hidden_dim, dim, bias=False)
+        self.w13 = nn.Linear(dim, 2 * hidden_dim, bias=bias)
+        self.w2 = nn.Linear(hidden_dim, dim, bias=bias)
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, value = self.w13(x).chunk(2, dim=-1)
-        return self.w2(F.silu(gate) * value)
+        return self.drop(self.w2(F.silu(gate) * value))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for old, new in self._OLD_NAMES:
+            for key in [k for k in state_dict if k.startswith(prefix + old)]:
+                state_dict[prefix + new + key[len(prefix + old):]] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class SelfAttention(nn.Module):

@@ -84,8 +84,11 @@ class FlowConfig:
 
     sigma_min: training times are clamped to [sigma_min, 1 - sigma_min].
     logit_normal: sample training times from sigmoid(N(mean, std^2)), else U(0, 1).
-    num_steps, solver, cfg_scale, shift, precision: sampling defaults
-    (``precision``: see :func:`sampling_dtype`).
+    num_steps, solver, cfg_scale, shift, precision: the library's sampling
+    defaults (the seed's), the one home of the defaults of ``integrate`` and of
+    the decoders' ``sample_latents``/``reconstruct``; the workflow's own
+    defaults (fewer steps, guidance 2, chosen on the validation fold) are
+    ``cortexflow.stages.params.SamplingParams``, config section ``sampling``.
     """
 
     num_steps: int = 50
@@ -183,9 +186,9 @@ def time_grid(num_steps: int, shift: float = 1.0, device: torch.device | str | N
 def integrate(
     velocity: VelocityFn,
     x: torch.Tensor,
-    num_steps: int = 50,
-    solver: str = "euler",
-    shift: float = 1.0,
+    num_steps: int = FlowConfig.num_steps,
+    solver: str = FlowConfig.solver,
+    shift: float = FlowConfig.shift,
     progress: bool = False,
 ) -> torch.Tensor:
     """Integrate dx/dt = velocity(x, t) from t = 0 to 1 starting at ``x``.
@@ -202,7 +205,7 @@ def integrate(
     dev = x.device
 
     def at(t: float) -> torch.Tensor:
-        return torch.tensor(t, dtype=torch.float32, device=dev)
+        return torch.full((), t, dtype=torch.float32, device=dev)
 
     for i in steps:
         t0, t1 = grid[i], grid[i + 1]

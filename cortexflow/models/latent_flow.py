@@ -14,19 +14,23 @@ al. 2022, Sec. 4.3.2), so the decoder keeps per-channel ``latent_mean`` and
 :meth:`LatentFlowDecoder.set_latent_stats`, and works on
 ``(z - mean) / std`` inside; every public input and output is a raw VAE latent.
 
+Devices: the model runs where its parameters are (``model.to("cuda")``);
+:meth:`~LatentFlowDecoder.sample_latents` and :meth:`~LatentFlowDecoder.reconstruct`
+accept brain data (and noise) on any device, move them to the model's, and
+return CPU tensors, as :meth:`Brain2Text.reconstruct` does -- ready for
+``.numpy()`` whichever device sampled them.
+
 Prior conditioning (``prior_conditioning=True``): a tensor in the latent's
 shape, e.g. a ridge-regression prediction of the latent, comes with the brain
 data (``BrainData.prior``) and is concatenated to ``x_t`` along channels. A
 small network learns the linear voxel -> latent map worse than ridge does from
 a thousand noisy trials, so it is given that map's answer and learns what to
-add (measured in shared/notes/DECODING-PROTOTYPE.md).
+add (measured in docs/design-notes.md).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -37,7 +41,7 @@ from cortexflow.errors import CortexflowInputError
 from cortexflow.models.brain_encoder import BrainEncoder
 from cortexflow.models.brain_noise import check_brain_noise, perturb_condition
 from cortexflow.models.dit import DiffusionTransformer, DiTConfig
-from cortexflow.models.flow import FlowConfig, RectifiedFlowMatcher, random_tensor
+from cortexflow.models.flow import FlowConfig, RectifiedFlowMatcher, _eval_mode, random_tensor
 from cortexflow.models.io import module_from_spec, module_spec
 from cortexflow.models.types import BrainData, ReconstructionResult
 from cortexflow.models.vae import ConvVAE
@@ -45,16 +49,6 @@ from cortexflow.models.vae import ConvVAE
 log = logging.getLogger("cortexflow.models.latent_flow")
 
 __all__ = ["LatentFlowDecoder"]
-
-
-@contextlib.contextmanager
-def _eval_mode(module: nn.Module) -> Iterator[None]:
-    was_training = module.training
-    module.eval()
-    try:
-        yield
-    finally:
-        module.train(was_training)
 
 
 class LatentFlowDecoder(nn.Module):
@@ -119,7 +113,12 @@ class LatentFlowDecoder(nn.Module):
             return module_from_spec(spec)
         return BrainEncoder(n_voxels=n_voxels, cond_dim=cond_dim, n_tokens=n_tokens)
 
-    # ── shapes ──
+    # ── shapes and device ──
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's parameters (and so its computations) are."""
+        return self.latent_mean.device
 
     @property
     def latent_shape(self) -> tuple[int, ...]:
@@ -217,9 +216,9 @@ class LatentFlowDecoder(nn.Module):
         return self.flow_matcher.compute_loss(self.dit, z, brain_global, brain_tokens, prior=prior, generator=generator)
 
     def encode_stimulus(self, stimulus: torch.Tensor) -> torch.Tensor:
-        """Stimulus -> raw latent (the VAE posterior mean, no sampling noise)."""
+        """Stimulus -> raw latent (the VAE posterior mean, no sampling noise), on the model's device."""
         with torch.no_grad():
-            _, mu, _ = self.vae.encode(stimulus)
+            _, mu, _ = self.vae.encode(stimulus.to(self.device))
         return mu
 
     def training_loss(
@@ -233,24 +232,28 @@ class LatentFlowDecoder(nn.Module):
     def sample_latents(
         self,
         brain_data: BrainData,
-        num_steps: int = 50,
-        cfg_scale: float = 4.0,
-        solver: str = "euler",
-        shift: float = 1.0,
+        num_steps: int = FlowConfig.num_steps,
+        cfg_scale: float = FlowConfig.cfg_scale,
+        solver: str = FlowConfig.solver,
+        shift: float = FlowConfig.shift,
         generator: torch.Generator | None = None,
         num_samples: int = 1,
         progress: bool = False,
         precision: str | None = None,
+        noise: torch.Tensor | None = None,
         brain_noise: float = 0.0,
     ) -> torch.Tensor:
         """Raw latents (B, *latent_shape), or (B, num_samples, *latent_shape) when
-        ``num_samples > 1``; every sample starts from its own noise. ``precision``:
+        ``num_samples > 1``, on the CPU; every sample starts from its own noise,
+        drawn from ``generator`` or given as ``noise`` (B, num_samples, *latent_shape)
+        (see :func:`cortexflow.models.inference.trial_noise`). ``precision``:
         ``"auto"`` / ``"fp32"`` / ``"bf16"`` for the DiT's forward passes
         (default: the flow config's, ``"auto"``; see :func:`~cortexflow.models.flow.sampling_dtype`).
-        ``brain_noise`` as in :meth:`reconstruct`."""
+        ``brain_noise`` as in :meth:`reconstruct`. Inputs may be on any device; the
+        model samples on its own."""
         z, _ = self._sample(brain_data, num_steps, cfg_scale, solver, shift, generator, num_samples, progress,
-                            precision, brain_noise)
-        return z
+                            precision, noise, brain_noise)
+        return z.cpu()
 
     def _sample(
         self,
@@ -263,10 +266,26 @@ class LatentFlowDecoder(nn.Module):
         num_samples: int,
         progress: bool,
         precision: str | None = None,
+        noise: torch.Tensor | None = None,
         brain_noise: float = 0.0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(latents, brain_global) on the model's device."""
         if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
             raise CortexflowInputError(f"num_samples must be a positive integer, got {num_samples!r}")
+        if not isinstance(brain_data, BrainData):
+            raise CortexflowInputError(
+                f"expected a BrainData, got {type(brain_data).__name__}",
+                fix="wrap the voxels: BrainData(voxels=fmri)",
+            )
+        brain_data = brain_data.to(self.device)
+        if noise is not None:
+            expected = (brain_data.batch_size, num_samples, *self.latent_shape)
+            if tuple(noise.shape) not in (expected, (expected[0] * num_samples, *expected[2:])):
+                raise CortexflowInputError(
+                    f"noise has shape {tuple(noise.shape)}, expected {expected}",
+                    fix="give num_samples noise tensors per brain trial (cortexflow.models.inference.trial_noise)",
+                )
+            noise = noise.reshape(-1, *self.latent_shape).to(self.device, torch.float32)
         brain_noise = check_brain_noise(brain_noise)
         with torch.inference_mode(), _eval_mode(self):
             brain_global, brain_tokens = self.encode_brain(brain_data)
@@ -293,6 +312,7 @@ class LatentFlowDecoder(nn.Module):
                 solver=solver,
                 shift=shift,
                 generator=generator,
+                noise=noise,
                 progress=progress,
                 precision=precision,
             )
@@ -308,16 +328,17 @@ class LatentFlowDecoder(nn.Module):
     def reconstruct(
         self,
         brain_data: BrainData,
-        num_steps: int = 50,
-        cfg_scale: float = 4.0,
+        num_steps: int = FlowConfig.num_steps,
+        cfg_scale: float = FlowConfig.cfg_scale,
         num_samples: int = 1,
         brain_noise: float = 0.0,
         *,
-        solver: str = "euler",
-        shift: float = 1.0,
+        solver: str = FlowConfig.solver,
+        shift: float = FlowConfig.shift,
         generator: torch.Generator | None = None,
         progress: bool = False,
         precision: str | None = None,
+        noise: torch.Tensor | None = None,
     ) -> ReconstructionResult:
         """Sample latents for ``brain_data`` and decode them.
 
@@ -328,19 +349,22 @@ class LatentFlowDecoder(nn.Module):
         sample's brain embedding and tokens, scaled by ``brain_noise`` times the
         vector's norm (the seed's rule), so samples explore different readings
         of the brain signal; the null condition of guidance is not perturbed.
-        ``precision`` as in :meth:`sample_latents`.
+        ``precision`` and ``noise`` as in :meth:`sample_latents`.
+        Inputs may be on any device; sampling and decoding run on the model's,
+        and ``output`` and ``brain_global`` come back on the CPU. For many trials use
+        :func:`cortexflow.models.inference.reconstruct_in_batches`, which bounds memory.
         """
         z, brain_global = self._sample(brain_data, num_steps, cfg_scale, solver, shift, generator, num_samples, progress,
-                                       precision, brain_noise)
-        with torch.inference_mode():
+                                       precision, noise, brain_noise)
+        with torch.inference_mode(), _eval_mode(self):
             out = self.decode_latents(z.reshape(-1, *self.latent_shape))
-        out = out.clone()
+        out = out.cpu().clone()
         if num_samples > 1:
             out = out.view(z.shape[0], num_samples, *out.shape[1:])
         return ReconstructionResult(
             output=out,
             modality=self.modality,
-            brain_global=brain_global,
+            brain_global=brain_global.cpu(),
             metadata={
                 "num_steps": num_steps,
                 "cfg_scale": cfg_scale,

@@ -35,6 +35,7 @@ import numpy as np
 
 from cortexflow import _io
 from cortexflow.errors import CortexflowInputError
+from cortexflow.sections import from_mapping
 from cortexflow.evaluation.features import CharNgramConfig, char_ngram_features
 
 log = logging.getLogger("cortexflow.models.ridge")
@@ -49,23 +50,22 @@ class RidgeConfig:
     alphas: tuple[float, ...] = DEFAULT_ALPHAS
     cv_folds: int = 5
     text_features: CharNgramConfig = field(default_factory=CharNgramConfig)
+    nn_k: int = 8  # the nn_mean<k> retrieval baseline (models/baselines.py)
+
+    def __post_init__(self) -> None:
+        if not self.alphas or min(self.alphas) <= 0:
+            raise CortexflowInputError(f"baseline.alphas must be positive numbers, got {self.alphas}",
+                                       fix="give a log grid such as [0.1, 1, 10, ...]")
+        if self.cv_folds < 2:
+            raise CortexflowInputError(f"baseline.cv_folds must be at least 2, got {self.cv_folds}",
+                                       fix="set baseline.cv_folds: 5 (the default) or another number >= 2")
+        if self.nn_k < 2:
+            raise CortexflowInputError(f"baseline.nn_k must be at least 2 (nn is the k = 1 case), got {self.nn_k}",
+                                       fix="set baseline.nn_k: 8 (the default) or another number >= 2")
 
     @classmethod
-    def from_params(cls, params: dict | None) -> "RidgeConfig":
-        params = dict(params or {})
-        unknown = sorted(set(params) - {"alphas", "cv_folds", "text_features"})
-        if unknown:
-            raise CortexflowInputError(f"unknown baseline parameters {unknown}",
-                                       fix="use only alphas, cv_folds and text_features in the baseline section")
-        alphas = tuple(float(a) for a in params.get("alphas", DEFAULT_ALPHAS))
-        if not alphas or min(alphas) <= 0:
-            raise CortexflowInputError(f"baseline.alphas must be positive numbers, got {alphas}",
-                                       fix="give a log grid such as [0.1, 1, 10, ...]")
-        text_cfg = CharNgramConfig.from_params(params.get("text_features"))
-        folds = int(params.get("cv_folds", 5))
-        if folds < 2:
-            raise CortexflowInputError(f"baseline.cv_folds must be at least 2, got {folds}")
-        return cls(alphas=alphas, cv_folds=folds, text_features=text_cfg)
+    def from_params(cls, params: dict | None, key: str = "baseline") -> "RidgeConfig":
+        return from_mapping(cls, params, key)
 
 
 # ------------------------------------------------------------------ the solver

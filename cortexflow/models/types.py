@@ -93,6 +93,9 @@ class ReconstructionResult:
     The seed's names also work: ``brain_condition`` (the same tensor as
     ``brain_global``), ``n_steps`` and ``cfg_scale`` (kept in ``metadata`` as
     ``num_steps`` and ``cfg_scale``), as keyword arguments and as attributes.
+
+    Every model's ``reconstruct`` returns its tensors on the CPU, whatever
+    device it ran on.
     """
 
     output: torch.Tensor

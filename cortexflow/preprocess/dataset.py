@@ -47,7 +47,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from typing import Literal
+
 from cortexflow.errors import CortexflowInputError
+from cortexflow.sections import from_mapping
 
 log = logging.getLogger("cortexflow.preprocess.dataset")
 
@@ -65,7 +68,7 @@ class DatasetConfig:
     """
 
     val_fraction: float = 0.1
-    zscore: str = "session"
+    zscore: Literal["session", "run", "none"] = "session"
     select_top_k: int | None = None
     select_min_ncsnr: float | None = None
     min_repeated_train_stimuli: int = 10
@@ -89,12 +92,7 @@ class DatasetConfig:
     def from_params(cls, params: DatasetConfig | Mapping | None) -> DatasetConfig:
         if isinstance(params, DatasetConfig):
             return params
-        params = dict(params or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise CortexflowInputError(f"dataset config: unknown keys {unknown}", fix=f"use only {sorted(known)}")
-        return cls(**params)
+        return from_mapping(cls, params, "dataset")
 
 
 @dataclass

@@ -42,7 +42,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from typing import Literal
+
 from cortexflow.errors import CortexflowInputError
+from cortexflow.sections import from_mapping
 from cortexflow.preprocess.hrf import HRF_MODELS, event_regressors, frame_times, gamma_difference_hrf
 
 log = logging.getLogger("cortexflow.preprocess.glm")
@@ -74,12 +77,12 @@ class GLMConfig:
     drifts of ``drift_model`` are already in the design.
     """
 
-    method: str = "lsa"
+    method: Literal["lsa", "lss"] = "lsa"
     hrf_model: str = "spm"
     drift_model: str | None = "cosine"
     high_pass: float = 1.0 / 128.0
     confounds: tuple[str, ...] = DEFAULT_CONFOUNDS
-    signal_scaling: str = "psc"
+    signal_scaling: Literal["psc", "raw"] = "psc"
     oversampling: int = 50
     slice_time_ref: float = 0.0
     min_onset: float = -24.0
@@ -116,18 +119,13 @@ class GLMConfig:
         if isinstance(params, GLMConfig):
             return params
         params = dict(params or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise CortexflowInputError(f"glm config: unknown keys {unknown}", fix=f"use only {sorted(known)}")
-        if "confounds" in params:
-            params["confounds"] = tuple(params["confounds"] or ())
-        if params.get("confounds_strategy") is not None:
-            strategy = params["confounds_strategy"]
-            params["confounds_strategy"] = (strategy,) if isinstance(strategy, str) else tuple(strategy)
-        if "confounds_options" in params:
-            params["confounds_options"] = dict(params["confounds_options"] or {})
-        return cls(**params)
+        if params.get("confounds", ()) is None:  # null: no confounds
+            params["confounds"] = ()
+        if isinstance(params.get("confounds_strategy"), str):  # one strategy
+            params["confounds_strategy"] = [params["confounds_strategy"]]
+        if params.get("confounds_options", {}) is None:
+            params["confounds_options"] = {}
+        return from_mapping(cls, params, "glm")
 
 
 def cosine_drift(n_scans: int, tr: float, high_pass: float) -> np.ndarray:

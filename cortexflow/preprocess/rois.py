@@ -38,7 +38,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from typing import Literal
+
 from cortexflow.errors import CortexflowInputError
+from cortexflow.sections import from_mapping
 
 log = logging.getLogger("cortexflow.preprocess.rois")
 
@@ -60,7 +63,7 @@ class ROIConfig:
     so a resampling is always a decision the config records.
     """
 
-    source: str = "coords"
+    source: Literal["coords", "labels", "mask"] = "coords"
     atlas: str = "seitzman_2018"
     radius_mm: float = 8.0
     networks: Mapping[str, Sequence[str]] = field(default_factory=lambda: dict(DEFAULT_NETWORKS))
@@ -93,12 +96,7 @@ class ROIConfig:
     def from_params(cls, params: ROIConfig | Mapping | None) -> ROIConfig:
         if isinstance(params, ROIConfig):
             return params
-        params = dict(params or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise CortexflowInputError(f"rois config: unknown keys {unknown}", fix=f"use only {sorted(known)}")
-        return cls(**params)
+        return from_mapping(cls, params, "rois")
 
 
 @dataclass

@@ -49,11 +49,16 @@ def _load_training_set(dataset: str | Path) -> tuple[np.ndarray, pd.DataFrame]:
 
 
 def fit_baseline_stage(*, dataset: str, out: str, params: dict, latents: str | None = None,
-                       stimuli: str | None = None, seed: int = 0) -> None:
+                       stimuli: str | None = None, seed: int = 0, out_baselines: str | None = None) -> None:
     """Fit the ridge baseline of one subject and modality and save it as .npz.
 
     Image/audio: voxels -> VAE latents (``latents``). Text: voxels -> character
     n-gram embedding of the sentence (``stimuli``), decoded by retrieval.
+
+    With ``out_baselines``, also the other baselines (``cortexflow.models.baselines``):
+    per-target ridge to the latents, ridge to pixels (image), the training stimuli
+    for nearest-neighbour retrieval, and for text the character n-gram LM, all
+    fitted on the same training trials with hyper-parameters from grouped CV.
     """
     start = time.perf_counter()
     config = RidgeConfig.from_params(params)
@@ -75,6 +80,7 @@ def fit_baseline_stage(*, dataset: str, out: str, params: dict, latents: str | N
                  config.text_features.ngram_range, config.text_features.n_features)
         decoder.fit(X, Y, groups=stimulus_ids)
         # no decoder takes a text prior: the out-of-fold embeddings (trials x n_features) are not kept
+        text_oof = decoder.oof_predictions_
         decoder.oof_predictions_ = decoder.training_ids_ = None
         unique_ids = np.unique(stimulus_ids)
         decoder.candidate_ids = unique_ids
@@ -84,4 +90,40 @@ def fit_baseline_stage(*, dataset: str, out: str, params: dict, latents: str | N
         raise CortexflowInputError("fit_baseline needs latents (image, audio) or stimuli (text)",
                                    fix="pass --latents results/<study>/latents/<modality>.npz or --stimuli <bids root>")
     decoder.save(out)
+    log.info("wrote %s in %.1f s", out, time.perf_counter() - start)
+    if out_baselines is not None:
+        _fit_other_baselines(X, stimulus_ids, config, seed, out_baselines, latents=latents, stimuli=stimuli,
+                             text_oof=text_oof if latents is None else None)
+
+
+def _fit_other_baselines(X: np.ndarray, stimulus_ids: np.ndarray, config: RidgeConfig, seed: int, out: str, *,
+                         latents: str | None, stimuli: str | None, text_oof: np.ndarray | None = None) -> None:
+    from cortexflow.models.baselines import FittedBaselines, choose_lm_weight, fit_ngram_lm, fit_ridge_per_target
+    from cortexflow.models.ridge import grouped_folds
+    from cortexflow.models.latents import load_latents
+
+    start = time.perf_counter()
+    unique_ids = np.unique(stimulus_ids)
+    fitted = FittedBaselines(training_ids=unique_ids, nn_k=config.nn_k)
+    if latents is not None:
+        lat = load_latents(latents)
+        rows = lat.rows(stimulus_ids, latents)
+        fitted.ridge_pt, _ = fit_ridge_per_target(X, lat.latents[rows], config.alphas, config.cv_folds,
+                                                  groups=stimulus_ids, seed=seed)
+        if lat.targets.ndim == 4:  # images: voxels -> pixels, no VAE
+            pixels = RidgeDecoder(config.alphas, config.cv_folds, seed).fit(X, lat.targets[rows], groups=stimulus_ids)
+            from cortexflow.models.baselines import LinearMap
+
+            fitted.ridge_pixels = LinearMap(pixels.coef_, pixels.intercept_, np.asarray([pixels.alpha_]),
+                                            pixels.target_shape)
+    else:
+        sentences = load_sentences(stimuli)
+        lm, info = fit_ngram_lm([sentences[s] for s in unique_ids], n_folds=config.cv_folds, seed=seed)
+        fitted.ngram_lm, fitted.lm_order, fitted.lm_add_k = lm.most_probable(), info["order"], info["add_k"]
+        log.info("n-gram LM's most probable sentence: %r", fitted.ngram_lm)
+        if text_oof is not None:  # the ridge's own grouped folds: its out-of-fold predictions never saw the trial
+            folds = grouped_folds(len(stimulus_ids), config.cv_folds, stimulus_ids, seed)
+            fitted.lm_weight, _ = choose_lm_weight(sentences, stimulus_ids, text_oof, folds, info["order"],
+                                                   info["add_k"], config.text_features, seed=seed)
+    fitted.save(out)
     log.info("wrote %s in %.1f s", out, time.perf_counter() - start)

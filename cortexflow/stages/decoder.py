@@ -26,6 +26,7 @@ from cortexflow.errors import CortexflowInputError
 from cortexflow.models.latents import load_latents
 from cortexflow.stages.params import DecoderParams, SamplingParams, modality_params, resolve_device
 from cortexflow.stages.vae import load_vae
+from cortexflow.training.checkpoint import prune_stale_checkpoints
 
 log = logging.getLogger("cortexflow.stages.decoder")
 
@@ -62,7 +63,11 @@ def _build_flow_decoder(modality: str, p: DecoderParams, n_voxels: int, vae, ext
 
 def _run_tag(*arrays: np.ndarray, params: DecoderParams) -> str:
     """Identifies a training run's inputs, so a checkpoint of another run is never resumed."""
-    h = hashlib.sha256(json.dumps(asdict(params), sort_keys=True).encode())
+    settings = asdict(params)
+    settings.pop("compile")  # same trajectory compiled or not
+    if settings["grad_accum_steps"] == 1:
+        settings.pop("grad_accum_steps")  # tags of runs from before the option existed stay valid
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     for a in arrays:
         h.update(np.ascontiguousarray(a).tobytes())
     return h.hexdigest()[:16]
@@ -74,13 +79,35 @@ def _training_config(p: DecoderParams, seed: int, device: str):
     return TrainingConfig(learning_rate=p.learning_rate, batch_size=p.batch_size, weight_decay=p.weight_decay,
                           warmup_steps=p.warmup_steps, max_steps=p.steps, ema_decay=p.ema_decay, use_ema=True, ema_warmup=True,
                           seed=seed, device=device, log_every=max(1, p.steps // 20),
-                          checkpoint_every=p.checkpoint_every)
+                          checkpoint_every=p.checkpoint_every, grad_accum_steps=p.grad_accum_steps,
+                          compile=p.compile)
 
 
 def train_decoder_stage(*, dataset: str, modality: str, out: str, checkpoint_dir: str, params: dict, seed: int = 0,
                         threads: int = 1, device: str = "cpu", latents: str | None = None, vae: str | None = None,
                         ridge: str | None = None, stimuli: str | None = None) -> None:
-    """Train one subject's brain decoder for one modality (resumes from ``checkpoint_dir``)."""
+    """Train one subject's brain decoder for one modality (resumes from ``checkpoint_dir``).
+
+    Launched by torchrun with several processes (``torchrun --nproc-per-node N
+    --no-python cortexflow train-decoder ...``, what rule train_decoder runs when
+    the profile gives it N GPUs), the processes train one model data-parallel
+    (``cortexflow.training.distributed``); rank 0 writes ``out``.
+    """
+    from cortexflow.training.distributed import init_from_env
+
+    ctx, device = init_from_env(device)
+    try:
+        _train_decoder(dataset=dataset, modality=modality, out=out, checkpoint_dir=checkpoint_dir, params=params,
+                       seed=seed, threads=threads, device=device, latents=latents, vae=vae, ridge=ridge,
+                       stimuli=stimuli, is_main=ctx.is_main)
+    finally:
+        if ctx.enabled:
+            torch.distributed.destroy_process_group()
+
+
+def _train_decoder(*, dataset: str, modality: str, out: str, checkpoint_dir: str, params: dict, seed: int,
+                   threads: int, device: str, latents: str | None, vae: str | None, ridge: str | None,
+                   stimuli: str | None, is_main: bool) -> None:
     from cortexflow.models.io import save_model
     from cortexflow.models.types import BrainData
     from cortexflow.preprocess.dataset import load_dataset
@@ -97,7 +124,7 @@ def train_decoder_stage(*, dataset: str, modality: str, out: str, checkpoint_dir
     log.info("train_decoder %s: %d training trials x %d voxels", modality, *X.shape)
 
     if modality == "text":
-        _train_text_decoder(X, stim_ids, p, stimuli, out, checkpoint_dir, seed, device)
+        _train_text_decoder(X, stim_ids, p, stimuli, out, checkpoint_dir, seed, device, is_main)
         return
     if latents is None:
         raise CortexflowInputError(f"train_decoder for {modality} needs --latents (the encode_latents output)")
@@ -133,9 +160,11 @@ def train_decoder_stage(*, dataset: str, modality: str, out: str, checkpoint_dir
                          run_tag=_run_tag(X, Y, params=p))
     if trainer.ema is not None:
         trainer.ema.apply_to(model)
-    save_model(model.cpu(), out, extra={"modality": modality, "params": asdict(p), "vae_extra": extra,
-                                       "final_loss": _final_loss(result)})
-    log.info("wrote %s", out)
+    if is_main:
+        save_model(model.cpu(), out, extra={"modality": modality, "params": asdict(p), "vae_extra": extra,
+                                           "final_loss": _final_loss(result)})
+        log.info("wrote %s", out)
+        prune_stale_checkpoints(checkpoint_dir)
 
 
 def _final_loss(result) -> float | None:
@@ -143,7 +172,7 @@ def _final_loss(result) -> float | None:
 
 
 def _train_text_decoder(X: np.ndarray, stim_ids: np.ndarray, p: DecoderParams, stimuli: str | None, out: str,
-                        checkpoint_dir: str, seed: int, device: str) -> None:
+                        checkpoint_dir: str, seed: int, device: str, is_main: bool = True) -> None:
     from cortexflow.data.stimulus_arrays import load_sentences
     from cortexflow.models.brain2text import build_brain2text, encode_texts
     from cortexflow.models.io import save_model
@@ -176,6 +205,9 @@ def _train_text_decoder(X: np.ndarray, stim_ids: np.ndarray, p: DecoderParams, s
                          run_tag=_run_tag(X, tokens.numpy(), params=p))
     if trainer.ema is not None:
         trainer.ema.apply_to(model)
-    save_model(model.cpu(), out, extra={"modality": "text", "params": asdict(p), "final_loss": _final_loss(result)})
-    log.info("wrote %s", out)
+    if is_main:
+        save_model(model.cpu(), out, extra={"modality": "text", "params": asdict(p),
+                                           "final_loss": _final_loss(result)})
+        log.info("wrote %s", out)
+        prune_stale_checkpoints(checkpoint_dir)
 

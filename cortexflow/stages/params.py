@@ -4,24 +4,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-
-import torch
+from typing import Literal
 
 from cortexflow.data.stimulus_arrays import AudioFeatures
+from cortexflow.devices import resolve_device  # noqa: F401  (the stages' import of it)
 from cortexflow.errors import CortexflowInputError
+from cortexflow.sections import from_mapping
 
 CONTINUOUS = ("image", "audio")
-
-
-def _from_dict(cls, values: dict | None, section: str):
-    """Dataclass ``cls`` from a config sub-section, naming unknown keys."""
-    values = dict(values or {})
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise CortexflowInputError(f"unknown key(s) {unknown} in the config section {section}",
-                                   fix=f"use only {sorted(known)}")
-    return cls(**values)
 
 
 @dataclass
@@ -59,33 +49,60 @@ class DecoderParams:
     warmup_steps: int = 200
     ema_decay: float = 0.999
     checkpoint_every: int = 250
+    grad_accum_steps: int = 1  # micro-batches per step: batch_size / grad_accum_steps rows in memory at once
+    compile: bool = False  # torch.compile the training loss (pays off on long GPU runs only)
     # text
     max_len: int = 64
     # which training trials to fit on: "all" (final model) or "train" (the fit fold,
     # leaving the val fold for design decisions)
-    fit_on: str = "all"
+    fit_on: Literal["all", "train"] = "all"
+    # how many training runs (seeds config.seed + 0, 1, ...) the workflow trains and samples; the
+    # summary's intervals resample them (default: TRAINING_SEEDS). Not read by the training stage.
+    seeds: int | None = None
 
 
 @dataclass
 class SamplingParams:
     """Config ``sampling.<modality>``: how rule ``sample`` draws reconstructions
     from a trained decoder. Kept apart from ``decoder`` so that editing these
-    reruns sampling and evaluation, not training."""
+    reruns sampling and evaluation, not training.
+
+    The one home of the workflow's sampling defaults (config.yaml and the
+    schema do not restate them; the schema's are checked against these). The
+    library's own defaults, for Python callers, are ``models.flow.FlowConfig``'s
+    (the seed's: 50 steps, guidance 4)."""
 
     # DiT + rectified flow (image, audio)
     num_steps: int = 25
-    solver: str = "euler"
+    solver: Literal["euler", "midpoint", "heun"] = "euler"
     cfg_scale: float = 2.0
     shift: float = 1.0
     n_samples: int = 8  # samples per test trial: "dit" is the first, "dit_mean<n>" their mean
-    precision: str = "auto"  # auto | fp32 | bf16 (cortexflow.models.flow.sampling_dtype)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto | fp32 | bf16 (cortexflow.models.flow.sampling_dtype)
     # autoregressive text
     temperature: float = 0.0  # 0: greedy decoding
     top_k: int = 0
     top_p: float = 1.0
+    # test trials per forward pass (bounds memory; samples do not depend on it)
+    batch_size: int = 64
 
 
-_MOVED_TO_SAMPLING = {f.name for f in fields(SamplingParams)}
+# training seeds per modality when decoder.<modality>.seeds is not set: three image runs
+# (the headline claims); one audio and text run to stay inside the 2-core budget
+TRAINING_SEEDS = {"image": 3, "audio": 1, "text": 1}
+
+
+def training_seeds(section: dict, modality: str) -> int:
+    """How many training seeds config ``decoder.<modality>`` asks for."""
+    value = (section.get(modality) or {}).get("seeds")
+    n = TRAINING_SEEDS.get(modality, 1) if value is None else value
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise CortexflowInputError(f"decoder.{modality}.seeds must be a positive integer, got {value!r}",
+                                   fix="set e.g. decoder: {image: {seeds: 3}}")
+    return n
+
+
+_MOVED_TO_SAMPLING = {f.name for f in fields(SamplingParams)} - {"batch_size"}
 
 
 def modality_params(params: dict, modality: str, cls, section: str):
@@ -93,23 +110,10 @@ def modality_params(params: dict, modality: str, cls, section: str):
     if modality not in params:
         raise CortexflowInputError(f"the config section {section} has no entry for modality {modality!r}",
                                    fix=f"add {section}: {{{modality}: {{...}}}} (an empty mapping takes the defaults)")
-    sub = dict(params[modality] or {})
-    moved = sorted(set(sub) & _MOVED_TO_SAMPLING) if cls is DecoderParams else []
+    sub = params[modality] or {}
+    moved = sorted(set(sub) & _MOVED_TO_SAMPLING) if cls is DecoderParams and isinstance(sub, dict) else []
     if moved:
         raise CortexflowInputError(f"{moved} in the config section {section}.{modality} are sampling settings",
                                    fix=f"move them to sampling: {{{modality}: {{...}}}} (so that editing them "
                                        "reruns sampling, not training)")
-    if cls is VAEParams and "audio" in sub:
-        sub["audio"] = _from_dict(AudioFeatures, sub["audio"], f"{section}.{modality}.audio")
-    return _from_dict(cls, sub, f"{section}.{modality}")
-
-
-def resolve_device(device: str) -> torch.device:
-    """``device`` as a torch device (``auto``: CUDA when available); CUDA asked for without CUDA is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise CortexflowInputError(f"device {device!r} was asked for but CUDA is not available",
-                                   fix="set device: cpu (or auto) in the config, or run on a GPU node")
-    return torch.device(device)
-
+    return from_mapping(cls, sub, f"{section}.{modality}")

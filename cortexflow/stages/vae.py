@@ -22,7 +22,7 @@ from cortexflow import _io
 from cortexflow.data.stimulus_arrays import AudioFeatures, load_stimulus_arrays
 from cortexflow.errors import CortexflowInputError
 from cortexflow.models.latents import save_latents
-from cortexflow.stages.params import CONTINUOUS, VAEParams, modality_params
+from cortexflow.stages.params import CONTINUOUS, VAEParams, modality_params, resolve_device
 
 log = logging.getLogger("cortexflow.stages.vae")
 
@@ -77,13 +77,24 @@ def pretrain_vae_stage(*, stimuli: str, modality: str, out: str, params: dict, s
 
     trainer.fit(batch_fn, steps=p.steps, loss_fn=loss_fn)
     vae.eval()
-    with torch.no_grad():
-        _, mu, _ = vae.encode(data[:256].to(trainer.device))
-        mse = float(torch.mean((vae.decode(mu) - data[:256].to(trainer.device)) ** 2))
+    _, recon = _encode_decode(vae, data[:256], batch_size=256)
+    mse = float(np.mean((recon - data[:256].numpy()) ** 2))
     log.info("pretrain_vae %s: training-set reconstruction MSE %.4g (normalised units)", modality, mse)
     save_model(vae.cpu(), out, extra={"modality": modality, "norm": norm, "params": asdict(p),
                                       "train_recon_mse": mse})
     log.info("wrote %s", out)
+
+
+def _encode_decode(vae, x: torch.Tensor, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(posterior means, their reconstructions) of ``x`` as numpy arrays, batch by batch on the VAE's device."""
+    device = next(vae.parameters()).device
+    mus, recons = [], []
+    with torch.inference_mode():
+        for i in range(0, len(x), batch_size):
+            mu = vae.encode(x[i:i + batch_size].to(device))[1]
+            mus.append(mu.cpu())
+            recons.append(vae.decode(mu).cpu())
+    return torch.cat(mus).numpy(), torch.cat(recons).numpy()
 
 
 def load_vae(path: str | Path):
@@ -104,13 +115,12 @@ def encode_latents_stage(*, stimuli: str, modality: str, vae: str, out: str, par
     """
     _io.set_threads(threads)
     model, extra = load_vae(vae)
+    model.to(resolve_device(device))
     audio = AudioFeatures(**extra["params"]["audio"])
     ids, x, splits = load_stimulus_arrays(stimuli, modality, audio)
     norm = extra["norm"]
     xn = torch.from_numpy((x - norm["mean"]) / norm["std"])
-    with torch.no_grad():
-        mu = torch.cat([model.encode(xn[i:i + 256])[1] for i in range(0, len(xn), 256)]).numpy()
-        recon = torch.cat([model.decode(torch.from_numpy(mu[i:i + 256])) for i in range(0, len(mu), 256)]).numpy()
+    mu, recon = _encode_decode(model, xn, batch_size=256)
     recon = recon * norm["std"] + norm["mean"]
     if modality == "image":
         recon = np.clip(recon, 0.0, 1.0)

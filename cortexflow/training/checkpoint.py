@@ -27,7 +27,8 @@ from cortexflow.errors import CortexflowInputError
 
 log = logging.getLogger("cortexflow.training.checkpoint")
 
-__all__ = ["capture_rng_state", "restore_rng_state", "save_checkpoint", "load_checkpoint", "CHECKPOINT_FORMAT"]
+__all__ = ["capture_rng_state", "restore_rng_state", "save_checkpoint", "load_checkpoint", "prune_stale_checkpoints",
+           "CHECKPOINT_FORMAT"]
 
 #: Bumped when the checkpoint layout changes incompatibly.
 CHECKPOINT_FORMAT = 1
@@ -118,3 +119,33 @@ def _python_state_to_tensors(state: tuple) -> dict[str, Any]:
 
 def _python_state_from_tensors(state: dict[str, Any]) -> tuple:
     return state["version"], tuple(int(x) for x in state["internal"].tolist()), state["gauss_next"]
+
+
+def prune_stale_checkpoints(checkpoint_dir: str | Path) -> list[Path]:
+    """Remove the sibling folders of ``checkpoint_dir`` that no resume can use; return them.
+
+    The workflow keys each decoder's checkpoint folder by its settings and code
+    (``checkpoints/sub-01_image/<key>/last.pt``), so after an edit the old key's
+    folder is never resumed again: it only takes disk space (169 MB after one
+    default run). Called once a training stage has written its final output;
+    ``checkpoint_dir`` itself is kept (its ``last.pt`` lets a lost output be
+    rebuilt without training again). Only folders holding nothing but ``.pt``
+    files are removed, so nothing a user put beside them is touched.
+    """
+    import shutil
+
+    current = Path(checkpoint_dir).resolve()
+    removed = []
+    if not current.parent.is_dir():
+        return removed
+    for sibling in sorted(current.parent.iterdir()):
+        if sibling.resolve() == current or not sibling.is_dir():
+            continue
+        files = list(sibling.rglob("*"))
+        if not all(f.is_file() and f.suffix == ".pt" or f.is_dir() for f in files):
+            continue
+        size = sum(f.stat().st_size for f in files if f.is_file())
+        shutil.rmtree(sibling)
+        log.info("removed stale checkpoints %s (%.1f MB; another run's settings or code)", sibling, size / 1e6)
+        removed.append(sibling)
+    return removed

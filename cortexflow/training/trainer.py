@@ -15,10 +15,21 @@ resumes from ``checkpoint_dir/last.pt`` when there is one, so a job killed by
 a time limit continues where it stopped when rerun, and the continued run is
 bit-for-bit the uninterrupted one on CPU (see ``cortexflow.training.checkpoint``
 for what that takes).
+
+Scale: launched under torchrun, the trainer wraps the model in
+DistributedDataParallel and each process computes its shard of every global
+batch (``cortexflow.training.distributed``); ``grad_accum_steps`` cuts each
+(shard of a) batch into micro-batches whose gradients add up before one
+optimizer step. ``batch_size`` stays the global batch either way, so the
+number of processes and micro-batches change memory use, not the optimisation.
+The loop does not wait for the device every step: losses stay on the device
+and are read back (and checked for NaN) every ``log_every`` steps.
+``compile=True`` runs the loss through ``torch.compile``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -36,9 +47,12 @@ import torch.nn as nn
 from torch.optim.lr_scheduler import LRScheduler
 from tqdm.auto import tqdm
 
+from cortexflow.devices import resolve_device
 from cortexflow.errors import CortexflowInputError
+from cortexflow.sections import from_mapping
 from cortexflow.models.ema import EMAModel
 from cortexflow.models.types import BrainData
+from cortexflow.training import distributed
 from cortexflow.training.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 
 log = logging.getLogger("cortexflow.training.trainer")
@@ -76,7 +90,12 @@ class TrainingConfig:
     device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
     seed: seeds torch, numpy, ``random`` and the batch generator at the start
         of a fresh (not resumed) ``fit``.
-    log_every / checkpoint_every: in optimizer steps.
+    log_every / checkpoint_every: in optimizer steps; losses are read back from
+        the device (and checked for NaN/inf) every ``log_every`` steps.
+    grad_accum_steps: micro-batches per optimizer step (each batch is cut into
+        this many equal parts; gradients add up before the step).
+    compile: run the loss through ``torch.compile`` (off by default: compiling
+        takes minutes and pays off only on long GPU runs).
     """
 
     learning_rate: float = 1e-4
@@ -96,16 +115,18 @@ class TrainingConfig:
     seed: int = 0
     log_every: int = 50
     checkpoint_every: int = 500
+    grad_accum_steps: int = 1
+    compile: bool = False
 
     #: Fields that do not change the optimisation trajectory; a checkpoint
     #: written under other values of these is still resumed.
-    NON_TRAJECTORY = ("log_every", "checkpoint_every", "device", "mixed_precision")
+    NON_TRAJECTORY = ("log_every", "checkpoint_every", "device", "mixed_precision", "compile")
 
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
         if not self.learning_rate > 0:
             raise CortexflowInputError(f"learning_rate must be > 0, got {self.learning_rate}")
-        for name in ("batch_size", "max_steps", "log_every", "checkpoint_every"):
+        for name in ("batch_size", "max_steps", "log_every", "checkpoint_every", "grad_accum_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise CortexflowInputError(f"{name} must be a positive integer, got {value!r}")
@@ -129,13 +150,7 @@ class TrainingConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "TrainingConfig":
         """Build from a config-file section, naming unknown keys in the error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise CortexflowInputError(
-                f"unknown training option(s) {unknown}", fix=f"use only {sorted(known)}"
-            )
-        return cls(**dict(values))
+        return from_mapping(cls, values, "training")
 
 
 class WarmupCosineScheduler(LRScheduler):
@@ -181,6 +196,20 @@ class WarmupCosineScheduler(LRScheduler):
 
     def _get_closed_form_lr(self) -> list[float]:
         return self.get_lr()
+
+
+class _LossModule(nn.Module):
+    """``loss_fn(model, batch)`` as a module's ``forward``: DistributedDataParallel
+    synchronises gradients of what runs through ``forward``, and ``torch.compile``
+    compiles a module; the decoders' losses are methods, not ``forward``."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.loss_fn: LossFn = _default_loss_fn
+
+    def forward(self, batch: Any) -> torch.Tensor:
+        return self.loss_fn(self.model, batch)
 
 
 class TrainingInterrupted(RuntimeError):
@@ -241,8 +270,20 @@ class Trainer:
         if not isinstance(model, nn.Module):
             raise CortexflowInputError(f"Trainer needs a torch.nn.Module, got {type(model).__name__}")
         self.config = config = config if config is not None else TrainingConfig()
-        self.device = _resolve_device(config.device)
+        self.device = resolve_device(config.device)
         self.model = model.to(self.device)
+        self.dist = distributed.current()
+        self._loss_module: nn.Module = _LossModule(self.model)
+        self._ddp: nn.Module | None = None
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index if self.device.index is not None else torch.cuda.current_device()] \
+                if self.device.type == "cuda" else None
+            self._ddp = DistributedDataParallel(self._loss_module, device_ids=ids)
+        self._forward: nn.Module = self._ddp or self._loss_module
+        if config.compile:
+            self._forward = torch.compile(self._forward)
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise CortexflowInputError("the model has no trainable parameters", fix="unfreeze at least one parameter")
@@ -267,10 +308,11 @@ class Trainer:
         self.data_generator = torch.Generator().manual_seed(config.seed)
         self.step = 0
         self.autocast_dtype = _autocast_dtype(config.mixed_precision, self.device)
-        self.last_grad_norm: float | None = None
+        self._grad_norm: torch.Tensor | None = None
         log.info(
-            "trainer: %s, %.2fM trainable parameters, %s, lr %.2e, EMA %s",
+            "trainer: %s%s, %.2fM trainable parameters, %s, lr %.2e, EMA %s",
             self.device,
+            f" x {self.dist.world_size} processes (DDP)" if self.dist.enabled else "",
             sum(p.numel() for p in params) / 1e6,
             "bf16 autocast" if self.autocast_dtype else "fp32",
             config.learning_rate,
@@ -281,36 +323,54 @@ class Trainer:
 
     def train_step(self, batch: Any, loss_fn: LossFn) -> float:
         """One optimizer step on ``batch``; returns the loss as a float."""
+        step = self.step
+        value = float(self._step(batch, loss_fn))
+        _check_finite([value], step)
+        return value
+
+    def _step(self, batch: Any, loss_fn: LossFn) -> torch.Tensor:
+        """One optimizer step on (this process's shard of) the global ``batch``;
+        returns the mean loss of the shard as a 0-dim tensor on the device (no host sync)."""
         self.model.train()
-        batch = _to_device(batch, self.device)
+        self._loss_module.loss_fn = loss_fn
+        micro_batches = distributed.split_rows(
+            distributed.shard(_to_device(batch, self.device), self.dist), self.config.grad_accum_steps
+        )
+        if self.dist.enabled:
+            torch.manual_seed(distributed.step_seed(self.config.seed, self.dist.rank, self.step))
         autocast = torch.autocast(
             self.device.type, dtype=self.autocast_dtype or torch.bfloat16, enabled=self.autocast_dtype is not None
         )
-        with autocast:
-            loss = loss_fn(self.model, batch)
-        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-            raise CortexflowInputError(
-                f"loss_fn must return a scalar tensor, got {type(loss).__name__}"
-                + (f" of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else ""),
-                fix="reduce the loss to a scalar (e.g. .mean())",
-            )
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise FloatingPointError(
-                f"loss is {value} at step {self.step}; lower learning_rate, raise warmup_steps, "
-                "or check the batch for NaN/inf inputs"
-            )
         self.optimizer.zero_grad(set_to_none=True)
-        loss.reshape(()).backward()
+        total = torch.zeros((), device=self.device)
+        for i, micro in enumerate(micro_batches):
+            last = i == len(micro_batches) - 1
+            # DDP all-reduces gradients once, after the last micro-batch
+            sync = self._ddp.no_sync() if self._ddp is not None and not last else contextlib.nullcontext()
+            with sync:
+                with autocast:
+                    loss = self._forward(micro)
+                if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+                    raise CortexflowInputError(
+                        f"loss_fn must return a scalar tensor, got {type(loss).__name__}"
+                        + (f" of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else ""),
+                        fix="reduce the loss to a scalar (e.g. .mean())",
+                    )
+                (loss.reshape(()) / len(micro_batches)).backward()
+            total = total + loss.detach().float().reshape(())
         if self.config.grad_clip:
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-            self.last_grad_norm = float(norm)
+            self._grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update(self.model)
         self.step += 1
-        return value
+        return total / len(micro_batches)
+
+    @property
+    def last_grad_norm(self) -> float | None:
+        """The global gradient norm before clipping at the last step (reads it back from the device)."""
+        return None if self._grad_norm is None else float(self._grad_norm)
 
     @property
     def learning_rate(self) -> float:
@@ -385,32 +445,37 @@ class Trainer:
 
         next_batch = self._batch_source(batches)
         started = time.perf_counter()
-        window: list[float] = []
+        window: list[torch.Tensor] = []  # losses not yet read back from the device
         received: list[int] = []
         install = handle_sigterm and threading.current_thread() is threading.main_thread()
         if install:
             previous_handler = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
-        bar = tqdm(total=target, initial=self.step, desc="train", unit="step", disable=None if progress else True)
+        show = progress and self.dist.is_main
+        bar = tqdm(total=target, initial=self.step, desc="train", unit="step", disable=None if show else True)
         try:
             while self.step < target:
-                loss = self.train_step(next_batch(), loss_fn)
-                result.losses.append(loss)
-                window.append(loss)
+                window.append(self._step(next_batch(), loss_fn))
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.learning_rate:.2e}", refresh=False)
-                if self.step % cfg.log_every == 0 or self.step == target:
-                    log.info(
-                        "step %d/%d  loss %.4f  lr %.3e  grad-norm %s",
-                        self.step,
-                        target,
-                        sum(window) / len(window),
-                        self.learning_rate,
-                        "-" if self.last_grad_norm is None else f"{self.last_grad_norm:.3f}",
-                    )
+                log_now = self.step % cfg.log_every == 0 or self.step == target
+                checkpoint_now = ckpt_path is not None and (
+                    self.step % cfg.checkpoint_every == 0 or self.step == target or bool(received)
+                )
+                if log_now or checkpoint_now or received:
+                    # one host sync per interval: read back (and average over processes) the window's losses
+                    values = self._read_losses(window, first_step=self.step - len(window))
+                    result.losses.extend(values)
                     window.clear()
-                if ckpt_path is not None and (
-                    self.step % cfg.checkpoint_every == 0 or self.step == target or received
-                ):
+                    bar.set_postfix(loss=f"{values[-1]:.4f}", lr=f"{self.learning_rate:.2e}", refresh=False)
+                    if log_now:
+                        log.info(
+                            "step %d/%d  loss %.4f  lr %.3e  grad-norm %s",
+                            self.step,
+                            target,
+                            sum(values) / len(values),
+                            self.learning_rate,
+                            "-" if self.last_grad_norm is None else f"{self.last_grad_norm:.3f}",
+                        )
+                if checkpoint_now and self.dist.is_main:
                     result.checkpoint = self.save_checkpoint(ckpt_path, run_tag=run_tag)
                 if received:
                     where = f"checkpoint {ckpt_path}; run again to resume" if ckpt_path else "no checkpoint_dir"
@@ -420,6 +485,8 @@ class Trainer:
             bar.close()
             if install:
                 signal.signal(signal.SIGTERM, previous_handler)
+        if self.dist.enabled:
+            torch.distributed.barrier()  # the last checkpoint is written before any rank moves on
         result.final_step = self.step
         result.seconds = time.perf_counter() - started
         log.info(
@@ -430,6 +497,18 @@ class Trainer:
             (result.final_step - result.start_step) / max(result.seconds, 1e-9),
         )
         return result
+
+    def _read_losses(self, window: list[torch.Tensor], first_step: int) -> list[float]:
+        """The window's per-step losses as floats (the mean over processes under DDP); NaN/inf raise."""
+        if not window:
+            return []
+        losses = torch.stack(window)
+        if self.dist.enabled:
+            torch.distributed.all_reduce(losses)
+            losses = losses / self.dist.world_size
+        values = losses.tolist()
+        _check_finite(values, first_step)
+        return values
 
     def _batch_source(self, batches: BatchFn | Iterable[Any]) -> Callable[[], Any]:
         if callable(batches) and not isinstance(batches, Iterable):
@@ -507,8 +586,10 @@ class Trainer:
             return f"run tag {state.get('run_tag')!r} != {run_tag!r}"
         mine = self._config_dict()
         theirs = state.get("config", {})
+        defaults = TrainingConfig().__dict__  # keys added since a checkpoint was written count at their default
         changed = sorted(
-            k for k in mine if k not in TrainingConfig.NON_TRAJECTORY and theirs.get(k) != mine[k]
+            k for k in mine
+            if k not in TrainingConfig.NON_TRAJECTORY and theirs.get(k, _plain(defaults.get(k))) != mine[k]
         )
         if changed:
             return "training settings changed: " + ", ".join(f"{k} {theirs.get(k)!r} -> {mine[k]!r}" for k in changed)
@@ -524,6 +605,19 @@ class Trainer:
 # ----------------------------------------------------------------------------- helpers
 
 
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _check_finite(values: list[float], first_step: int) -> None:
+    for i, value in enumerate(values):
+        if not math.isfinite(value):
+            raise FloatingPointError(
+                f"loss is {value} at step {first_step + i}; lower learning_rate, raise warmup_steps, "
+                "or check the batch for NaN/inf inputs"
+            )
+
+
 def _default_loss_fn(model: nn.Module, batch: Any) -> torch.Tensor:
     if not hasattr(model, "training_loss"):
         raise CortexflowInputError(
@@ -534,17 +628,6 @@ def _default_loss_fn(model: nn.Module, batch: Any) -> torch.Tensor:
     if isinstance(batch, (tuple, list)):
         return model.training_loss(*batch)
     return model.training_loss(batch)
-
-
-def _resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise CortexflowInputError(
-            f"device {device!r} requested but CUDA is not available", fix="use device 'auto' or 'cpu'"
-        )
-    return resolved
 
 
 def _autocast_dtype(mode: str, device: torch.device) -> torch.dtype | None:

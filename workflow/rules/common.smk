@@ -6,6 +6,8 @@ import os
 
 from cortexflow.errors import CortexflowInputError
 from cortexflow.fingerprint import stage_fingerprint
+from cortexflow.stages.params import training_seeds
+from cortexflow.sections import PER_MODALITY
 
 STUDY = config["study"]
 RESULTS = f"results/{STUDY}"
@@ -27,6 +29,7 @@ wildcard_constraints:
     task="[A-Za-z0-9]+",
     run="[A-Za-z0-9]+",
     modality="image|audio|text",
+    train_seed="[0-9]+",
 
 
 def run_label(run, session=None):
@@ -72,15 +75,25 @@ def find_study_runs():
 
         for subject, task, run in planned_runs(config["simulate"]):
             if task in tasks:
-                runs[(subject, task, run_label(run))] = bids_run_files(subject, task, run_label(run))
+                runs[(subject, task, run_label(run))] = bids_run_files(
+                    subject, task, run_label(run)
+                )
     else:
         from cortexflow.data.bids import find_runs
 
         for task in sorted(tasks):
-            for found in find_runs(BIDS_ROOT, task=task, fmriprep_dir=FMRIPREP_DIR, space=DATA["space"]):
-                files = {key: getattr(found, key) for key in ("bold", "mask", "confounds", "sidecar", "events")}
-                runs[(found.subject, found.task, run_label(found.run, found.session))] = {
-                    key: None if value is None else str(value) for key, value in files.items()
+            for found in find_runs(
+                BIDS_ROOT, task=task, fmriprep_dir=FMRIPREP_DIR, space=DATA["space"]
+            ):
+                files = {
+                    key: getattr(found, key)
+                    for key in ("bold", "mask", "confounds", "sidecar", "events")
+                }
+                runs[
+                    (found.subject, found.task, run_label(found.run, found.session))
+                ] = {
+                    key: None if value is None else str(value)
+                    for key, value in files.items()
                 }
     if DATA["subjects"]:
         runs = {key: files for key, files in runs.items() if key[0] in DATA["subjects"]}
@@ -88,7 +101,11 @@ def find_study_runs():
 
 
 RUNS = find_study_runs()
-SUBJECTS = sorted({subject for subject, _, _ in RUNS}) if not DATA["subjects"] else list(DATA["subjects"])
+SUBJECTS = (
+    sorted({subject for subject, _, _ in RUNS})
+    if not DATA["subjects"]
+    else list(DATA["subjects"])
+)
 
 
 def _check_runs():
@@ -121,30 +138,6 @@ def section(name):
     return json.dumps(config[name], sort_keys=True)
 
 
-def simulate_params(wildcards):
-    return section("simulate")
-
-
-def glm_params(wildcards):
-    return section("glm")
-
-
-def rois_params(wildcards):
-    return section("rois")
-
-
-def dataset_params(wildcards):
-    return section("dataset")
-
-
-def baseline_params(wildcards):
-    return section("baseline")
-
-
-def evaluation_params(wildcards):
-    return section("evaluation")
-
-
 def modality_section(name, modality):
     """The section reduced to one modality's entry, e.g. {"image": {...}}.
 
@@ -154,18 +147,45 @@ def modality_section(name, modality):
     return json.dumps({modality: config[name][modality]}, sort_keys=True)
 
 
-def vae_params(wildcards):
-    return modality_section("vae", wildcards.modality)
+def section_params(name):
+    """The params function for config section ``name``: the
+    section as JSON, reduced to the job's modality for per-modality sections
+    (cortexflow.sections.PER_MODALITY: vae, decoder, sampling)."""
+    if name in PER_MODALITY:
+        return lambda wildcards: modality_section(name, wildcards.modality)
+    return lambda wildcards: section(name)
 
 
 def decoder_params(wildcards):
-    """Model and training settings of the modality's decoder."""
-    return modality_section("decoder", wildcards.modality)
+    """Model and training settings of the modality's decoder (without `seeds`: how many runs the
+    workflow trains is not a setting of one run, so changing it retrains none of the others).
+    """
+    entry = {
+        k: v
+        for k, v in (config["decoder"][wildcards.modality] or {}).items()
+        if k != "seeds"
+    }
+    return json.dumps({wildcards.modality: entry}, sort_keys=True)
 
 
-def sampling_params(wildcards):
-    """How rule sample draws from the modality's trained decoder."""
-    return modality_section("sampling", wildcards.modality)
+def seeds_of(modality):
+    """Training-seed indices 0..n-1 of the modality's decoder (config decoder.<modality>.seeds)."""
+    return list(range(training_seeds(config["decoder"], modality)))
+
+
+def train_seed(wildcards):
+    """The integer seed of training run `train_seed`: config.seed + its index."""
+    return int(config["seed"]) + int(wildcards.train_seed)
+
+
+def decoder_launcher(wildcards, resources):
+    """The command that starts train_decoder: cortexflow itself, or torchrun with
+    one process per GPU when the profile gives the job several (resource gpu);
+    the processes train one model data-parallel (cortexflow.training.distributed)."""
+    n_gpus = int(getattr(resources, "gpu", 0) or 0)
+    if n_gpus <= 1:
+        return "cortexflow"
+    return f"torchrun --standalone --nnodes 1 --nproc-per-node {n_gpus} --no-python cortexflow"
 
 
 def checkpoint_dir(wildcards):
@@ -177,9 +197,9 @@ def checkpoint_dir(wildcards):
     import hashlib
 
     key = hashlib.sha256(
-        f"{decoder_params(wildcards)}|{config['seed']}|{stage_fingerprint('train_decoder')}".encode()
+        f"{decoder_params(wildcards)}|{train_seed(wildcards)}|{stage_fingerprint('train_decoder')}".encode()
     ).hexdigest()[:12]
-    return f"{RESULTS}/checkpoints/sub-{wildcards.subject}_{wildcards.modality}/{key}"
+    return f"{RESULTS}/checkpoints/sub-{wildcards.subject}_{wildcards.modality}_seed{wildcards.train_seed}/{key}"
 
 
 def folder_of_description(wildcards, output):
@@ -203,8 +223,11 @@ def modality_priority(wildcards):
     """Jobs of slower modalities first: by the modality wildcard, or the task's modality."""
     modality = wildcards.get("modality")
     if modality is None:
-        modality = max((m for m, task in TASK_OF.items() if task == wildcards.get("task")),
-                       key=lambda m: MODALITY_PRIORITY.get(m, 0), default=None)
+        modality = max(
+            (m for m, task in TASK_OF.items() if task == wildcards.get("task")),
+            key=lambda m: MODALITY_PRIORITY.get(m, 0),
+            default=None,
+        )
     return MODALITY_PRIORITY.get(modality, 0)
 
 
@@ -219,10 +242,16 @@ def glm_inputs(wildcards):
     inputs = {key: files[key] for key in ("bold", "events", "confounds", "mask")}
     if files.get("sidecar"):
         inputs["sidecar"] = files["sidecar"]
-    if DATA["glmsingle"]:  # betas from GLMsingle: its file and every run's events, in run order
-        inputs["glmsingle"] = DATA["glmsingle"].format(subject=wildcards.subject, task=wildcards.task)
-        inputs["glmsingle_events"] = [RUNS[(wildcards.subject, wildcards.task, run)]["events"]
-                                      for run in runs_of(wildcards.subject, wildcards.task)]
+    if DATA[
+        "glmsingle"
+    ]:  # betas from GLMsingle: its file and every run's events, in run order
+        inputs["glmsingle"] = DATA["glmsingle"].format(
+            subject=wildcards.subject, task=wildcards.task
+        )
+        inputs["glmsingle_events"] = [
+            RUNS[(wildcards.subject, wildcards.task, run)]["events"]
+            for run in runs_of(wildcards.subject, wildcards.task)
+        ]
     return inputs
 
 
@@ -280,12 +309,24 @@ def ridge_file(subject, modality):
     return f"{RESULTS}/models/sub-{subject}_{modality}_ridge.npz"
 
 
-def decoder_file(subject, modality):
-    return f"{RESULTS}/models/sub-{subject}_{modality}_decoder.pt"
+def baselines_file(subject, modality):
+    return f"{RESULTS}/models/sub-{subject}_{modality}_baselines.npz"
 
 
-def recon_file(subject, modality):
-    return f"{RESULTS}/recon/sub-{subject}_{modality}.npz"
+def decoder_file(subject, modality, seed):
+    return f"{RESULTS}/models/sub-{subject}_{modality}_decoder_seed{seed}.pt"
+
+
+def recon_file(subject, modality, seed):
+    return f"{RESULTS}/recon/sub-{subject}_{modality}_seed{seed}.npz"
+
+
+def recon_files(wildcards):
+    """Every training seed's recon file of one subject and modality, in seed order."""
+    return [
+        recon_file(wildcards.subject, wildcards.modality, k)
+        for k in seeds_of(wildcards.modality)
+    ]
 
 
 def latent_inputs(modality):
@@ -326,14 +367,19 @@ def ground_truth_files(subject):
 def sample_inputs(wildcards):
     inputs = {
         "dataset": dataset_dir(wildcards.subject, wildcards.modality),
-        "decoder": decoder_file(wildcards.subject, wildcards.modality),
+        "decoder": decoder_file(
+            wildcards.subject, wildcards.modality, wildcards.train_seed
+        ),
         "ridge": ridge_file(wildcards.subject, wildcards.modality),
+        "baselines": baselines_file(wildcards.subject, wildcards.modality),
         "stimuli": STIMULI_TSV,
         **latent_inputs(wildcards.modality),
     }
     if wildcards.modality in LATENT_MODALITIES:
         inputs["vae"] = vae_file(wildcards.modality)
-    if SIMULATED:  # the noise ceiling: the ridge decoder on the simulator's noise-free responses
+    if (
+        SIMULATED
+    ):  # noise_free_linear: the ridge decoder on the simulator's noise-free responses
         inputs.update(ground_truth_files(wildcards.subject))
     return inputs
 
@@ -341,22 +387,36 @@ def sample_inputs(wildcards):
 def ground_truth_arg(wildcards, input):
     """`--ground-truth <subject's ground-truth folder>` for the simulated study."""
     responses = input.get("truth_responses")
-    return optional_arg("--ground-truth", os.path.dirname(responses) if responses else None)
+    return optional_arg(
+        "--ground-truth", os.path.dirname(responses) if responses else None
+    )
 
 
 def latent_args(wildcards, input):
-    """The optional --latents/--vae/--ridge arguments of the model stages."""
+    """The optional --latents/--vae/--ridge/--baselines arguments of the model stages."""
     return " ".join(
-        optional_arg(f"--{key}", input.get(key)) for key in ("latents", "vae", "ridge") if input.get(key)
+        optional_arg(f"--{key}", input.get(key))
+        for key in ("latents", "vae", "ridge", "baselines")
+        if input.get(key)
     )
 
 
 def summary_inputs(wildcards):
     pairs = [(subject, modality) for subject in SUBJECTS for modality in MODALITIES]
     return {
-        "summaries": [f"{RESULTS}/metrics/sub-{s}_{m}_summary.parquet" for s, m in pairs],
-        "comparisons": [f"{RESULTS}/metrics/sub-{s}_{m}_comparisons.parquet" for s, m in pairs],
-        "recons": [recon_file(s, m) for s, m in pairs],
+        "summaries": [
+            f"{RESULTS}/metrics/sub-{s}_{m}_summary.parquet" for s, m in pairs
+        ],
+        "comparisons": [
+            f"{RESULTS}/metrics/sub-{s}_{m}_comparisons.parquet" for s, m in pairs
+        ],
+        "item_scores": [
+            f"{RESULTS}/metrics/sub-{s}_{m}_items.parquet" for s, m in pairs
+        ],
+        # the figures show the first training seed's reconstructions
+        "recons": [recon_file(s, m, 0) for s, m in pairs],
+        "datasets": [dataset_dir(s, m) for s, m in pairs],
+        "stimuli": STIMULI_TSV,
     }
 
 
@@ -371,6 +431,8 @@ def final_outputs():
         f"{RESULTS}/comparisons.parquet",
         f"{RESULTS}/summary.md",
         f"{RESULTS}/figures/metrics.png",
+        f"{RESULTS}/summary_by_category.parquet",
+        f"{RESULTS}/figures/by_category.png",
         *recon_figures(),
     ]
 

@@ -3,15 +3,16 @@
 
 
 rule evaluate:
-    """One subject and modality: every metric for every method, with chance and ceiling."""
+    """One subject and modality: every metric for every method (the decoder over its training seeds),
+    with chance and ceiling."""
     input:
-        recon=f"{RESULTS}/recon/sub-{{subject}}_{{modality}}.npz",
+        recon=recon_files,
     output:
         summary=f"{RESULTS}/metrics/sub-{{subject}}_{{modality}}_summary.parquet",
         per_item=f"{RESULTS}/metrics/sub-{{subject}}_{{modality}}_items.parquet",
         comparisons=f"{RESULTS}/metrics/sub-{{subject}}_{{modality}}_comparisons.parquet",
     params:
-        section=evaluation_params,
+        section=section_params("evaluation"),
         seed=config["seed"],
         code=stage_fingerprint("evaluate"),
     log:
@@ -21,7 +22,7 @@ rule evaluate:
         mem_mb=4000,
         runtime=20,
     conda:
-        "../../environment.yml"
+        "../envs/cortexflow.yml"
     shell:
         "cortexflow evaluate --recon {input.recon} --out-summary {output.summary} --out-items {output.per_item}"
         " --out-comparisons {output.comparisons} --subject {wildcards.subject} --modality {wildcards.modality}"
@@ -35,16 +36,27 @@ rule summarize:
     output:
         summary=f"{RESULTS}/summary.parquet",
         comparisons=f"{RESULTS}/comparisons.parquet",
-        markdown=report(f"{RESULTS}/summary.md", caption="../report/summary.rst", category="Summary"),
+        markdown=report(
+            f"{RESULTS}/summary.md",
+            caption="../report/summary.rst",
+            category="Summary",
+        ),
         metrics_figure=report(
             f"{RESULTS}/figures/metrics.png",
             caption="../report/metrics.rst",
             category="Metrics",
         ),
+        by_category=f"{RESULTS}/summary_by_category.parquet",
+        category_figure=report(
+            f"{RESULTS}/figures/by_category.png",
+            caption="../report/by_category.rst",
+            category="Metrics",
+        ),
         recon_figures=report_figures(recon_figures()),
     params:
         figures=folder_of_metrics_figure,
-        section=evaluation_params,
+        section=section_params("evaluation"),
+        seed=config["seed"],
         code=stage_fingerprint("summarize"),
     log:
         f"{LOGS}/summarize.log",
@@ -53,9 +65,10 @@ rule summarize:
         mem_mb=4000,
         runtime=10,
     conda:
-        "../../environment.yml"
+        "../envs/cortexflow.yml"
     shell:
         "cortexflow summarize --summaries {input.summaries} --comparisons {input.comparisons}"
-        " --recons {input.recons} --out-summary {output.summary} --out-comparisons {output.comparisons}"
-        " --out-markdown {output.markdown} --out-figures {params.figures}"
-        " --params {params.section:q} --log {log}"
+        " --recons {input.recons} --items {input.item_scores} --datasets {input.datasets} --stimuli {input.stimuli}"
+        " --out-summary {output.summary} --out-comparisons {output.comparisons}"
+        " --out-by-category {output.by_category} --out-markdown {output.markdown} --out-figures {params.figures}"
+        " --params {params.section:q} --seed {params.seed} --log {log}"

@@ -12,7 +12,7 @@ rule pretrain_vae:
     wildcard_constraints:
         modality="image|audio",
     params:
-        section=vae_params,
+        section=section_params("vae"),
         seed=config["seed"],
         device=config["device"],
         code=stage_fingerprint("pretrain_vae"),
@@ -24,7 +24,7 @@ rule pretrain_vae:
         mem_mb=8000,
         runtime=120,
     conda:
-        "../../environment.yml"
+        "../envs/cortexflow.yml"
     shell:
         "cortexflow pretrain-vae --stimuli {input.stimuli} --modality {wildcards.modality} --out {output}"
         " --params {params.section:q} --seed {params.seed} --threads {threads} --device {params.device}"
@@ -41,7 +41,7 @@ rule encode_latents:
     wildcard_constraints:
         modality="image|audio",
     params:
-        section=vae_params,
+        section=section_params("vae"),
         device=config["device"],
         code=stage_fingerprint("encode_latents"),
     log:
@@ -52,7 +52,7 @@ rule encode_latents:
         mem_mb=8000,
         runtime=30,
     conda:
-        "../../environment.yml"
+        "../envs/cortexflow.yml"
     shell:
         "cortexflow encode-latents --stimuli {input.stimuli} --modality {wildcards.modality}"
         " --vae {input.vae} --out {output} --params {params.section:q} --threads {threads}"
@@ -61,13 +61,15 @@ rule encode_latents:
 
 rule fit_baseline:
     """Ridge regression from voxels to the decoder's targets: the linear anchor, with its out-of-fold
-    predictions of the training trials (the prior train_decoder conditions on)."""
+    predictions of the training trials (the prior train_decoder conditions on); and the other
+    baselines (per-target ridge, ridge to pixels, nearest-neighbour retrieval, n-gram LM)."""
     input:
         unpack(baseline_inputs),
     output:
-        f"{RESULTS}/models/sub-{{subject}}_{{modality}}_ridge.npz",
+        ridge=f"{RESULTS}/models/sub-{{subject}}_{{modality}}_ridge.npz",
+        baselines=f"{RESULTS}/models/sub-{{subject}}_{{modality}}_baselines.npz",
     params:
-        section=baseline_params,
+        section=section_params("baseline"),
         latents=latent_args,
         seed=config["seed"],
         code=stage_fingerprint("fit_baseline"),
@@ -79,67 +81,72 @@ rule fit_baseline:
         mem_mb=8000,
         runtime=60,
     conda:
-        "../../environment.yml"
+        "../envs/cortexflow.yml"
     shell:
         "cortexflow fit-baseline --dataset {input.dataset} --stimuli {input.stimuli} {params.latents}"
-        " --out {output} --params {params.section:q} --seed {params.seed} --log {log}"
+        " --out {output.ridge} --out-baselines {output.baselines} --params {params.section:q}"
+        " --seed {params.seed} --log {log}"
 
 
 rule train_decoder:
     """Brain -> DiT with rectified flow (image, audio) or byte decoder (text), with EMA.
 
     Resumable: checkpoints live beside the declared output, so a killed or
-    time-limited job continues where it stopped when it is run again.
+    time-limited job continues where it stopped when it is run again. Given
+    several GPUs by the profile (`gpu: N`), torchrun starts one process per GPU
+    and they train data-parallel (decoder_launcher).
     """
     input:
         unpack(decoder_inputs),
     output:
-        f"{RESULTS}/models/sub-{{subject}}_{{modality}}_decoder.pt",
+        f"{RESULTS}/models/sub-{{subject}}_{{modality}}_decoder_seed{{train_seed}}.pt",
     params:
         section=decoder_params,
         latents=latent_args,
         checkpoints=checkpoint_dir,
-        seed=config["seed"],
+        launcher=decoder_launcher,
+        seed=train_seed,
         device=config["device"],
         code=stage_fingerprint("train_decoder"),
     log:
-        f"{LOGS}/train_decoder/sub-{{subject}}_{{modality}}.log",
+        f"{LOGS}/train_decoder/sub-{{subject}}_{{modality}}_seed{{train_seed}}.log",
     priority: modality_priority
     threads: 4
     resources:
         mem_mb=8000,
         runtime=240,
     conda:
-        "../../environment.yml"
+        "../envs/cortexflow.yml"
     shell:
-        "cortexflow train-decoder --dataset {input.dataset} --modality {wildcards.modality}"
+        "{params.launcher} train-decoder --dataset {input.dataset} --modality {wildcards.modality}"
         " --stimuli {input.stimuli} {params.latents}"
         " --out {output} --checkpoint-dir {params.checkpoints} --params {params.section:q}"
         " --seed {params.seed} --threads {threads} --device {params.device} --log {log}"
 
 
 rule sample:
-    """Every held-out trial -> reconstructions by the decoder and by ridge (and the noise ceiling when simulated)."""
+    """Every held-out trial -> reconstructions by one training seed's decoder and by every baseline
+    (and noise_free_linear when simulated)."""
     input:
         unpack(sample_inputs),
     output:
-        f"{RESULTS}/recon/sub-{{subject}}_{{modality}}.npz",
+        f"{RESULTS}/recon/sub-{{subject}}_{{modality}}_seed{{train_seed}}.npz",
     params:
-        section=sampling_params,
+        section=section_params("sampling"),
         latents=latent_args,
         ground_truth=ground_truth_arg,
-        seed=config["seed"],
+        seed=train_seed,
         device=config["device"],
         code=stage_fingerprint("sample"),
     log:
-        f"{LOGS}/sample/sub-{{subject}}_{{modality}}.log",
+        f"{LOGS}/sample/sub-{{subject}}_{{modality}}_seed{{train_seed}}.log",
     priority: modality_priority
     threads: 4
     resources:
         mem_mb=8000,
         runtime=60,
     conda:
-        "../../environment.yml"
+        "../envs/cortexflow.yml"
     shell:
         "cortexflow sample --dataset {input.dataset} --modality {wildcards.modality}"
         " --decoder {input.decoder} --stimuli {input.stimuli} {params.latents} {params.ground_truth} --out {output}"

@@ -11,7 +11,7 @@ rule glm_betas:
         betas=f"{RESULTS}/betas/sub-{{subject}}/sub-{{subject}}_task-{{task}}_run-{{run}}_betas.nii.gz",
         trials=f"{RESULTS}/betas/sub-{{subject}}/sub-{{subject}}_task-{{task}}_run-{{run}}_trials.parquet",
     params:
-        section=glm_params,
+        section=section_params("glm"),
         sidecar=sidecar_arg,
         glmsingle=glmsingle_arg,
         code=stage_fingerprint("glm_betas"),
@@ -23,7 +23,7 @@ rule glm_betas:
         mem_mb=4000,
         runtime=20,
     conda:
-        "../../environment.yml"
+        "../envs/cortexflow.yml"
     shell:
         "cortexflow glm-betas --bold {input.bold} --events {input.events} --confounds {input.confounds}"
         " --mask {input.mask} {params.sidecar} --stimuli {input.stimuli} {params.glmsingle}"
@@ -41,7 +41,7 @@ rule extract_rois:
         trials=f"{RESULTS}/rois/sub-{{subject}}/sub-{{subject}}_task-{{task}}_trials.parquet",
         voxels=f"{RESULTS}/rois/sub-{{subject}}/sub-{{subject}}_task-{{task}}_voxels.parquet",
     params:
-        section=rois_params,
+        section=section_params("rois"),
         code=stage_fingerprint("extract_rois"),
     log:
         f"{LOGS}/extract_rois/sub-{{subject}}_task-{{task}}.log",
@@ -51,7 +51,7 @@ rule extract_rois:
         mem_mb=8000,
         runtime=20,
     conda:
-        "../../environment.yml"
+        "../envs/cortexflow.yml"
     shell:
         "cortexflow extract-rois --betas {input.betas} --trials {input.trials}"
         " --out-betas {output.betas} --out-trials {output.trials} --out-voxels {output.voxels}"
@@ -65,7 +65,7 @@ rule make_dataset:
     output:
         directory(f"{RESULTS}/dataset/sub-{{subject}}/{{modality}}"),
     params:
-        section=dataset_params,
+        section=section_params("dataset"),
         seed=config["seed"],
         code=stage_fingerprint("make_dataset"),
     log:
@@ -76,7 +76,7 @@ rule make_dataset:
         mem_mb=4000,
         runtime=10,
     conda:
-        "../../environment.yml"
+        "../envs/cortexflow.yml"
     shell:
         "cortexflow make-dataset --roi-betas {input.roi_betas} --trials {input.trials}"
         " --voxels {input.voxels} --stimuli {input.stimuli} --out-dir {output}"

@@ -9,10 +9,14 @@ if SIMULATED:
             description=f"{BIDS_ROOT}/dataset_description.json",
             stimuli=STIMULI_TSV,
             runs=[path for files in RUNS.values() for path in files.values()],
-            truth=[path for subject in SUBJECTS for path in ground_truth_files(subject).values()],
+            truth=[
+                path
+                for subject in SUBJECTS
+                for path in ground_truth_files(subject).values()
+            ],
         params:
             out=folder_of_description,
-            section=simulate_params,
+            section=section_params("simulate"),
             seed=config["seed"],
             code=stage_fingerprint("simulate_study"),
         log:
@@ -22,7 +26,7 @@ if SIMULATED:
             mem_mb=4000,
             runtime=30,
         conda:
-            "../../environment.yml"
+            "../envs/cortexflow.yml"
         shell:
             "cortexflow simulate-study --out {params.out} --params {params.section:q}"
             " --seed {params.seed} --log {log}"

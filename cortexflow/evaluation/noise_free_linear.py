@@ -1,4 +1,8 @@
-"""The simulated study's noise ceiling: the linear decoder without measurement noise.
+"""The simulated study's noise-free linear decoder (method ``noise_free_linear``).
+
+Not a noise ceiling in NSD's sense (that is the per-voxel ncsnr of the
+test repeats, ``preprocess.dataset.noise_ceiling``, reported in summary.md): a
+linear decoder without measurement noise, which a nonlinear decoder may exceed.
 
 The simulator knows every tuned voxel's noise-free response amplitude to every
 stimulus (``derivatives/ground_truth/sub-XX/sub-XX_responses.npz``, written by
@@ -12,7 +16,7 @@ number of repeats are all gone. What is left is the loss that the voxels' tuning
 itself imposes (a Gabor-energy or category voxel is not linear in pixels) and the
 autoencoder's.
 
-It is the ``noise_ceiling`` method of the summary. A real study has no such
+It is the ``noise_free_linear`` method of the summary. A real study has no such
 row: its per-voxel noise ceiling is the dataset stage's ncsnr estimate.
 """
 
@@ -27,7 +31,7 @@ import pandas as pd
 from cortexflow.errors import CortexflowInputError
 from cortexflow.models.ridge import RidgeDecoder
 
-log = logging.getLogger("cortexflow.evaluation.noise_ceiling")
+log = logging.getLogger("cortexflow.evaluation.noise_free_linear")
 
 
 def _one_file(folder: Path, pattern: str) -> Path:
@@ -79,7 +83,7 @@ def noise_free_responses(ground_truth: str | Path, modality: str, voxels: pd.Dat
 
 def predict_without_noise(ground_truth: str | Path, modality: str, voxels: pd.DataFrame, train_ids: np.ndarray,
                           train_targets: np.ndarray, test_ids: np.ndarray, baseline: RidgeDecoder) -> np.ndarray:
-    """The noise-ceiling decoder's predictions for ``test_ids``.
+    """The noise-free linear decoder's predictions for ``test_ids``.
 
     Ridge from the noise-free responses of ``voxels`` to ``train_targets`` (one
     row per id of ``train_ids``), with the alpha grid, folds and seed of the
