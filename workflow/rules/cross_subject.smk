@@ -87,7 +87,7 @@ rule cross_subject_curve:
         figure=report(f"{XSUB_DIR}/curve.png", category="Cross-subject"),
     params:
         section=xsub_section,
-        evaluation=evaluation_params,
+        evaluation=section_params("evaluation"),
         seed=config["seed"],
         code=stage_fingerprint("cross_subject_curve"),
     log:
