@@ -1,8 +1,8 @@
 """The simulated study passes the official BIDS validator (bids-validator-deno), when it is installed.
 
-The validator is not a dependency of cortexflow: install it with
-``pip install bids-validator-deno==3.0.2`` (it brings the ``deno`` runtime
-from PyPI and runs offline). Without it these tests skip.
+The validator is a test requirement (pinned in requirements.txt, so `make test`
+installs it; it brings the ``deno`` runtime from PyPI and runs offline). Where
+it is missing (a bare `pip install cortexflow`) these tests skip.
 
 Each dataset is validated as its own root: the raw dataset, and each
 derivative (fMRIPrep-style outputs, ground truth). ``-r`` (recursive) would do
@@ -14,15 +14,19 @@ the ground truth holds the simulation's own arrays.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from cortexflow.data.simulate import simulate_study
 
-VALIDATOR = shutil.which("bids-validator-deno")
+# the venv's bin/ first: `make test` runs pytest without activating the venv
+VALIDATOR = shutil.which("bids-validator-deno", path=os.pathsep.join([str(Path(sys.executable).parent),
+                                                                    os.environ.get("PATH", "")]))
 pytestmark = pytest.mark.skipif(VALIDATOR is None, reason="bids-validator-deno is not installed "
                                                            "(pip install bids-validator-deno==3.0.2)")
 TINY = {"subjects": 1, "image_train": 12, "image_test": 4, "sentence_train": 6, "sentence_test": 2,
