@@ -197,9 +197,9 @@ def cross_subject_fit_stage(*, dataset: str, subject: str, runs: int, init: str,
     """Train the held-out subject's decoder on its first ``runs`` runs (from the shared
     decoder or from scratch) and reconstruct its test stimuli."""
     from cortexflow.models.cross_subject import adapt_to_subject, set_trainable
+    from cortexflow.models.inference import reconstruct_in_batches
     from cortexflow.models.io import load_model
     from cortexflow.models.ridge import RidgeDecoder
-    from cortexflow.models.types import BrainData
     from cortexflow.stages.sample import _decode_to_stimulus, _from_model_space
     from cortexflow.training.trainer import seed_everything
 
@@ -239,12 +239,10 @@ def cross_subject_fit_stage(*, dataset: str, subject: str, runs: int, init: str,
     test_ids = data.test["stimulus_id"].to_numpy(str)
     rows = lat.rows(test_ids, latents)
     s = c.sampling_params()
-    generator = torch.Generator().manual_seed(seed)
     k = max(1, s.n_samples)
-    result = model.cpu().reconstruct(BrainData(voxels=torch.from_numpy(X_test)), num_steps=s.num_steps,
-                                     cfg_scale=s.cfg_scale, solver=s.solver, shift=s.shift, generator=generator,
-                                     num_samples=k, precision=s.precision)
-    samples = result.output.numpy() if k > 1 else result.output.numpy()[:, None]
+    samples = reconstruct_in_batches(model, torch.from_numpy(X_test), batch_size=s.batch_size, seed=seed,
+                                     num_samples=k, num_steps=s.num_steps, cfg_scale=s.cfg_scale, solver=s.solver,
+                                     shift=s.shift, precision=s.precision).numpy()
     samples = _from_model_space(samples, lat, c.modality)
     arrays = {"ids": test_ids, "truth": lat.targets[rows], "dit": samples[:, 0]}
     if k > 1:
@@ -252,7 +250,7 @@ def cross_subject_fit_stage(*, dataset: str, subject: str, runs: int, init: str,
     if init == "scratch":  # the linear reference on the same trials
         ridge = RidgeDecoder(seed=seed).fit(X, Y.reshape(len(Y), -1), groups=ids)
         z = ridge.predict(X_test).reshape(len(X_test), *Y.shape[1:]).astype(np.float32)
-        arrays["ridge"] = _decode_to_stimulus(model, z, lat, c.modality)
+        arrays["ridge"] = _decode_to_stimulus(model, z, lat, c.modality, s.batch_size)
     _io.save_npz(out, **arrays)
     _io.save_json(Path(out).with_suffix(".json"), {"subject": subject, "runs": int(runs), "init": init,
                                                    "n_trials": int(len(X)), "final_losses": losses})

@@ -456,11 +456,16 @@ def xsub_held_out():
     held = [str(s) for s in XSUB.get("held_out") or SUBJECTS]
     unknown = sorted(set(held) - set(SUBJECTS))
     if unknown:
-        raise CortexflowInputError(f"cross_subject.held_out names subjects {unknown} the study does not have "
-                                   f"(it has {SUBJECTS})", fix="list subjects of the study, or leave it empty")
+        raise CortexflowInputError(
+            f"cross_subject.held_out names subjects {unknown} the study does not have "
+            f"(it has {SUBJECTS})",
+            fix="list subjects of the study, or leave it empty",
+        )
     if len(SUBJECTS) < 2:
-        raise CortexflowInputError("cross-subject training needs at least 2 subjects",
-                                   fix="use a study with several subjects (simulate.subjects: 2 or more)")
+        raise CortexflowInputError(
+            "cross-subject training needs at least 2 subjects",
+            fix="use a study with several subjects (simulate.subjects: 2 or more)",
+        )
     return held
 
 
@@ -475,7 +480,9 @@ def xsub_shared_subjects(wildcards):
 
 def xsub_shared_inputs(wildcards):
     return {
-        "datasets": [dataset_dir(s, XSUB_MODALITY) for s in xsub_shared_subjects(wildcards)],
+        "datasets": [
+            dataset_dir(s, XSUB_MODALITY) for s in xsub_shared_subjects(wildcards)
+        ],
         "latents": latents_file(XSUB_MODALITY),
         "vae": vae_file(XSUB_MODALITY),
     }
@@ -488,7 +495,9 @@ def xsub_fit_inputs(wildcards):
         "vae": vae_file(XSUB_MODALITY),
     }
     if wildcards.init == "shared":
-        inputs["shared"] = f"{XSUB_DIR}/models/shared_without-sub-{wildcards.held}_{XSUB_MODALITY}.pt"
+        inputs["shared"] = (
+            f"{XSUB_DIR}/models/shared_without-sub-{wildcards.held}_{XSUB_MODALITY}.pt"
+        )
     return inputs
 
 
@@ -499,7 +508,9 @@ def xsub_shared_arg(wildcards, input):
 def xsub_checkpoints(wildcards):
     import hashlib
 
-    key = hashlib.sha256(f"{xsub_section()}|{config['seed']}|{stage_fingerprint('cross_subject_fit')}".encode())
+    key = hashlib.sha256(
+        f"{xsub_section()}|{config['seed']}|{stage_fingerprint('cross_subject_fit')}".encode()
+    )
     name = "_".join(f"{k}-{v}" for k, v in wildcards.items())
     return f"{RESULTS}/checkpoints/cross_subject/{name}/{key.hexdigest()[:12]}"
 
@@ -507,5 +518,9 @@ def xsub_checkpoints(wildcards):
 def xsub_recons(wildcards):
     """Every fit of the curve; an input function, so that a one-subject study
     fails only when the cross_subject target is asked for."""
-    return [f"{XSUB_DIR}/recon/sub-{held}_{XSUB_MODALITY}_{init}_runs-{k}.npz"
-            for held in xsub_held_out() for k in XSUB_RUNS for init in ("shared", "scratch")]
+    return [
+        f"{XSUB_DIR}/recon/sub-{held}_{XSUB_MODALITY}_{init}_runs-{k}.npz"
+        for held in xsub_held_out()
+        for k in XSUB_RUNS
+        for init in ("shared", "scratch")
+    ]
