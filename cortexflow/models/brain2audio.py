@@ -99,14 +99,10 @@ class Brain2Audio(LatentFlowDecoder):
                 f"the VAE was built for {vae.config.n_mels} mel bins but n_mels={n_mels}",
                 fix="build the model with the VAE's n_mels",
             )
-        factor = vae.downsample_factor
-        if not isinstance(audio_len, int) or audio_len <= 0 or audio_len % factor:
-            raise CortexflowInputError(
-                f"audio_len={audio_len!r} frames is not a positive multiple of the VAE's downsampling factor {factor}",
-                fix=f"crop or pad mel spectrograms to a multiple of {factor} frames",
-            )
-        if not 0.0 <= cond_drop_prob < 1.0:
-            raise CortexflowInputError(f"cond_drop_prob must be in [0, 1), got {cond_drop_prob}")
+        factor = self._check_arguments(
+            vae, audio_len, "audio_len", " frames", "crop or pad mel spectrograms to a multiple of {factor} frames",
+            cond_drop_prob,
+        )
         dit_in = dit_config or DiTConfig(
             hidden_dim=hidden_dim, depth=depth, num_heads=num_heads, cond_dim=hidden_dim, patch_size=2
         )
@@ -118,7 +114,6 @@ class Brain2Audio(LatentFlowDecoder):
             log.info("latent length %d is odd: using patch_size 1 along time", latent_shape[1])
         dit_cfg = self._dit_config_for(dit_in, latent_shape, prior_conditioning)
         self.config = Brain2AudioConfig(
-            n_voxels=int(getattr(brain_encoder, "n_voxels", n_voxels)),
             n_mels=n_mels,
             audio_len=audio_len,
             sample_rate=sample_rate,
@@ -126,11 +121,8 @@ class Brain2Audio(LatentFlowDecoder):
             hop_length=hop_length,
             dit=dit_cfg,
             vae=vae.config,
-            flow=flow_config or FlowConfig(),
-            n_brain_tokens=int(getattr(brain_encoder, "n_tokens", n_brain_tokens)),
-            encoder=self._encoder_spec(brain_encoder),
-            prior_conditioning=bool(prior_conditioning),
-            cond_drop_prob=float(cond_drop_prob),
+            **self._common_config(brain_encoder, n_voxels, n_brain_tokens, flow_config, prior_conditioning,
+                                  cond_drop_prob),
         )
         self.n_mels, self.audio_len, self.sample_rate = n_mels, audio_len, sample_rate
         self._build(brain_encoder, vae, dit_cfg, self.config.flow, latent_shape)
@@ -167,37 +159,11 @@ class Brain2Audio(LatentFlowDecoder):
         """Raw latents -> log-mel spectrograms (B, n_mels, audio_len)."""
         return self.vae.decode(latents)
 
-    @staticmethod
-    def mel_to_waveform(
-        mel: torch.Tensor,
-        *,
-        sample_rate: int = 16000,
-        n_fft: int = 1024,
-        hop_length: int = 256,
-        n_iter: int = 32,
-        length: int | None = None,
-    ) -> torch.Tensor:
-        """Log-mel (B, n_mels, T) -> waveform (B, (T - 1) * hop_length) with torchaudio's
-        InverseMelScale (gelsd, refined to non-negative least squares) and
-        Griffin-Lim; see :func:`cortexflow.models.audio.mel_to_waveform`."""
-        return audio.mel_to_waveform(
-            mel, sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_iter=n_iter, length=length
-        )
-
-    @staticmethod
-    def waveform_to_mel(
-        waveform: torch.Tensor,
-        *,
-        sample_rate: int = 16000,
-        n_fft: int = 1024,
-        hop_length: int = 256,
-        n_mels: int = 80,
-    ) -> torch.Tensor:
-        """Waveform (B, samples) -> log-mel (B, n_mels, 1 + samples // hop_length), the
-        inverse of :meth:`mel_to_waveform` with the same defaults."""
-        return audio.waveform_to_mel(
-            waveform, sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels
-        )
+    # The seed's static methods, with the same defaults: log-mel (B, n_mels, T) ->
+    # waveform (B, (T - 1) * hop_length) by InverseMelScale (gelsd, refined to
+    # non-negative least squares) and Griffin-Lim, and its inverse.
+    mel_to_waveform = staticmethod(audio.mel_to_waveform)
+    waveform_to_mel = staticmethod(audio.waveform_to_mel)
 
 
 class AudioDiT(DiffusionTransformer):

@@ -76,29 +76,21 @@ class Brain2Image(LatentFlowDecoder):
         if vae is not None and not isinstance(vae, LatentVAE):
             raise CortexflowInputError(f"vae must be a LatentVAE, got {type(vae).__name__}")
         vae = vae if vae is not None else LatentVAE(vae_config or VAEConfig())
-        factor = vae.downsample_factor
-        if not isinstance(img_size, int) or img_size <= 0 or img_size % factor:
-            raise CortexflowInputError(
-                f"img_size={img_size!r} is not a positive multiple of the VAE's downsampling factor {factor}",
-                fix=f"use an img_size divisible by {factor}, or fewer VAE levels (VAEConfig.hidden_dims)",
-            )
-        if not 0.0 <= cond_drop_prob < 1.0:
-            raise CortexflowInputError(f"cond_drop_prob must be in [0, 1), got {cond_drop_prob}")
+        factor = self._check_arguments(
+            vae, img_size, "img_size", "",
+            "use an img_size divisible by {factor}, or fewer VAE levels (VAEConfig.hidden_dims)", cond_drop_prob,
+        )
         dit_in = dit_config or DiTConfig()
         if brain_encoder is None:
             brain_encoder = BrainEncoder(n_voxels=n_voxels, cond_dim=dit_in.cond_dim, n_tokens=n_brain_tokens)
         latent_shape = (vae.latent_channels, img_size // factor, img_size // factor)
         dit_cfg = self._dit_config_for(dit_in, latent_shape, prior_conditioning)
         self.config = Brain2ImageConfig(
-            n_voxels=int(getattr(brain_encoder, "n_voxels", n_voxels)),
             img_size=img_size,
             dit=dit_cfg,
             vae=vae.config,
-            flow=flow_config or FlowConfig(),
-            n_brain_tokens=int(getattr(brain_encoder, "n_tokens", n_brain_tokens)),
-            encoder=self._encoder_spec(brain_encoder),
-            prior_conditioning=bool(prior_conditioning),
-            cond_drop_prob=float(cond_drop_prob),
+            **self._common_config(brain_encoder, n_voxels, n_brain_tokens, flow_config, prior_conditioning,
+                                  cond_drop_prob),
         )
         self.img_size = img_size
         self._build(brain_encoder, vae, dit_cfg, self.config.flow, latent_shape)

@@ -104,6 +104,37 @@ class LatentFlowDecoder(nn.Module):
         )
 
     @staticmethod
+    def _check_arguments(vae: ConvVAE, length: object, name: str, unit: str, fix: str,
+                         cond_drop_prob: float) -> int:
+        """The subclasses' shared argument checks; the VAE's downsampling factor.
+
+        ``length`` (``name``, in ``unit``) is the stimulus size the VAE downsamples;
+        ``fix`` may name ``{factor}``.
+        """
+        factor = vae.downsample_factor
+        if not isinstance(length, int) or length <= 0 or length % factor:
+            raise CortexflowInputError(
+                f"{name}={length!r}{unit} is not a positive multiple of the VAE's downsampling factor {factor}",
+                fix=fix.format(factor=factor),
+            )
+        if not 0.0 <= cond_drop_prob < 1.0:
+            raise CortexflowInputError(f"cond_drop_prob must be in [0, 1), got {cond_drop_prob}")
+        return factor
+
+    @classmethod
+    def _common_config(cls, brain_encoder: nn.Module, n_voxels: int, n_brain_tokens: int,
+                       flow_config: FlowConfig | None, prior_conditioning: bool, cond_drop_prob: float) -> dict:
+        """The config fields every latent-flow decoder has, as built (the encoder's own sizes win)."""
+        return {
+            "n_voxels": int(getattr(brain_encoder, "n_voxels", n_voxels)),
+            "flow": flow_config or FlowConfig(),
+            "n_brain_tokens": int(getattr(brain_encoder, "n_tokens", n_brain_tokens)),
+            "encoder": cls._encoder_spec(brain_encoder),
+            "prior_conditioning": bool(prior_conditioning),
+            "cond_drop_prob": float(cond_drop_prob),
+        }
+
+    @staticmethod
     def _encoder_spec(brain_encoder: nn.Module | None) -> dict | None:
         return None if brain_encoder is None else module_spec(brain_encoder)
 
