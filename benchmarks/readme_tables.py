@@ -35,7 +35,7 @@ def values_table(summary: pd.DataFrame, modality: str) -> list[str]:
     block = summary[summary["modality"] == modality]
     subjects = sorted(block["subject"].unique())
     metrics = list(dict.fromkeys(block["metric"]))
-    lines = [f"| method | " + " | ".join(f"{m}{' ↓' if m in LOWER_IS_BETTER else ''} (" + " / ".join(
+    lines = ["| method | " + " | ".join(f"{m}{' ↓' if m in LOWER_IS_BETTER else ''} (" + " / ".join(
         f"sub-{s}" for s in subjects) + ")" for m in metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
     for method in method_order(block["method"].unique()):
         cells = []

@@ -37,7 +37,8 @@ import pandas as pd
 
 from cortexflow import _io
 from cortexflow.config import load_config
-from cortexflow.evaluation.evaluate import evaluate_stage, is_baseline_method, is_decoder_method, method_order
+from cortexflow.evaluation.evaluate import (EvaluationConfig, evaluate_stage, is_baseline_method, is_decoder_method,
+                                            method_order)
 from cortexflow.evaluation.summary import best_baselines
 from cortexflow.stages.baseline import fit_baseline_stage
 from cortexflow.stages.decoder import train_decoder_stage
@@ -122,35 +123,47 @@ def main() -> None:
     latents, vae = results / "latents" / f"{m}.npz", results / "models" / f"vae_{m}.pt"
     variants = args.variants or {"": {}}
 
-    start = time.perf_counter()
     ridge, baselines = work / "ridge.npz", work / "baselines.npz"
     fit_baseline_stage(dataset=str(data), out=str(ridge), params=cfg["baseline"], latents=str(latents), seed=cfg["seed"],
                        out_baselines=str(baselines))
-    decoder = work / "decoder.pt"
-    train_decoder_stage(dataset=str(data), modality=m, out=str(decoder), checkpoint_dir=str(work / "checkpoints"),
-                        params={m: {**cfg["decoder"][m], **args.decoder_params, "fit_on": "all"}}, seed=cfg["seed"], threads=args.threads,
-                        latents=str(latents), vae=str(vae), ridge=str(ridge))
-    print(f"ridge + decoder on the fit fold: {time.perf_counter() - start:.0f} s")
-
-    rows = []
-    for scale in args.cfg_scales:
-        tag = f"cfg{scale:g}"
-        recon, out = work / f"recon_{tag}.npz", work / tag
-        sampling = {m: {**cfg["sampling"][m], "cfg_scale": scale}}
-        sample_stage(dataset=str(data), modality=m, decoder=str(decoder), out=str(recon), params=sampling,
-                     seed=cfg["seed"], threads=args.threads, latents=str(latents), vae=str(vae), ridge=str(ridge),
-                     baselines=str(baselines))
-        evaluate_stage(recon=[str(recon)], out_summary=str(out / "summary.parquet"), out_items=str(out / "items.parquet"),
-                       out_comparisons=str(out / "comparisons.parquet"), subject=args.subject, modality=m,
-                       params=cfg["evaluation"], seed=cfg["seed"])
-        summary, comparisons = pd.read_parquet(out / "summary.parquet"), pd.read_parquet(out / "comparisons.parquet")
-        decoders = comparisons[comparisons["method_a"].map(is_decoder_method)
-                               & comparisons["method_b"].map(is_baseline_method)]
-        for row in decoders.itertuples():
-            value = summary[(summary["method"] == row.method_a) & (summary["metric"] == row.metric)]["value"].iloc[0]
-            rows.append({"cfg_scale": scale, "method": row.method_a, "metric": row.metric, "value": value,
-                         "baseline": row.method_b,
-                         "minus_baseline": f"{row.diff:+.3f} [{row.ci_low:+.3f}, {row.ci_high:+.3f}]"})
+    rows, items = [], {}
+    for name, overrides in variants.items():
+        tag_v = f"_{name}" if name else ""
+        decoder = work / f"decoder{tag_v}.pt"
+        start = time.perf_counter()
+        train_decoder_stage(dataset=str(data), modality=m, out=str(decoder),
+                            checkpoint_dir=str(work / f"checkpoints{tag_v}"),
+                            params={m: {**cfg["decoder"][m], **args.decoder_params, **overrides, "fit_on": "all"}},
+                            seed=cfg["seed"], threads=args.threads, latents=str(latents), vae=str(vae),
+                            ridge=str(ridge))
+        print(f"decoder{' ' + name if name else ''} on the fit fold: {time.perf_counter() - start:.0f} s")
+        for scale in args.cfg_scales:
+            tag = f"cfg{scale:g}{tag_v}"
+            recon, out = work / f"recon_{tag}.npz", work / tag
+            sampling = {m: {**cfg["sampling"][m], "cfg_scale": scale}}
+            sample_stage(dataset=str(data), modality=m, decoder=str(decoder), out=str(recon), params=sampling,
+                         seed=cfg["seed"], threads=args.threads, latents=str(latents), vae=str(vae),
+                         ridge=str(ridge), baselines=str(baselines))
+            evaluate_stage(recon=[str(recon)], out_summary=str(out / "summary.parquet"),
+                           out_items=str(out / "items.parquet"), out_comparisons=str(out / "comparisons.parquet"),
+                           subject=args.subject, modality=m, params=cfg["evaluation"], seed=cfg["seed"])
+            summary = pd.read_parquet(out / "summary.parquet")
+            comparisons = pd.read_parquet(out / "comparisons.parquet")
+            items.setdefault(scale, {})[name] = pd.read_parquet(out / "items.parquet")
+            decoders = comparisons[comparisons["method_a"].map(is_decoder_method)
+                                   & comparisons["method_b"].map(is_baseline_method)]
+            for row in decoders.itertuples():
+                value = summary[(summary["method"] == row.method_a)
+                                & (summary["metric"] == row.metric)]["value"].iloc[0]
+                rows.append({"variant": name, "cfg_scale": scale, "method": row.method_a, "metric": row.metric,
+                             "value": value, "baseline": row.method_b,
+                             "minus_baseline": f"{row.diff:+.3f} [{row.ci_low:+.3f}, {row.ci_high:+.3f}]"})
+    if len(variants) > 1:
+        reference = next(iter(variants))
+        n_boot = int(cfg["evaluation"].get("n_boot", EvaluationConfig.n_boot))
+        for scale, by_variant in items.items():
+            print(f"\nguidance {scale:g}: each variant minus {reference!r}, paired over the val items\n")
+            print(paired_variants(by_variant, reference, n_boot, cfg["seed"]).to_string(index=False))
     table = pd.DataFrame(rows)
     n_items = len(pd.read_parquet(data / "test.parquet"))
     base = summary[summary["method"].map(is_baseline_method)].pivot(index="metric", columns="method", values="value")
@@ -161,7 +174,7 @@ def main() -> None:
           + ", ".join(f"{r.metric} {r.baseline}" for r in best.itertuples()) + "\n")
     strongest = table.merge(best[["metric", "baseline"]], on=["metric", "baseline"])
     print("decoder against the validation fold's strongest baseline:\n")
-    print(strongest.sort_values(["metric", "method", "cfg_scale"]).to_string(index=False))
+    print(strongest.sort_values(["variant", "metric", "method", "cfg_scale"]).to_string(index=False))
     out_table = work / "validation_comparisons.csv"
     table.to_csv(out_table, index=False)
     print(f"\ndecoder against every baseline: {out_table}")

@@ -54,10 +54,9 @@ def trial_regressors(onsets: np.ndarray, durations: np.ndarray, n_volumes: int, 
 
 def cosine_drift(n_volumes: int, tr: float, cutoff: float = 128.0) -> np.ndarray:
     """DCT high-pass basis (SPM's), (n_volumes, k) columns with period > ``cutoff`` s removed."""
-    k = int(np.floor(2 * n_volumes * tr / cutoff))
-    t = np.arange(n_volumes)
-    basis = [np.cos(np.pi * (t + 0.5) * j / n_volumes) for j in range(1, k + 1)]
-    return np.stack(basis, 1) * np.sqrt(2.0 / n_volumes) if basis else np.zeros((n_volumes, 0))
+    from cortexflow.preprocess.hrf import dct_basis  # the GLM's basis: one definition of the DCT
+
+    return dct_basis(n_volumes, int(np.floor(2 * n_volumes * tr / cutoff)))
 
 
 def ar1_covariance(n: int, rho: float) -> np.ndarray:

@@ -43,32 +43,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from cortexflow.errors import CortexflowInputError
-from cortexflow.models.ridge import (_as_2d, _centre_gram, _FoldFactors, _spectrum_kernel, _spectrum_primal,
-                                     grouped_folds)
+from cortexflow.models.ridge import _as_2d, _FoldFactors, _spectrum_kernel, _spectrum_primal, fold_factors, grouped_folds
 
 log = logging.getLogger("cortexflow.models.baselines")
 
 
 # ------------------------------------------------------------ per-target ridge
-
-
-def _fold_factors(X: np.ndarray, Y: np.ndarray, folds: np.ndarray) -> list[_FoldFactors]:
-    kernel = X.shape[1] > X.shape[0]
-    G = X @ X.T if kernel else None
-    factors = []
-    for k in np.unique(folds):
-        train, val = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
-        y_mean = Y[train].mean(0)
-        if kernel:
-            G_train = G[np.ix_(train, train)]
-            spectrum, U = _spectrum_kernel(_centre_gram(G_train, G_train), Y[train] - y_mean, y_mean)
-            projected = _centre_gram(G[np.ix_(val, train)], G_train) @ U
-        else:
-            x_mean = X[train].mean(0)
-            spectrum, V = _spectrum_primal(X[train] - x_mean, Y[train] - y_mean, y_mean)
-            projected = (X[val] - x_mean) @ V
-        factors.append(_FoldFactors(val, projected, spectrum))
-    return factors
 
 
 def _predict_per_target(f: _FoldFactors, alpha_per_target: np.ndarray) -> np.ndarray:
@@ -107,7 +87,7 @@ def fit_ridge_per_target(X: np.ndarray, Y: np.ndarray, alphas, n_folds: int = 5,
     alphas = np.unique(np.asarray(alphas, dtype=np.float64))
     folds = grouped_folds(len(X2), n_folds, groups, seed)
     errors = np.zeros((len(alphas), Y2.shape[1]))
-    for f in _fold_factors(X2, Y2, folds):
+    for f in fold_factors(X2, Y2, folds):
         sp = f.spectrum
         for a, alpha in enumerate(alphas):
             pred = (f.val_projected * sp.weights(alpha)) @ sp.uty + sp.y_mean

@@ -189,6 +189,12 @@ class KVCache:
     length: int = 0
 
 
+def _split_heads(x: torch.Tensor, n_heads: int, head_dim: int) -> torch.Tensor:
+    """(B, T, n_heads * head_dim) -> (B, n_heads, T, head_dim)."""
+    b, t, _ = x.shape
+    return x.view(b, t, n_heads, head_dim).transpose(1, 2)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, dim: int, n_heads: int, dropout: float):
         super().__init__()
@@ -199,8 +205,7 @@ class CausalSelfAttention(nn.Module):
         self.resid_drop = nn.Dropout(dropout)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, _ = x.shape
-        return x.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        return _split_heads(x, self.n_heads, self.head_dim)
 
     def forward(self, x: torch.Tensor, cache: _LayerCache | None = None, start: int = 0) -> torch.Tensor:
         b, t, d = x.shape
@@ -236,8 +241,7 @@ class CrossAttention(nn.Module):
         self.resid_drop = nn.Dropout(dropout)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, _ = x.shape
-        return x.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        return _split_heads(x, self.n_heads, self.head_dim)
 
     def memory_kv(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         k, v = self.kv(memory).chunk(2, dim=-1)

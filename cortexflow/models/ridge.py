@@ -142,12 +142,11 @@ class _FoldFactors:
         return (self.val_projected * sp.weights(alpha)) @ sp.uty + sp.y_mean
 
 
-def _cross_validate(X: np.ndarray, Y: np.ndarray, alphas: np.ndarray, folds: np.ndarray):
-    """CV mean squared error per alpha, the best alpha, and its out-of-fold predictions."""
+def fold_factors(X: np.ndarray, Y: np.ndarray, folds: np.ndarray) -> list[_FoldFactors]:
+    """Per fold, the factorisation of its training rows that predicts its held-out rows at any alpha."""
     kernel = X.shape[1] > X.shape[0]
     G = X @ X.T if kernel else None  # one Gram matrix serves every fold
     factors = []
-    errors = np.zeros(len(alphas))
     for k in np.unique(folds):
         train, val = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
         y_mean = Y[train].mean(0)
@@ -159,10 +158,17 @@ def _cross_validate(X: np.ndarray, Y: np.ndarray, alphas: np.ndarray, folds: np.
             x_mean = X[train].mean(0)
             spectrum, V = _spectrum_primal(X[train] - x_mean, Y[train] - y_mean, y_mean)
             projected = (X[val] - x_mean) @ V
-        f = _FoldFactors(val, projected, spectrum)
-        factors.append(f)
+        factors.append(_FoldFactors(val, projected, spectrum))
+    return factors
+
+
+def _cross_validate(X: np.ndarray, Y: np.ndarray, alphas: np.ndarray, folds: np.ndarray):
+    """CV mean squared error per alpha, the best alpha, and its out-of-fold predictions."""
+    factors = fold_factors(X, Y, folds)
+    errors = np.zeros(len(alphas))
+    for f in factors:
         for a, alpha in enumerate(alphas):
-            errors[a] += ((f.predict(alpha) - Y[val]) ** 2).sum()
+            errors[a] += ((f.predict(alpha) - Y[f.val_rows]) ** 2).sum()
     cv_mse = errors / Y.size
     best = int(np.argmin(cv_mse))
     oof = np.empty_like(Y)

@@ -38,7 +38,6 @@ the chosen ones (all, when selection is off), and :func:`load_dataset` applies i
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass

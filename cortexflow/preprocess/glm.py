@@ -46,7 +46,7 @@ from typing import Literal
 
 from cortexflow.errors import CortexflowInputError
 from cortexflow.sections import from_mapping
-from cortexflow.preprocess.hrf import HRF_MODELS, event_regressors, frame_times, gamma_difference_hrf
+from cortexflow.preprocess.hrf import HRF_MODELS, dct_basis, event_regressors, frame_times, gamma_difference_hrf
 
 log = logging.getLogger("cortexflow.preprocess.glm")
 
@@ -134,10 +134,7 @@ def cosine_drift(n_scans: int, tr: float, high_pass: float) -> np.ndarray:
     Same columns as ``nilearn.signal.create_cosine_drift`` (SPM's ``spm_dctmtx``).
     """
     order = min(n_scans - 1, int(np.floor(2 * n_scans * high_pass * tr)))
-    t = np.arange(n_scans)
-    k = np.arange(1, order + 1)
-    basis = np.sqrt(2.0 / n_scans) * np.cos(np.pi / n_scans * (t[:, None] + 0.5) * k[None, :])
-    return np.hstack([basis, np.ones((n_scans, 1))])
+    return np.hstack([dct_basis(n_scans, order), np.ones((n_scans, 1))])
 
 
 @dataclass

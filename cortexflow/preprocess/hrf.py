@@ -95,3 +95,11 @@ def event_regressors(
         return cum[hi] - cum[lo]
 
     return (1.0 - w_right)[:, None] * conv_at(left) + w_right[:, None] * conv_at(right)
+
+
+def dct_basis(n_scans: int, order: int) -> np.ndarray:
+    """The first ``order`` DCT-II regressors over ``n_scans`` volumes (SPM's ``spm_dctmtx`` without its
+    constant), unit-norm columns (n_scans, order): the high-pass drift basis of the GLM and the simulator."""
+    t = np.arange(n_scans)
+    k = np.arange(1, order + 1)
+    return np.sqrt(2.0 / n_scans) * np.cos(np.pi / n_scans * (t[:, None] + 0.5) * k[None, :])

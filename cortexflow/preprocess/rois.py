@@ -29,7 +29,6 @@ a non-zero beta (the intersection of the runs' masks).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field

@@ -35,7 +35,8 @@ import torch
 from cortexflow import _io
 from cortexflow.errors import CortexflowInputError
 from cortexflow.models.latents import load_latents
-from cortexflow.stages.decoder import _build_flow_decoder, _final_loss, _run_tag, _training_config
+from cortexflow.stages.decoder import (_build_flow_decoder, _final_loss, _run_tag, _training_config,
+                                       latent_flow_batches)
 from cortexflow.devices import resolve_device
 from cortexflow.sections import from_mapping
 from cortexflow.stages.params import DecoderParams, SamplingParams
@@ -121,16 +122,9 @@ def first_runs_rows(train: pd.DataFrame, runs: int, source: str | Path | None = 
 def _train(model, X: torch.Tensor, Y: torch.Tensor, subject_idx: torch.Tensor | None, p: DecoderParams,
            steps: int, seed: int, device: str, checkpoint_dir: str, tag: str):
     """Train ``model`` for ``steps`` steps on (X, Y); returns the mean of its last losses."""
-    from cortexflow.models.types import BrainData
-    from cortexflow.training.trainer import Trainer, batch_indices
+    from cortexflow.training.trainer import Trainer
 
-    def batch_fn(step: int, generator: torch.Generator):
-        idx = batch_indices(step, len(X), p.batch_size, seed)
-        return Y[idx], BrainData(voxels=X[idx], subject_idx=None if subject_idx is None else subject_idx[idx])
-
-    def loss_fn(m, batch):
-        y, brain = batch
-        return m.training_loss_latents(y, brain)
+    batch_fn, loss_fn = latent_flow_batches(X, Y, p.batch_size, seed, subject_idx=subject_idx)
 
     config = _training_config(p, seed, device)
     config.max_steps = steps

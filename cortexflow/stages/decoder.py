@@ -120,6 +120,26 @@ def _training_config(p: DecoderParams, seed: int, device: str):
                           compile=p.compile)
 
 
+def latent_flow_batches(X: torch.Tensor, Y: torch.Tensor, batch_size: int, seed: int, *,
+                        prior: torch.Tensor | None = None, subject_idx: torch.Tensor | None = None):
+    """``(batch_fn, loss_fn)`` for ``Trainer.fit`` of a latent-flow decoder on voxels ``X`` and latents ``Y``
+    (rows aligned; ``prior`` and ``subject_idx`` optional, in the same row order). Batch ``step`` is
+    ``batch_indices(step, len(X), batch_size, seed)``, so a resumed run draws the same batches."""
+    from cortexflow.models.types import BrainData
+    from cortexflow.training.trainer import batch_indices
+
+    def batch_fn(step: int, generator: torch.Generator):
+        idx = batch_indices(step, len(X), batch_size, seed)
+        return Y[idx], BrainData(voxels=X[idx], prior=None if prior is None else prior[idx],
+                                 subject_idx=None if subject_idx is None else subject_idx[idx])
+
+    def loss_fn(m, batch):
+        y, brain = batch
+        return m.training_loss_latents(y, brain)
+
+    return batch_fn, loss_fn
+
+
 def train_decoder_stage(*, dataset: str, modality: str, out: str, checkpoint_dir: str, params: dict, seed: int = 0,
                         threads: int = 1, device: str = "cpu", latents: str | None = None, vae: str | None = None,
                         ridge: str | None = None, stimuli: str | None = None) -> None:
@@ -146,9 +166,8 @@ def _train_decoder(*, dataset: str, modality: str, out: str, checkpoint_dir: str
                    threads: int, device: str, latents: str | None, vae: str | None, ridge: str | None,
                    stimuli: str | None, is_main: bool) -> None:
     from cortexflow.models.io import save_model
-    from cortexflow.models.types import BrainData
     from cortexflow.preprocess.dataset import load_dataset
-    from cortexflow.training.trainer import Trainer, batch_indices, seed_everything
+    from cortexflow.training.trainer import Trainer, seed_everything
 
     _io.set_threads(threads)
     seed_everything(seed)  # before any model is built: its initial weights come from torch's global generator
@@ -183,16 +202,7 @@ def _train_decoder(*, dataset: str, modality: str, out: str, checkpoint_dir: str
 
         # the baseline's out-of-fold predictions of the dataset's training trials, in its row order
         prior = torch.from_numpy(load_ridge(ridge).training_prior(data.train["stimulus_id"].to_numpy(str), ridge)[rows])
-    Xt, Yt = torch.from_numpy(X), torch.from_numpy(Y)
-
-    def batch_fn(step: int, generator: torch.Generator):
-        idx = batch_indices(step, len(Xt), p.batch_size, seed)
-        return Yt[idx], BrainData(voxels=Xt[idx], prior=None if prior is None else prior[idx])
-
-    def loss_fn(m, batch):
-        y, brain = batch
-        return m.training_loss_latents(y, brain)
-
+    batch_fn, loss_fn = latent_flow_batches(torch.from_numpy(X), torch.from_numpy(Y), p.batch_size, seed, prior=prior)
     trainer = Trainer(model, _training_config(p, seed, device))
     result = trainer.fit(batch_fn, steps=p.steps, loss_fn=loss_fn, checkpoint_dir=checkpoint_dir,
                          run_tag=_run_tag(X, Y, params=p))

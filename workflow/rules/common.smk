@@ -293,6 +293,8 @@ def dataset_inputs(wildcards):
     }
 
 
+# Each file between stages is named once, here: rules declare their outputs by calling
+# these with wildcard patterns (vae_file("{modality}")), input functions with values.
 def dataset_dir(subject, modality):
     return f"{RESULTS}/dataset/sub-{subject}/{modality}"
 

@@ -8,7 +8,7 @@ rule pretrain_vae:
     input:
         stimuli=STIMULI_TSV,
     output:
-        f"{RESULTS}/models/vae_{{modality}}.pt",
+        vae_file("{modality}"),
     wildcard_constraints:
         modality="image|audio",
     params:
@@ -35,9 +35,9 @@ rule encode_latents:
     """Every stimulus -> its latent, computed once and cached."""
     input:
         stimuli=STIMULI_TSV,
-        vae=f"{RESULTS}/models/vae_{{modality}}.pt",
+        vae=vae_file("{modality}"),
     output:
-        f"{RESULTS}/latents/{{modality}}.npz",
+        latents_file("{modality}"),
     wildcard_constraints:
         modality="image|audio",
     params:
@@ -66,8 +66,8 @@ rule fit_baseline:
     input:
         unpack(baseline_inputs),
     output:
-        ridge=f"{RESULTS}/models/sub-{{subject}}_{{modality}}_ridge.npz",
-        baselines=f"{RESULTS}/models/sub-{{subject}}_{{modality}}_baselines.npz",
+        ridge=ridge_file("{subject}", "{modality}"),
+        baselines=baselines_file("{subject}", "{modality}"),
     params:
         section=section_params("baseline"),
         latents=latent_args,
@@ -99,7 +99,7 @@ rule train_decoder:
     input:
         unpack(decoder_inputs),
     output:
-        f"{RESULTS}/models/sub-{{subject}}_{{modality}}_decoder_seed{{train_seed}}.pt",
+        decoder_file("{subject}", "{modality}", "{train_seed}"),
     params:
         section=decoder_params,
         latents=latent_args,
@@ -130,7 +130,7 @@ rule sample:
     input:
         unpack(sample_inputs),
     output:
-        f"{RESULTS}/recon/sub-{{subject}}_{{modality}}_seed{{train_seed}}.npz",
+        recon_file("{subject}", "{modality}", "{train_seed}"),
     params:
         section=section_params("sampling"),
         latents=latent_args,

@@ -63,7 +63,7 @@ rule make_dataset:
     input:
         unpack(dataset_inputs),
     output:
-        directory(f"{RESULTS}/dataset/sub-{{subject}}/{{modality}}"),
+        directory(dataset_dir("{subject}", "{modality}")),
     params:
         section=section_params("dataset"),
         seed=config["seed"],
