@@ -27,6 +27,7 @@ per guidance scale.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import time
@@ -105,6 +106,9 @@ def main() -> None:
     parser.add_argument("--subject", default="01")
     parser.add_argument("--modality", default="image", choices=["image", "audio"])
     parser.add_argument("--cfg-scales", type=float, nargs="+", default=[1.0, 2.0, 3.0])
+    parser.add_argument("--noise-scales", type=float, nargs="+", default=[1.0],
+                        help="sampling.noise_scale values, each sampled at every guidance scale (sampling only: "
+                             "no retraining)")
     parser.add_argument("--decoder-params", type=json.loads, default={},
                         help='JSON overrides of the decoder section, e.g. \'{"steps": 2500}\'')
     parser.add_argument("--variants", type=json.loads, default=None,
@@ -137,10 +141,10 @@ def main() -> None:
                             seed=cfg["seed"], threads=args.threads, latents=str(latents), vae=str(vae),
                             ridge=str(ridge))
         print(f"decoder{' ' + name if name else ''} on the fit fold: {time.perf_counter() - start:.0f} s")
-        for scale in args.cfg_scales:
-            tag = f"cfg{scale:g}{tag_v}"
+        for scale, noise_scale in itertools.product(args.cfg_scales, args.noise_scales):
+            tag = f"cfg{scale:g}{'' if noise_scale == 1 else f'_noise{noise_scale:g}'}{tag_v}"
             recon, out = work / f"recon_{tag}.npz", work / tag
-            sampling = {m: {**cfg["sampling"][m], "cfg_scale": scale}}
+            sampling = {m: {**cfg["sampling"][m], "cfg_scale": scale, "noise_scale": noise_scale}}
             sample_stage(dataset=str(data), modality=m, decoder=str(decoder), out=str(recon), params=sampling,
                          seed=cfg["seed"], threads=args.threads, latents=str(latents), vae=str(vae),
                          ridge=str(ridge), baselines=str(baselines))
@@ -149,20 +153,22 @@ def main() -> None:
                            subject=args.subject, modality=m, params=cfg["evaluation"], seed=cfg["seed"])
             summary = pd.read_parquet(out / "summary.parquet")
             comparisons = pd.read_parquet(out / "comparisons.parquet")
-            items.setdefault(scale, {})[name] = pd.read_parquet(out / "items.parquet")
+            items.setdefault((scale, noise_scale), {})[name] = pd.read_parquet(out / "items.parquet")
             decoders = comparisons[comparisons["method_a"].map(is_decoder_method)
                                    & comparisons["method_b"].map(is_baseline_method)]
             for row in decoders.itertuples():
                 value = summary[(summary["method"] == row.method_a)
                                 & (summary["metric"] == row.metric)]["value"].iloc[0]
-                rows.append({"variant": name, "cfg_scale": scale, "method": row.method_a, "metric": row.metric,
+                rows.append({"variant": name, "cfg_scale": scale, "noise_scale": noise_scale,
+                             "method": row.method_a, "metric": row.metric,
                              "value": value, "baseline": row.method_b,
                              "minus_baseline": f"{row.diff:+.3f} [{row.ci_low:+.3f}, {row.ci_high:+.3f}]"})
     if len(variants) > 1:
         reference = next(iter(variants))
         n_boot = int(cfg["evaluation"].get("n_boot", EvaluationConfig.n_boot))
-        for scale, by_variant in items.items():
-            print(f"\nguidance {scale:g}: each variant minus {reference!r}, paired over the val items\n")
+        for (scale, noise_scale), by_variant in items.items():
+            print(f"\nguidance {scale:g}, noise scale {noise_scale:g}: each variant minus {reference!r}, "
+                  "paired over the val items\n")
             print(paired_variants(by_variant, reference, n_boot, cfg["seed"]).to_string(index=False))
     table = pd.DataFrame(rows)
     n_items = len(pd.read_parquet(data / "test.parquet"))
@@ -174,7 +180,7 @@ def main() -> None:
           + ", ".join(f"{r.metric} {r.baseline}" for r in best.itertuples()) + "\n")
     strongest = table.merge(best[["metric", "baseline"]], on=["metric", "baseline"])
     print("decoder against the validation fold's strongest baseline:\n")
-    print(strongest.sort_values(["variant", "metric", "method", "cfg_scale"]).to_string(index=False))
+    print(strongest.sort_values(["variant", "metric", "method", "cfg_scale", "noise_scale"]).to_string(index=False))
     out_table = work / "validation_comparisons.csv"
     table.to_csv(out_table, index=False)
     print(f"\ndecoder against every baseline: {out_table}")

@@ -129,6 +129,24 @@ def test_batched_samples_do_not_depend_on_the_batch_size(prior):
     torch.testing.assert_close(alone.output[0], runs[n][4], rtol=0, atol=1e-5)
 
 
+def test_noise_scale_shrinks_the_spread_of_samples_and_zero_makes_them_one():
+    model = _image_model(prior=True)
+    voxels = torch.randn(4, 20, generator=torch.Generator().manual_seed(1))
+    z = torch.randn(4, 4, 4, 4, generator=torch.Generator().manual_seed(2))
+    runs = {s: reconstruct_in_batches(model, voxels, z, batch_size=4, seed=5, num_samples=6, num_steps=3,
+                                      precision="fp32", progress=False, noise_scale=s) for s in (0.0, 0.5, 1.0)}
+    spread = {s: x.std(dim=1).mean().item() for s, x in runs.items()}
+    assert spread[0.0] < 1e-6 < spread[0.5] < spread[1.0]  # noise 0: every sample the same
+    torch.testing.assert_close(runs[1.0], reconstruct_in_batches(model, voxels, z, batch_size=4, seed=5, num_samples=6,
+                                                                 num_steps=3, precision="fp32", progress=False))
+    # scaled noise stays per trial: batch size 1 gives the same samples
+    one_by_one = reconstruct_in_batches(model, voxels, z, batch_size=1, seed=5, num_samples=6, num_steps=3,
+                                        precision="fp32", progress=False, noise_scale=0.5)
+    torch.testing.assert_close(one_by_one, runs[0.5], rtol=0, atol=1e-5)
+    with pytest.raises(CortexflowInputError, match="noise_scale"):
+        reconstruct_in_batches(model, voxels, z, noise_scale=-0.5)
+
+
 def test_batched_decoding_matches_one_pass():
     model = _image_model()
     z = torch.randn(7, 4, 4, 4)

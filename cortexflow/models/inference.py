@@ -61,13 +61,18 @@ def _batches(n: int, batch_size: int, what: str, progress: bool):
 
 
 def reconstruct_in_batches(model, voxels: torch.Tensor, prior: torch.Tensor | None = None, *, batch_size: int = 64,
-                           seed: int = 0, num_samples: int = 1, progress: bool = True, **sampling) -> torch.Tensor:
+                           seed: int = 0, num_samples: int = 1, progress: bool = True, noise_scale: float = 1.0,
+                           **sampling) -> torch.Tensor:
     """Stimuli (N, num_samples, *stimulus_shape) on the CPU for ``voxels`` (N, n_voxels).
 
     ``model`` is a latent-flow decoder (Brain2Image, Brain2Audio); ``sampling`` goes
     to its ``reconstruct`` (num_steps, cfg_scale, solver, shift, precision). Trial
-    ``i``'s noise is ``trial_noise(seed, [i], ...)``, whatever ``batch_size``.
+    ``i``'s noise is ``trial_noise(seed, [i], ...)``, whatever ``batch_size``, times
+    ``noise_scale`` (below 1: samples nearer the centre of the learned distribution).
     """
+    if not (isinstance(noise_scale, (int, float)) and 0.0 <= noise_scale <= 10.0):
+        raise CortexflowInputError(f"noise_scale must be a number in [0, 10], got {noise_scale!r}",
+                                   fix="use 1 to sample the learned distribution, below 1 for samples nearer its centre")
     batch_size = _check_batch_size(batch_size)
     n = voxels.shape[0]
     if prior is not None and prior.shape[0] != n:
@@ -76,7 +81,7 @@ def reconstruct_in_batches(model, voxels: torch.Tensor, prior: torch.Tensor | No
     out = []
     for start, stop in _batches(n, batch_size, f"reconstruct {model.modality}", progress):
         brain = BrainData(voxels=voxels[start:stop], prior=None if prior is None else prior[start:stop])
-        noise = trial_noise(seed, range(start, stop), num_samples, model.latent_shape)
+        noise = trial_noise(seed, range(start, stop), num_samples, model.latent_shape) * float(noise_scale)
         result = model.reconstruct(brain, num_samples=num_samples, noise=noise, **sampling)
         x = result.output
         out.append(x if num_samples > 1 else x[:, None])

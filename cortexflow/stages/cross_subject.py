@@ -236,7 +236,8 @@ def cross_subject_fit_stage(*, dataset: str, subject: str, runs: int, init: str,
     k = max(1, s.n_samples)
     samples = reconstruct_in_batches(model, torch.from_numpy(X_test), batch_size=s.batch_size, seed=seed,
                                      num_samples=k, num_steps=s.num_steps, cfg_scale=s.cfg_scale, solver=s.solver,
-                                     shift=s.shift, precision=s.precision).numpy()
+                                     shift=s.shift, precision=s.precision,
+                                     noise_scale=s.noise_scale).numpy()
     samples = _from_model_space(samples, lat, c.modality)
     arrays = {"ids": test_ids, "truth": lat.targets[rows], "dit": samples[:, 0]}
     if k > 1:

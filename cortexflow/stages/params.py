@@ -84,12 +84,20 @@ class SamplingParams:
     shift: float = 1.0
     n_samples: int = 8  # samples per test trial: "dit" is the first, "dit_mean<n>" their mean
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto | fp32 | bf16 (cortexflow.models.flow.sampling_dtype)
+    # sd of the noise each sample starts from: 1 samples the learned distribution; below 1
+    # ("temperature"), samples lie nearer its centre and differ less from each other
+    noise_scale: float = 1.0
     # autoregressive text
     temperature: float = 0.0  # 0: greedy decoding
     top_k: int = 0
     top_p: float = 1.0
     # test trials per forward pass (bounds memory; samples do not depend on it)
     batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.noise_scale <= 10.0:
+            raise CortexflowInputError(f"sampling noise_scale must be in [0, 10], got {self.noise_scale!r}",
+                                       fix="use 1 (the learned distribution) or a value below 1 (nearer its centre)")
 
 
 # training seeds per modality when decoder.<modality>.seeds is not set: three image runs

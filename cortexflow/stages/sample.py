@@ -103,7 +103,7 @@ def sample_stage(*, dataset: str, modality: str, decoder: str, out: str, params:
         # batch by batch on the model's device; each trial's noise from its own seed (models/inference.py)
         samples = reconstruct_in_batches(model, brain_x, prior, batch_size=p.batch_size, seed=seed, num_samples=k,
                                          num_steps=p.num_steps, cfg_scale=p.cfg_scale, solver=p.solver, shift=p.shift,
-                                         precision=p.precision).numpy()
+                                         precision=p.precision, noise_scale=p.noise_scale).numpy()
         samples = _from_model_space(samples, lat, modality)
         arrays["dit"] = samples[:, 0]
         if k > 1:
