@@ -12,7 +12,7 @@ seeds) of the DiT (one sample, mean of 8) against the strongest baseline of
 each metric, on SSIM and on the independent-feature two-way identification:
 
     .venv/bin/python benchmarks/robustness_sweep.py --levels 0.25 0.5 1.0 \\
-        --out benchmarks/results/robustness [--subjects 1] [--seeds 1] [--cores 2]
+        [--subjects 1] [--seeds 1] [--cores 2] [--out results/robustness]
 
 Writes ``robustness.csv``, ``robustness.md`` (the table) and ``robustness.png``
 (difference against level, one panel per metric) under ``--out``. Not part of
@@ -139,6 +139,9 @@ def plot(table: pd.DataFrame, out: Path) -> None:
             ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=f"sub-{subject} {method}")
         ax.axhline(0.0, color="grey", lw=0.8)
         ax.set_xscale("log")
+        levels = sorted(block["beta_snr"].unique())
+        ax.set_xticks(levels, [f"{v:g}" for v in levels])
+        ax.minorticks_off()
         ax.set_xlabel("single-trial SNR (simulate.beta_snr)")
         ax.set_ylabel(f"DiT − strongest baseline, {metric}")
         ax.set_title(metric)
@@ -161,7 +164,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--base-config", type=Path, default=None,
                         help="a partial config applied before the sweep's own (e.g. tests/configs/tiny.yaml for a "
                              "smoke run); default: config.yaml alone")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "robustness")
+    parser.add_argument("--out", type=Path, default=REPO / "results" / "robustness",
+                        help="where the table and plot go (default results/robustness/, beside the studies)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if any(level <= 0 for level in args.levels):
