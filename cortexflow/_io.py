@@ -37,8 +37,9 @@ _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EP
 
 
 def _damaged(path: str | Path, what: str, e: BaseException, fix: str | None = None) -> CortexflowInputError:
+    reason = (str(e).splitlines() or [""])[0][:200]  # the first line: torch's pickling errors run to paragraphs
     return CortexflowInputError(
-        f"cannot read the {what}: the file is truncated or damaged ({type(e).__name__}: {e})", path=path,
+        f"cannot read the {what}: the file is truncated or damaged ({type(e).__name__}: {reason})", path=path,
         fix=fix or "rerun the stage that wrote it (delete the file first), or restore it from its source")
 
 
@@ -219,6 +220,17 @@ def save_torch(path: str | Path, obj: Any) -> Path:
     with atomic_write(path) as tmp:
         torch.save(obj, tmp)
     return Path(path)
+
+
+def load_torch(path: str | Path, what: str = "file", fix: str | None = None, map_location: Any = None) -> Any:
+    """``torch.load(path, weights_only=True)``; a file that cannot be read (truncated, foreign) is the
+    project's input error naming it, the problem and ``fix``."""
+    import torch
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # zip/pickle errors of a truncated or foreign file
+        raise _damaged(path, what, e, fix) from e
 
 
 def _json_default(o: Any) -> Any:

@@ -201,7 +201,7 @@ def test_stale_checkpoints_are_not_resumed(tmp_path, caplog):
 
 def test_unreadable_checkpoint_names_the_file(tmp_path):
     (tmp_path / "last.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(CortexflowInputError, match="last.pt.*cannot read checkpoint.*delete it"):
+    with pytest.raises(CortexflowInputError, match="last.pt.*cannot read the training checkpoint.*delete it"):
         Trainer(_model(), TrainingConfig(**CONFIG)).fit(_batch_fn, steps=2, checkpoint_dir=tmp_path, progress=False)
 
 

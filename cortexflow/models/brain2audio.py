@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from cortexflow.errors import CortexflowInputError
 from cortexflow.models import audio
-from cortexflow.models.brain2img import LatentFlowDecoder
+from cortexflow.models.latent_flow import LatentFlowConfig, LatentFlowDecoder
 from cortexflow.models.brain_encoder import BrainEncoder
 from cortexflow.models.dit import DiffusionTransformer, DiTConfig
 from cortexflow.models.types import Modality
@@ -34,23 +34,16 @@ __all__ = ["AudioDiT", "Brain2AudioConfig", "Brain2Audio", "build_brain2audio"]
 
 
 @dataclass
-class Brain2AudioConfig:
-    """Everything :meth:`Brain2Audio.from_config` needs (``dit`` as built;
-    ``encoder`` a module spec, ``None`` for the default BrainEncoder)."""
+class Brain2AudioConfig(LatentFlowConfig):
+    """Everything :meth:`Brain2Audio.from_config` needs: the shared fields of
+    :class:`~cortexflow.models.latent_flow.LatentFlowConfig` plus the mel/STFT settings and the VAE."""
 
-    n_voxels: int = 1024
     n_mels: int = 80
     audio_len: int = 128
     sample_rate: int = 16000
     n_fft: int = 1024
     hop_length: int = 256
-    dit: DiTConfig = field(default_factory=DiTConfig)
     vae: AudioVAEConfig = field(default_factory=AudioVAEConfig)
-    flow: FlowConfig = field(default_factory=FlowConfig)
-    n_brain_tokens: int = 16
-    encoder: dict | None = None
-    prior_conditioning: bool = False
-    cond_drop_prob: float = 0.1
 
 
 class Brain2Audio(LatentFlowDecoder):

@@ -20,7 +20,7 @@ from cortexflow.errors import CortexflowInputError
 from cortexflow.models.brain_encoder import BrainEncoder
 from cortexflow.models.dit import DiTConfig
 from cortexflow.models.flow import FlowConfig
-from cortexflow.models.latent_flow import LatentFlowDecoder
+from cortexflow.models.latent_flow import LatentFlowConfig, LatentFlowDecoder
 from cortexflow.models.types import Modality
 from cortexflow.models.vae import LatentVAE, VAEConfig
 
@@ -29,23 +29,12 @@ log = logging.getLogger("cortexflow.models.brain2img")
 __all__ = ["Brain2ImageConfig", "Brain2Image", "LatentFlowDecoder", "build_brain2img"]
 
 @dataclass
-class Brain2ImageConfig:
-    """Everything :meth:`Brain2Image.from_config` needs.
+class Brain2ImageConfig(LatentFlowConfig):
+    """Everything :meth:`Brain2Image.from_config` needs: the shared fields of
+    :class:`~cortexflow.models.latent_flow.LatentFlowConfig` plus the image size and the VAE."""
 
-    encoder: a module spec (see ``cortexflow.models.io.module_spec``) of the
-        brain encoder; ``None`` builds ``BrainEncoder(n_voxels, dit.cond_dim, n_brain_tokens)``.
-    dit: the DiT as built (its channels and input size follow from the VAE).
-    """
-
-    n_voxels: int = 1024
     img_size: int = 64
-    dit: DiTConfig = field(default_factory=DiTConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
-    flow: FlowConfig = field(default_factory=FlowConfig)
-    n_brain_tokens: int = 16
-    encoder: dict | None = None
-    prior_conditioning: bool = False
-    cond_drop_prob: float = 0.1
 
 
 class Brain2Image(LatentFlowDecoder):

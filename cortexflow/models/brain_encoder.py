@@ -28,6 +28,7 @@ import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -137,6 +138,21 @@ class _TokenHead(nn.Module):
         return self.norm(tokens + self.pos_emb)
 
 
+class ConfiguredModule(nn.Module):
+    """A module built from one config dataclass held as ``self.config``, whose fields are its
+    constructor's keyword arguments; ``cond_dim`` is the width of what it gives the DiT."""
+
+    config: Any
+
+    @classmethod
+    def from_config(cls, config: Any) -> "ConfiguredModule":
+        return cls(**_shallow_fields(config))
+
+    @property
+    def cond_dim(self) -> int:
+        return self.config.cond_dim
+
+
 @dataclass
 class BrainEncoderConfig:
     """Hyper-parameters of :class:`BrainEncoder`.
@@ -165,7 +181,7 @@ class BrainEncoderConfig:
         _check_prob(dropout=self.dropout, input_dropout=self.input_dropout)
 
 
-class BrainEncoder(nn.Module):
+class BrainEncoder(ConfiguredModule):
     """fMRI voxels (B, n_voxels) -> (global (B, cond_dim), tokens (B, n_tokens, cond_dim)).
 
     >>> enc = BrainEncoder(n_voxels=1000, cond_dim=64)
@@ -194,17 +210,9 @@ class BrainEncoder(nn.Module):
         self.global_head = nn.Linear(hidden, cond_dim)
         self.token_head = _TokenHead(hidden, n_tokens, cond_dim)
 
-    @classmethod
-    def from_config(cls, config: BrainEncoderConfig) -> "BrainEncoder":
-        return cls(**_shallow_fields(config))
-
     @property
     def n_voxels(self) -> int:
         return self.config.n_voxels
-
-    @property
-    def cond_dim(self) -> int:
-        return self.config.cond_dim
 
     @property
     def n_tokens(self) -> int:
@@ -284,7 +292,7 @@ def _seed_roi_tokens(roi_sizes: Mapping[str, int], n_tokens: int) -> int | list[
     return counts
 
 
-class ROIBrainEncoder(nn.Module):
+class ROIBrainEncoder(ConfiguredModule):
     """One projector and one token group per ROI, plus a global embedding.
 
     ``forward`` takes a dict ROI name -> (B, n_roi_voxels) (exactly the ROIs of
@@ -337,10 +345,6 @@ class ROIBrainEncoder(nn.Module):
         self.roi_embedding = nn.Parameter(torch.randn(len(sizes), 1, cond_dim) * 0.02)
         self.global_head = nn.Linear(hidden * len(sizes), cond_dim)
 
-    @classmethod
-    def from_config(cls, config: ROIBrainEncoderConfig) -> "ROIBrainEncoder":
-        return cls(**_shallow_fields(config))
-
     @property
     def roi_names(self) -> list[str]:
         return list(self.config.roi_sizes)
@@ -348,10 +352,6 @@ class ROIBrainEncoder(nn.Module):
     @property
     def n_voxels(self) -> int:
         return sum(self.config.roi_sizes.values())
-
-    @property
-    def cond_dim(self) -> int:
-        return self.config.cond_dim
 
     @property
     def n_tokens(self) -> int:
@@ -402,7 +402,7 @@ class SubjectAdapterConfig:
         _check_positive(cond_dim=self.cond_dim, rank=self.rank, n_subjects=self.n_subjects)
 
 
-class SubjectAdapter(nn.Module):
+class SubjectAdapter(ConfiguredModule):
     """Per-subject low-rank residual correction of a shared brain embedding.
 
     ``x + (x A_s) B_s`` with ``A_s`` (cond_dim, rank) and ``B_s`` (rank, cond_dim)
@@ -420,10 +420,6 @@ class SubjectAdapter(nn.Module):
         # Kaiming-uniform as nn.Linear, per subject.
         bound = 1.0 / math.sqrt(cond_dim)
         nn.init.uniform_(self.down, -bound, bound)
-
-    @classmethod
-    def from_config(cls, config: SubjectAdapterConfig) -> "SubjectAdapter":
-        return cls(**_shallow_fields(config))
 
     def forward(self, brain_global: torch.Tensor, subject_idx: torch.Tensor | int) -> torch.Tensor:
         cfg = self.config

@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 
 from cortexflow.errors import CortexflowInputError
-from cortexflow.models.brain_encoder import BrainEncoder, check_voxels
+from cortexflow.models.brain_encoder import BrainEncoder, ConfiguredModule, check_voxels
 from cortexflow.models.io import module_spec
 
 log = logging.getLogger("cortexflow.models.cross_subject")
@@ -95,7 +95,7 @@ class _SubjectMap(nn.Module):
         return self.linear(self.drop(self.norm(voxels)))
 
 
-class CrossSubjectEncoder(nn.Module):
+class CrossSubjectEncoder(ConfiguredModule):
     """Per-subject adapters, then one shared :class:`BrainEncoder`.
 
     ``forward(voxels, subject_idx)``: ``voxels`` (B, n) holds each row's
@@ -120,12 +120,6 @@ class CrossSubjectEncoder(nn.Module):
                                    hidden_dim=c.hidden_dim, dropout=c.dropout, input_dropout=0.0,
                                    n_blocks=c.n_blocks, input_norm=True)
 
-    @classmethod
-    def from_config(cls, config: CrossSubjectEncoderConfig) -> "CrossSubjectEncoder":
-        c = config
-        return cls(c.subject_voxels, c.shared_dim, c.cond_dim, c.n_tokens, c.hidden_dim, c.dropout, c.input_dropout,
-                   c.n_blocks)
-
     @property
     def subjects(self) -> list[str]:
         return list(self.config.subject_voxels)
@@ -134,10 +128,6 @@ class CrossSubjectEncoder(nn.Module):
     def n_voxels(self) -> int:
         """The widest subject's voxel count (the width of a mixed batch)."""
         return max(self.config.subject_voxels.values())
-
-    @property
-    def cond_dim(self) -> int:
-        return self.config.cond_dim
 
     @property
     def n_tokens(self) -> int:

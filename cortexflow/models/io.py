@@ -31,7 +31,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from cortexflow._io import save_torch
+from cortexflow._io import load_torch, save_torch
 from cortexflow.errors import CortexflowInputError
 
 log = logging.getLogger("cortexflow.models.io")
@@ -157,14 +157,9 @@ def read_model_file(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise CortexflowInputError("model file does not exist", path=path, fix="run the stage that writes it first")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:
-        raise CortexflowInputError(
-            f"cannot read the model file ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})",
-            path=path,
-            fix="the file is corrupt or was not written by cortexflow.models.save_model; delete it and rerun the stage",
-        ) from err
+    payload = load_torch(path, "model file", map_location=map_location,
+                          fix="the file is corrupt or was not written by cortexflow.models.save_model; "
+                              "delete it and rerun the stage")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CortexflowInputError(
             "not a cortexflow model file (no 'format' marker)",

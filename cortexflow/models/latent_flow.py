@@ -31,7 +31,7 @@ add (measured in docs/design-notes.md).
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -48,7 +48,25 @@ from cortexflow.models.vae import ConvVAE
 
 log = logging.getLogger("cortexflow.models.latent_flow")
 
-__all__ = ["LatentFlowDecoder"]
+__all__ = ["LatentFlowConfig", "LatentFlowDecoder"]
+
+
+@dataclass
+class LatentFlowConfig:
+    """The config fields every latent-flow decoder has; each modality's config adds its own.
+
+    encoder: a module spec (see ``cortexflow.models.io.module_spec``) of the
+        brain encoder; ``None`` builds ``BrainEncoder(n_voxels, dit.cond_dim, n_brain_tokens)``.
+    dit: the DiT as built (its channels and input size follow from the VAE).
+    """
+
+    n_voxels: int = 1024
+    dit: DiTConfig = field(default_factory=DiTConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    n_brain_tokens: int = 16
+    encoder: dict | None = None
+    prior_conditioning: bool = False
+    cond_drop_prob: float = 0.1
 
 
 class LatentFlowDecoder(nn.Module):

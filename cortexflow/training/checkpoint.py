@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cortexflow._io import save_torch
+from cortexflow._io import load_torch, save_torch
 from cortexflow.errors import CortexflowInputError
 
 log = logging.getLogger("cortexflow.training.checkpoint")
@@ -95,14 +95,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint`, checking its format."""
     path = Path(path)
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # a truncated or foreign file: say which and what to do
-        raise CortexflowInputError(
-            f"cannot read checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})",
-            path=path,
-            fix="delete it to start training from scratch",
-        ) from exc
+    state = load_torch(path, "training checkpoint", "delete it to start training from scratch", map_location)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CortexflowInputError(
             f"not a cortexflow training checkpoint of format {CHECKPOINT_FORMAT}",
