@@ -19,27 +19,48 @@ The modules mirror ``workflow/rules/*.smk``:
 
 from __future__ import annotations
 
+import ast
 import importlib
 from collections.abc import Callable
+from pathlib import Path
+
+
+def _find_stages() -> dict[str, tuple[str, str, str | None]]:
+    """rule name -> (module, function, config section), read from this package's source.
+
+    A stage is a public function named ``<rule>_stage`` that a module here defines
+    or imports (re-exports); its config section is the module's ``STAGE_SECTIONS``
+    (one name, or a dict by rule). Parsed, not imported: the command line lists
+    the stages (``cortexflow --help``) without importing torch or any stage.
+    """
+    found: dict[str, tuple[str, str, str | None]] = {}
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        if path.stem.startswith("_"):
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        sections: str | dict | None = None
+        functions: list[str] = []
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "STAGE_SECTIONS" for t in node.targets):
+                sections = ast.literal_eval(node.value)
+            elif isinstance(node, ast.FunctionDef):
+                functions.append(node.name)
+            elif isinstance(node, ast.ImportFrom):
+                functions += [alias.asname or alias.name for alias in node.names]
+        for function in functions:
+            if function.endswith("_stage") and not function.startswith("_"):
+                rule = function[: -len("_stage")]
+                section = sections.get(rule) if isinstance(sections, dict) else sections
+                found[rule] = (f"cortexflow.stages.{path.stem}", function, section)
+    # in the workflow's order: that of the config sections (cortexflow.sections.SECTIONS)
+    from cortexflow.sections import SECTIONS
+
+    order = list(SECTIONS)
+    return dict(sorted(found.items(), key=lambda item: order.index(item[1][2]) if item[1][2] in order else len(order)))
+
 
 # rule name -> (module, function, config section its ``params`` come from)
-STAGES: dict[str, tuple[str, str, str | None]] = {
-    "simulate_study": ("cortexflow.stages.simulate", "simulate_study_stage", "simulate"),
-    "glm_betas": ("cortexflow.stages.preprocess", "glm_betas_stage", "glm"),
-    "extract_rois": ("cortexflow.stages.preprocess", "extract_rois_stage", "rois"),
-    "make_dataset": ("cortexflow.stages.preprocess", "make_dataset_stage", "dataset"),
-    "pretrain_vae": ("cortexflow.stages.vae", "pretrain_vae_stage", "vae"),
-    "encode_latents": ("cortexflow.stages.vae", "encode_latents_stage", "vae"),
-    "train_decoder": ("cortexflow.stages.decoder", "train_decoder_stage", "decoder"),
-    "fit_baseline": ("cortexflow.stages.baseline", "fit_baseline_stage", "baseline"),
-    "sample": ("cortexflow.stages.sample", "sample_stage", "sampling"),
-    "evaluate": ("cortexflow.stages.evaluate", "evaluate_stage", "evaluation"),
-    "summarize": ("cortexflow.stages.evaluate", "summarize_stage", "evaluation"),
-    # the cross_subject target (cross_subject.smk), not part of rule all
-    "train_shared_decoder": ("cortexflow.stages.cross_subject", "train_shared_decoder_stage", "cross_subject"),
-    "cross_subject_fit": ("cortexflow.stages.cross_subject", "cross_subject_fit_stage", "cross_subject"),
-    "cross_subject_curve": ("cortexflow.stages.cross_subject", "cross_subject_curve_stage", "cross_subject"),
-}
+STAGES: dict[str, tuple[str, str, str | None]] = _find_stages()
 
 
 def get_stage(name: str) -> Callable:

@@ -23,6 +23,9 @@ from cortexflow.models.ridge import RidgeConfig, RidgeDecoder
 
 log = logging.getLogger("cortexflow.stages.baseline")
 
+# the config section its stages' --params come from (cortexflow.stages.STAGES reads it)
+STAGE_SECTIONS = "baseline"
+
 
 def _load_training_set(dataset: str | Path) -> tuple[np.ndarray, pd.DataFrame]:
     """Training trials (train and val folds) on the dataset's *selected* voxels.

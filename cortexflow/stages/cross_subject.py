@@ -44,6 +44,9 @@ from cortexflow.stages.vae import load_vae
 
 log = logging.getLogger("cortexflow.stages.cross_subject")
 
+# the config section its stages' --params come from (cortexflow.stages.STAGES reads it)
+STAGE_SECTIONS = "cross_subject"
+
 INITS = ("shared", "scratch")
 
 

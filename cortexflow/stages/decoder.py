@@ -30,6 +30,9 @@ from cortexflow.training.checkpoint import prune_stale_checkpoints
 
 log = logging.getLogger("cortexflow.stages.decoder")
 
+# the config section its stages' --params come from (cortexflow.stages.STAGES reads it)
+STAGE_SECTIONS = "decoder"
+
 
 def _training_rows(dataset, fit_on: str, source: str | Path) -> np.ndarray:
     if fit_on == "all":

@@ -24,6 +24,9 @@ from cortexflow.stages.params import SamplingParams, modality_params, resolve_de
 
 log = logging.getLogger("cortexflow.stages.sample")
 
+# the config section its stages' --params come from (cortexflow.stages.STAGES reads it)
+STAGE_SECTIONS = "sampling"
+
 
 def sample_stage(*, dataset: str, modality: str, decoder: str, out: str, params: dict, seed: int = 0,
                  threads: int = 1, device: str = "cpu", latents: str | None = None, vae: str | None = None,

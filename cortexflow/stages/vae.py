@@ -26,6 +26,9 @@ from cortexflow.stages.params import CONTINUOUS, VAEParams, modality_params, res
 
 log = logging.getLogger("cortexflow.stages.vae")
 
+# the config section its stages' --params come from (cortexflow.stages.STAGES reads it)
+STAGE_SECTIONS = "vae"
+
 
 def _build_vae(modality: str, p: VAEParams, in_channels: int):
     from cortexflow.models.vae import AudioVAE, LatentVAE, VAEConfig
