@@ -22,14 +22,6 @@ from cortexflow.models.brain2img import build_brain2img
 from cortexflow.models.inference import decode_in_batches, reconstruct_in_batches, texts_in_batches, trial_noise
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _image_model(prior: bool = False):
     torch.manual_seed(0)
     model = build_brain2img(n_voxels=20, img_size=16, hidden_dim=32, depth=1, num_heads=2, in_channels=1,

@@ -9,11 +9,8 @@ import torch
 
 @pytest.fixture(autouse=True)
 def _seeded():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    """Each test starts from the same torch seed (one thread: conftest's _one_thread)."""
     torch.manual_seed(0)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_readme_quick_start_brain_to_image():
