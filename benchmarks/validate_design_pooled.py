@@ -36,31 +36,10 @@ import pandas as pd
 
 from cortexflow import _io
 from cortexflow.config import load_config
-from cortexflow.evaluation.evaluate import evaluate_stage
 from cortexflow.stages.baseline import fit_baseline_stage
 from cortexflow.stages.decoder import train_decoder_stage
 from cortexflow.stages.sample import sample_stage
-
-
-def validation_dataset(dataset: Path, out: Path) -> Path:
-    """A dataset folder whose train part is the fit fold and whose test part is the val fold."""
-    train = pd.read_parquet(dataset / "train.parquet")
-    X = np.load(dataset / "X_train.npy")
-    fit, val = (train["fold"] == "train").to_numpy(), (train["fold"] == "val").to_numpy()
-    if not val.any():
-        raise SystemExit(f"{dataset}: no val fold in train.parquet (dataset.val_fraction is 0)")
-    _io.save_npy(out / "X_train.npy", X[fit])
-    _io.save_parquet(out / "train.parquet", train[fit].reset_index(drop=True))
-    # the val fold: one row per trial; a stimulus shown twice in it is averaged, as test repeats are
-    X_val, ids = X[val], train.loc[val, "stimulus_id"].astype(str).to_numpy()
-    order = pd.unique(ids)
-    _io.save_npy(out / "X_test.npy", np.stack([X_val[ids == s].mean(axis=0) for s in order]))
-    _io.save_parquet(out / "test.parquet", pd.DataFrame({"stimulus_id": order,
-                                                         "n_repeats": [(ids == s).sum() for s in order]}))
-    _io.save_parquet(out / "voxels.parquet", pd.read_parquet(dataset / "voxels.parquet"))
-    summary = json.loads((dataset / "dataset.json").read_text())
-    _io.save_json(out / "dataset.json", {**summary, "validation_of": str(dataset)})
-    return out
+from validate_design import validation_dataset  # this folder is on sys.path when run as a script
 
 
 IMAGE_BASELINES = ("ridge", "ridge_pixels", "nn", "nn_mean8")
