@@ -116,7 +116,7 @@ def test_lm_guided_by_an_embedding_writes_the_sentence_it_points_at():
     lm = CharNgramLM(order=3, add_k=0.1).fit(training)
     features = CharNgramConfig()
     target = char_ngram_features([held_out], features)[0]
-    assert conditioned_decode(lm, target, features, weight=0.0) == lm.most_probable(beam=8)
+    assert conditioned_decode(lm, target, features, weight=0.0) == lm.most_probable()
     guided = conditioned_decode(lm, target, features, weight=30.0)
     unguided_cer = character_error_rate([lm.most_probable()], [held_out])[0]
     assert character_error_rate([guided], [held_out])[0] < unguided_cer - 0.15  # measured: .33 against .53

@@ -216,16 +216,19 @@ def conditioned_decode(lm: CharNgramLM, target: np.ndarray, features, weight: fl
 
     Each step expands every beam by every symbol, keeps the ``prune`` best by the LM alone, and of those
     the ``beam`` best by the combined score (the embedding of a prefix is compared with the target).
-    ``weight`` 0 is the LM's own most probable sentence.
+    ``weight`` 0 returns ``lm.most_probable()``, the unguided ``ngram_lm`` baseline itself (this
+    search's narrower beam would find a different, less probable sentence).
     """
     from cortexflow.evaluation.features import char_ngram_features
 
+    max_len = int(max_len or max(lm.lengths))
+    if not weight:
+        return lm.most_probable(max_len=max_len)
     target = np.asarray(target, dtype=np.float64).ravel()
     target = target / max(float(np.linalg.norm(target)), 1e-12)
-    max_len = int(max_len or max(lm.lengths))
 
     def similarity(texts):
-        return char_ngram_features(texts, features) @ target if weight else np.zeros(len(texts))
+        return char_ngram_features(texts, features) @ target
 
     beams = [("", 0.0)]
     best, best_score = "", -math.inf
@@ -255,7 +258,7 @@ def conditioned_decode(lm: CharNgramLM, target: np.ndarray, features, weight: fl
 
 
 def choose_lm_weight(sentences: dict[str, str], stimulus_ids: np.ndarray, predictions: np.ndarray,
-                     folds: np.ndarray, order: int, add_k: float, features, weights=(0.0, 2.0, 8.0, 32.0),
+                     folds: np.ndarray, order: int, add_k: float, features, weights=(0.0, 1.0, 2.0, 4.0, 8.0, 32.0),
                      max_items: int = 24, seed: int = 0) -> tuple[float, dict[float, float]]:
     """The guidance weight of ``conditioned_decode`` with the lowest CER on training trials.
 
