@@ -98,3 +98,38 @@ def test_train_decoder_takes_its_prior_from_the_baseline_file(tmp_path):
         train_decoder_stage(dataset=str(other), out=str(tmp_path / "decoder2.pt"),
                             checkpoint_dir=str(tmp_path / "ckpt2"), ridge=str(ridge), **common)
     assert str(ridge) in str(error.value)
+
+
+def test_a_refitted_baseline_does_not_resume_the_old_prior_s_checkpoint(tmp_path, caplog):
+    """Snakemake reruns train_decoder when fit_baseline's output changes (other alphas, say); the
+    checkpoint beside the output was trained on the old prior and must not be resumed as if finished."""
+    import logging
+
+    from cortexflow.stages.baseline import fit_baseline_stage
+    from cortexflow.stages.decoder import train_decoder_stage
+    from cortexflow.stages.vae import encode_latents_stage
+
+    stimuli = _stimuli(tmp_path)
+    vae_params = {"image": {"hidden_dims": [8, 16], "steps": 2, "batch_size": 4, "warmup_steps": 1}}
+    pretrain_vae_stage(stimuli=str(stimuli), modality="image", out=str(tmp_path / "vae.pt"), params=vae_params)
+    encode_latents_stage(stimuli=str(stimuli), modality="image", vae=str(tmp_path / "vae.pt"),
+                         out=str(tmp_path / "latents.npz"), params=vae_params)
+    dataset = _dataset(tmp_path / "ds", [f"img-{n}" for n in range(10)] * 2, ["img-10", "img-11"])
+    common = dict(dataset=str(dataset), modality="image", latents=str(tmp_path / "latents.npz"),
+                  vae=str(tmp_path / "vae.pt"), stimuli=str(stimuli), checkpoint_dir=str(tmp_path / "ckpt"),
+                  params={"image": {"hidden_dim": 32, "depth": 1, "num_heads": 2, "n_tokens": 2, "steps": 2,
+                                    "batch_size": 4, "warmup_steps": 1}})
+    ridge = tmp_path / "ridge.npz"
+
+    def train(alphas):
+        fit_baseline_stage(dataset=str(dataset), out=str(ridge), params={"cv_folds": 3, "alphas": alphas},
+                           latents=str(tmp_path / "latents.npz"))
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="cortexflow.training.trainer"):
+            train_decoder_stage(out=str(tmp_path / "decoder.pt"), ridge=str(ridge), **common)
+        return caplog.text
+
+    train([1.0])
+    assert "resumed" in train([1.0]).lower()  # same inputs: the finished checkpoint is reused
+    log = train([1e4])  # another prior
+    assert "not resuming" in log and "run tag" in log

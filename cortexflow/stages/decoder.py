@@ -207,8 +207,11 @@ def _train_decoder(*, dataset: str, modality: str, out: str, checkpoint_dir: str
         prior = torch.from_numpy(load_ridge(ridge).training_prior(data.train["stimulus_id"].to_numpy(str), ridge)[rows])
     batch_fn, loss_fn = latent_flow_batches(torch.from_numpy(X), torch.from_numpy(Y), p.batch_size, seed, prior=prior)
     trainer = Trainer(model, _training_config(p, seed, device))
+    # the prior is an input like X and Y: a refitted baseline (other alphas, other folds) must not resume
+    # a checkpoint trained on the old baseline's predictions
+    tag_inputs = (X, Y) if prior is None else (X, Y, prior.numpy())
     result = trainer.fit(batch_fn, steps=p.steps, loss_fn=loss_fn, checkpoint_dir=checkpoint_dir,
-                         run_tag=_run_tag(X, Y, params=p))
+                         run_tag=_run_tag(*tag_inputs, params=p))
     if trainer.ema is not None:
         trainer.ema.apply_to(model)
     if is_main:
