@@ -8,8 +8,12 @@ following its imports, :func:`stage_sources`), so an
 edit of ``models/dit.py`` reruns ``train_decoder`` and what follows, and nothing
 upstream.
 
-Only the content of ``.py`` files counts (not timestamps, not ``__pycache__``),
-so a checkout on another machine or a ``touch`` does not rerun anything.
+Only the code of ``.py`` files counts (not timestamps, not ``__pycache__``),
+so a checkout on another machine or a ``touch`` does not rerun anything; nor
+does an edit of comments, docstrings or layout (each file is hashed as its
+syntax tree without docstrings, :func:`code_of`), which cannot change what a
+stage computes but would otherwise rerun a 25-minute study from its first
+rule. A file that does not parse is hashed as its bytes.
 """
 
 from __future__ import annotations
@@ -106,13 +110,38 @@ def _source_files(root: Path, module_path: str) -> list[Path]:
     return [path]
 
 
+def code_of(file: Path) -> bytes:
+    """What of ``file`` runs: its syntax tree without comments, docstrings or layout, as source text.
+
+    ``ast.unparse`` of the tree with every module, class and function docstring
+    removed; a file that is not valid Python (it will fail on import anyway) is
+    returned as its bytes. The text can differ between Python minor versions
+    for the same file (then a study moved to another Python reruns, as it
+    should check its numbers anyway), never between two runs of one Python.
+    """
+    data = file.read_bytes()
+    try:
+        tree = ast.parse(data, filename=str(file))
+    except (SyntaxError, ValueError):
+        return data
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if (body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                    and isinstance(body[0].value.value, str)):
+                node.body = body[1:] or [ast.Pass()]
+    return ast.unparse(tree).encode()
+
+
 def source_fingerprint(*module_paths: str, root: str | Path | None = None) -> str:
     """A short hash of the content of the given cortexflow source files/packages.
 
     ``module_paths`` are relative to the package folder (``"models/dit.py"``,
     ``"training/"``); a folder stands for every ``.py`` file below it. The hash
-    covers each file's path relative to the package and its bytes, so renaming,
-    adding or editing a file changes it; a missing path is hashed as absent.
+    covers each file's path relative to the package and its code
+    (:func:`code_of`), so renaming, adding or editing the code of a file changes
+    it, editing its comments or docstrings does not; a missing path is hashed
+    as absent.
     """
     if not module_paths:
         raise ValueError("source_fingerprint needs at least one module path")
@@ -126,7 +155,7 @@ def source_fingerprint(*module_paths: str, root: str | Path | None = None) -> st
             seen.add(file)
             digest.update(file.relative_to(root).as_posix().encode())
             digest.update(b"\0")
-            digest.update(file.read_bytes() if file.is_file() else b"<absent>")
+            digest.update(code_of(file) if file.is_file() else b"<absent>")
             digest.update(b"\0")
     return digest.hexdigest()[:16]
 

@@ -205,7 +205,7 @@ def test_editing_the_dit_source_reruns_decoders_and_downstream_only(finished):
     original = dit.read_bytes() if dit.exists() else None
     try:
         with open(dit, "a") as f:
-            f.write("\n# an edit that changes the DiT's source\n")
+            f.write("\n_AN_EDIT_OF_THE_CODE = 1\n")
         jobs = dry_run(finished, TINY)
     finally:
         if original is None:
@@ -324,6 +324,26 @@ def test_fingerprint_follows_content_not_timestamps(tmp_path):
     absent = source_fingerprint("models/audio.py", root=pkg)
     (pkg / "models" / "audio.py").write_text("")
     assert source_fingerprint("models/audio.py", root=pkg) != absent
+
+
+def test_comments_docstrings_and_layout_do_not_change_the_fingerprint(tmp_path):
+    """A docstring edit cannot change a stage's numbers; it must not rerun the study from its first rule."""
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    code = pkg / "m.py"
+    code.write_text('"""Module."""\n\ndef f(x):\n    """Doubles."""\n    return 2 * x\n')
+    before = source_fingerprint("m.py", root=pkg)
+    code.write_text('"""Module, reworded."""\n# a comment\n\ndef f(x):  # why\n    """Twice x."""\n\n'
+                    '    return 2*x\n')
+    assert source_fingerprint("m.py", root=pkg) == before
+    code.write_text('"""Module."""\n\ndef f(x):\n    """Doubles."""\n    return 3 * x\n')
+    assert source_fingerprint("m.py", root=pkg) != before
+    code.write_text('"""Module."""\n\ndef f(x):\n    return 2 * x\n')  # a docstring-only body stays valid
+    assert source_fingerprint("m.py", root=pkg) == before
+    code.write_text("def f(x:\n")  # not Python: its bytes count, and every edit shows
+    broken = source_fingerprint("m.py", root=pkg)
+    code.write_text("def f(x:  \n")
+    assert source_fingerprint("m.py", root=pkg) != broken
 
 
 def test_every_rule_has_a_source_list_and_dit_is_only_downstream():
