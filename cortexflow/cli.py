@@ -49,6 +49,7 @@ OPTION_HELP = {
     "ridge": "ridge decoder written by fit-baseline",
     "decoder": "decoder written by train-decoder",
     "checkpoint_dir": "folder of resumable training checkpoints",
+    "sampling": "the config's sampling section as JSON (summary.md says how the decoders were sampled)",
     "modality": "which stimuli the stage works on",
     "seed": "seed of every random draw",
     "threads": "CPU threads for torch and BLAS",

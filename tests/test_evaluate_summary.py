@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -180,7 +182,8 @@ def test_summarize_writes_tables_markdown_and_figures(evaluated):
                     stimuli=str(evaluated / "stimuli.tsv"), datasets=[str(evaluated / "dataset" / "sub-01" / "image")],
                     out_summary=str(out / "summary.parquet"), out_comparisons=str(out / "comparisons.parquet"),
                     out_by_category=str(out / "summary_by_category.parquet"),
-                    out_markdown=str(out / "summary.md"), out_figures=str(out / "figures"), params=PARAMS)
+                    out_markdown=str(out / "summary.md"), out_figures=str(out / "figures"), params=PARAMS,
+                    sampling=json.dumps(SAMPLING))
     summary = pd.read_parquet(out / "summary.parquet")
     assert list(summary.columns) == SUMMARY_COLUMNS
     assert set(summary.modality) == set(modalities)
@@ -201,6 +204,25 @@ def test_summarize_writes_tables_markdown_and_figures(evaluated):
     assert "## Noise ceiling (NSD's definition)" in md
     assert "| sub-01 | image | V1 | 4 | 0.50 [0.35, 0.65] | 42.9 | 3.0 |" in md
     assert "## Decoder against the strongest baseline of each metric" in md
+    # how each modality was sampled: a reader must know that "one sample" was drawn at noise scale 0.5
+    assert "image: 25 euler steps, guidance 2, 8 samples a test item, starting-noise scale 0.5: below 1" in md
+    assert "audio: 10 heun steps, guidance 3, 4 samples a test item, starting-noise scale 1: samples of the " \
+           "learned distribution;" in md
+    assert "text: greedy decoding (temperature 0)." in md
+
+
+def test_summarize_refuses_a_sampling_section_that_is_not_json(evaluated, tmp_path):
+    with pytest.raises(CortexflowInputError, match="--sampling is not JSON"):
+        summarize_stage(summaries=[metric_paths(evaluated, "image")["out_summary"]],
+                        comparisons=[metric_paths(evaluated, "image")["out_comparisons"]], recons=[],
+                        out_summary=str(tmp_path / "s.parquet"), out_comparisons=str(tmp_path / "c.parquet"),
+                        out_markdown=str(tmp_path / "s.md"), out_figures=str(tmp_path / "f"), params=PARAMS,
+                        sampling="{image: noise_scale=0.5}")
+
+
+SAMPLING = {"image": {"num_steps": 25, "solver": "euler", "cfg_scale": 2.0, "n_samples": 8, "noise_scale": 0.5},
+            "audio": {"num_steps": 10, "solver": "heun", "cfg_scale": 3.0, "n_samples": 4, "noise_scale": 1.0},
+            "text": {"temperature": 0.0}}
 
 
 def test_summary_by_category(evaluated):

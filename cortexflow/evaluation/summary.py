@@ -9,6 +9,7 @@ sentences), and the figures the report shows.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from pathlib import Path
@@ -121,9 +122,35 @@ def sentences_markdown(recon: Recon, subject: str, n_items: int) -> list[str]:
     return [f"## sub-{subject} · decoded sentences", ""] + _markdown_table(["id", "truth"] + methods, rows) + [""]
 
 
+def sampling_markdown(sampling: dict | None, modalities) -> list[str]:
+    """One legend line per modality: how its decoder outputs were drawn (config ``sampling``)."""
+    lines = []
+    for modality in modalities:
+        p = (sampling or {}).get(modality)
+        if not p:
+            continue
+        if modality == "text":
+            how = ("greedy decoding (temperature 0)" if p.get("temperature", 0) <= 0 else
+                   f"sampled at temperature {p['temperature']:g}, top-k {p.get('top_k', 0)}, top-p {p.get('top_p', 1):g}")
+        else:
+            scale = float(p.get("noise_scale", 1.0))
+            spread = ("1: samples of the learned distribution" if scale == 1 else
+                      f"{scale:g}: below 1, samples nearer the centre of the learned distribution "
+                      "and less varied than it, a sampling temperature")
+            how = (f"{p.get('num_steps')} {p.get('solver')} steps, guidance {p.get('cfg_scale'):g}, "
+                   f"{p.get('n_samples')} samples a test item, starting-noise scale {spread}")
+        lines.append(f"  {modality}: {how};")
+    if lines:
+        lines[-1] = lines[-1][:-1] + "."
+        lines.insert(0, "- How the decoders' outputs were drawn (config `sampling`):")
+    return lines
+
+
 def build_markdown(study: str, summary: pd.DataFrame, comparisons: pd.DataFrame, text_recons: list[tuple[str, Recon]],
-                   config: EvaluationConfig, extra_sections: list[str] | None = None) -> str:
+                   config: EvaluationConfig, extra_sections: list[str] | None = None,
+                   sampling: dict | None = None) -> str:
     extra_sections = extra_sections or []
+    modalities = [m for m in ("image", "audio", "text") if m in set(summary["modality"])]
     lines = [
         f"# cortexflow results: {study}",
         "",
@@ -134,6 +161,7 @@ def build_markdown(study: str, summary: pd.DataFrame, comparisons: pd.DataFrame,
         "",
         "- `dit` / `decoder`: the brain decoder, one sample (`dit_mean<K>`: the mean of K samples, an estimate "
         "of the posterior mean).",
+        *sampling_markdown(sampling, modalities),
         "- Baselines, all fitted on the training trials only, penalties by grouped CV:",
         "  `ridge`: ridge regression from voxels to the decoder's latents (one penalty), decoded by the same VAE;",
         "  `ridge_pt`: the same with one penalty per latent dimension;",
@@ -339,7 +367,7 @@ def load_categories(stimuli: str | Path) -> dict[str, str]:
 def summarize_stage(*, summaries: list[str], comparisons: list[str], recons: list[str], out_summary: str,
                     out_comparisons: str, out_markdown: str, out_figures: str, params: dict,
                     items: list[str] = (), stimuli: str | None = None, datasets: list[str] = (),
-                    out_by_category: str | None = None, seed: int = 0) -> None:
+                    out_by_category: str | None = None, seed: int = 0, sampling: str | None = None) -> None:
     """Concatenate the per-subject results; write summary tables, summary.md and figures.
 
     Figures (in ``out_figures``): ``metrics.png``, one ``sub-<s>_<modality>.png``
@@ -348,9 +376,15 @@ def summarize_stage(*, summaries: list[str], comparisons: list[str], recons: lis
     ``items`` (the evaluate stage's per-item scores, in the order of
     ``summaries``) give the per-seed spread and, with ``stimuli`` (stimuli.tsv's
     ``category``), ``out_by_category``; ``datasets`` (make_dataset folders) give
-    the ncsnr section.
+    the ncsnr section; ``sampling`` (the config's ``sampling`` section as JSON)
+    says in summary.md how the decoders were sampled (noise scale, guidance, ...).
     """
     config = EvaluationConfig.from_params(params)
+    try:
+        sampling_section = json.loads(sampling) if sampling else None
+    except json.JSONDecodeError as e:
+        raise CortexflowInputError(f"--sampling is not JSON: {e}",
+                                   fix="pass the config's sampling section as JSON, e.g. '{\"image\": {...}}'") from None
     summary = _read_tables(summaries, SUMMARY_COLUMNS, "summary")
     comparison = _read_tables(comparisons, COMPARISON_COLUMNS, "comparisons")
     if summary.empty:
@@ -382,7 +416,8 @@ def summarize_stage(*, summaries: list[str], comparisons: list[str], recons: lis
     text_recons = [(subject, recon) for _, subject, modality, recon in loaded if modality == "text"]
     study = Path(out_summary).resolve().parent.name
     with _io.atomic_write(out_markdown) as tmp:
-        tmp.write_text(build_markdown(study, summary, comparison, text_recons, config, extra), encoding="utf-8")
+        tmp.write_text(build_markdown(study, summary, comparison, text_recons, config, extra,
+                                      sampling=sampling_section), encoding="utf-8")
     with _io.atomic_dir(out_figures) as folder:
         figures.plot_metrics(summary, folder / "metrics.png", config.confidence)
         if out_by_category is not None:

@@ -56,6 +56,7 @@ rule summarize:
     params:
         figures=folder_of_metrics_figure,
         section=section_params("evaluation"),
+        sampling=lambda wildcards: json.dumps({m: config["sampling"][m] for m in MODALITIES}, sort_keys=True),
         seed=config["seed"],
         code=stage_fingerprint("summarize"),
     log:
@@ -71,4 +72,4 @@ rule summarize:
         " --recons {input.recons} --items {input.item_scores} --datasets {input.datasets} --stimuli {input.stimuli}"
         " --out-summary {output.summary} --out-comparisons {output.comparisons}"
         " --out-by-category {output.by_category} --out-markdown {output.markdown} --out-figures {params.figures}"
-        " --params {params.section:q} --seed {params.seed} --log {log}"
+        " --params {params.section:q} --sampling {params.sampling:q} --seed {params.seed} --log {log}"
