@@ -147,6 +147,11 @@ def modality_section(name, modality):
     return json.dumps({modality: config[name][modality]}, sort_keys=True)
 
 
+def sampling_of_every_modality(wildcards):
+    """The sampling section of the study's modalities (summary.md says how each was sampled)."""
+    return json.dumps({m: config["sampling"][m] for m in MODALITIES}, sort_keys=True)
+
+
 def section_params(name):
     """The params function for config section ``name``: the
     section as JSON, reduced to the job's modality for per-modality sections

@@ -56,7 +56,7 @@ rule summarize:
     params:
         figures=folder_of_metrics_figure,
         section=section_params("evaluation"),
-        sampling=lambda wildcards: json.dumps({m: config["sampling"][m] for m in MODALITIES}, sort_keys=True),
+        sampling=sampling_of_every_modality,
         seed=config["seed"],
         code=stage_fingerprint("summarize"),
     log:
