@@ -41,8 +41,15 @@ def _module_file(root: Path, dotted: str) -> Path | None:
 
 def _imports(file: Path, root: Path) -> list[tuple[str, tuple[str, ...]]]:
     """(module, names) of every ``cortexflow`` import in ``file``, at any depth (lazy imports run too)."""
-    tree = ast.parse(file.read_bytes(), filename=str(file))
-    package = ["cortexflow", *file.relative_to(root).with_suffix("").parts][:-1]  # the file's package
+    package = ("cortexflow", *file.relative_to(root).with_suffix("").parts)[:-1]  # the file's package
+    return list(_imports_of_source(file.read_bytes(), package, str(file)))
+
+
+@functools.lru_cache(maxsize=512)
+def _imports_of_source(data: bytes, package: tuple[str, ...], filename: str) -> tuple:
+    # cached: every rule's import walk crosses the same shared modules
+    tree = ast.parse(data, filename=filename)
+    package = list(package)
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -53,7 +60,7 @@ def _imports(file: Path, root: Path) -> list[tuple[str, tuple[str, ...]]]:
                 base = ".".join(package[: len(package) - node.level + 1] + ([base] if base else []))
             if base.split(".")[0] == "cortexflow":
                 found.append((base, tuple(a.name for a in node.names)))
-    return found
+    return tuple(found)
 
 
 @functools.lru_cache(maxsize=None)
@@ -119,9 +126,15 @@ def code_of(file: Path) -> bytes:
     for the same file (then a study moved to another Python reruns, as it
     should check its numbers anyway), never between two runs of one Python.
     """
-    data = file.read_bytes()
+    return _code_of_source(file.read_bytes())
+
+
+@functools.lru_cache(maxsize=512)
+def _code_of_source(data: bytes) -> bytes:
+    # Keyed by content: stages share most files, and the workflow fingerprints every rule (and each
+    # train_decoder job's checkpoint folder), so each distinct file is parsed once per process.
     try:
-        tree = ast.parse(data, filename=str(file))
+        tree = ast.parse(data)
     except (SyntaxError, ValueError):
         return data
     for node in ast.walk(tree):
