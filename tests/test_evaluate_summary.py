@@ -222,7 +222,7 @@ def test_summarize_refuses_a_sampling_section_that_is_not_json(evaluated, tmp_pa
 
 SAMPLING = {"image": {"num_steps": 25, "solver": "euler", "cfg_scale": 2.0, "n_samples": 8, "noise_scale": 0.5},
             "audio": {"num_steps": 10, "solver": "heun", "cfg_scale": 3.0, "n_samples": 4, "noise_scale": 1.0},
-            "text": {"temperature": 0.0}}
+            "text": {}}  # a partial section: the workflow's defaults (greedy)
 
 
 def test_summary_by_category(evaluated):

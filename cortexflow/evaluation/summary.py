@@ -124,11 +124,16 @@ def sentences_markdown(recon: Recon, subject: str, n_items: int) -> list[str]:
 
 def sampling_markdown(sampling: dict | None, modalities) -> list[str]:
     """One legend line per modality: how its decoder outputs were drawn (config ``sampling``)."""
+    from dataclasses import asdict
+
+    from cortexflow.stages.params import SamplingParams
+
     lines = []
     for modality in modalities:
-        p = (sampling or {}).get(modality)
-        if not p:
+        given = (sampling or {}).get(modality)
+        if given is None:
             continue
+        p = {**asdict(SamplingParams()), **given}  # a partial section counts at the workflow's defaults
         if modality == "text":
             how = ("greedy decoding (temperature 0)" if p.get("temperature", 0) <= 0 else
                    f"sampled at temperature {p['temperature']:g}, top-k {p.get('top_k', 0)}, top-p {p.get('top_p', 1):g}")
