@@ -86,10 +86,10 @@ class SimulationConfig:
     """The ``simulate:`` section of the workflow config. The defaults ARE the default study.
 
     Sizes are chosen so the whole default workflow (training included) runs in
-    about 25 minutes on 2 CPU cores while decoding stays hard: ~2,000 single
+    about 36 minutes on 2 CPU cores while decoding stays hard: ~2,000 single
     training trials of images (on the validation fold the DiT's lead over the
     strongest baselines grows with the training set up to there: README, "Why
-    one sample does not beat nn_mean8 on SSIM"), ~250 sentences heard and read;
+    one sample did not beat nn_mean8 on SSIM"), ~250 sentences heard and read;
     noise as real studies have it (test-repeat ncsnr of the ROIs in NSD's range,
     spatially correlated noise, untuned voxels, HRFs that differ from the GLM's).
     """
