@@ -135,15 +135,15 @@ def sampling_markdown(sampling: dict | None, modalities) -> list[str]:
             continue
         p = {**asdict(SamplingParams()), **given}  # a partial section counts at the workflow's defaults
         if modality == "text":
-            how = ("greedy decoding (temperature 0)" if p.get("temperature", 0) <= 0 else
-                   f"sampled at temperature {p['temperature']:g}, top-k {p.get('top_k', 0)}, top-p {p.get('top_p', 1):g}")
+            how = ("greedy decoding (temperature 0)" if p["temperature"] <= 0 else
+                   f"sampled at temperature {p['temperature']:g}, top-k {p['top_k']}, top-p {p['top_p']:g}")
         else:
-            scale = float(p.get("noise_scale", 1.0))
+            scale = float(p["noise_scale"])
             spread = ("1: samples of the learned distribution" if scale == 1 else
                       f"{scale:g}: below 1, samples nearer the centre of the learned distribution "
                       "and less varied than it, a sampling temperature")
-            how = (f"{p.get('num_steps')} {p.get('solver')} steps, guidance {p.get('cfg_scale'):g}, "
-                   f"{p.get('n_samples')} samples a test item, starting-noise scale {spread}")
+            how = (f"{p['num_steps']} {p['solver']} steps, guidance {p['cfg_scale']:g}, "
+                   f"{p['n_samples']} samples a test item, starting-noise scale {spread}")
         lines.append(f"  {modality}: {how};")
     if lines:
         lines[-1] = lines[-1][:-1] + "."
