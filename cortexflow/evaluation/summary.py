@@ -21,7 +21,8 @@ from cortexflow.errors import CortexflowInputError
 from cortexflow.evaluation import figures
 import numpy as np
 
-from cortexflow.evaluation.bootstrap import bootstrap_indices, hierarchical_bootstrap, seed_indices
+from cortexflow.evaluation.bootstrap import hierarchical_bootstrap, seed_indices
+from cortexflow.evaluation.units import ItemUnits, load_item_units
 from cortexflow.evaluation.evaluate import (COMPARISON_COLUMNS, LOWER_IS_BETTER, METRICS, SUMMARY_COLUMNS,
                                             EvaluationConfig, Recon, _scores_by, is_baseline_method,
                                             is_decoder_method, load_recon, method_order, seed_values)
@@ -30,7 +31,10 @@ log = logging.getLogger("cortexflow.evaluation.summary")
 
 RECON_NAME = re.compile(r"^sub-(?P<subject>[A-Za-z0-9]+)_(?P<modality>image|audio|text)(_seed(?P<seed>\d+))?$")
 CATEGORY_COLUMNS = ["subject", "modality", "category", "method", "baseline", "metric", "value", "ci_low", "ci_high",
-                    "n"]
+                    "n", "grouping", "resample_unit"]
+# the metrics of the per-family statements (docs/analysis-plan.md, section 6)
+STATEMENT_METRICS = ("ssim", "two_way_id_feature", "two_way_id_within_category", "two_way_id_pixel",
+                     "two_way_id_lowpass")
 
 
 def _read_tables(paths: list[str], columns: list[str], what: str) -> pd.DataFrame:
@@ -246,10 +250,14 @@ def seeds_markdown(per_seed: pd.DataFrame) -> list[str]:
 
 
 def category_table(items: pd.DataFrame, categories: dict[str, str], best: pd.DataFrame, *, subject: str,
-                   modality: str, config: EvaluationConfig, seed: int = 0) -> pd.DataFrame:
-    """Per stimulus category: every method's mean with its interval (``baseline`` empty), and each decoder
-    method minus the metric's strongest baseline (``baseline`` names it), over the category's items and
-    the training seeds (two-stage bootstrap, as the summary)."""
+                   modality: str, config: EvaluationConfig, seed: int = 0, units: ItemUnits | None = None,
+                   grouping: str = "category") -> pd.DataFrame:
+    """Per group of test items (``categories``: item -> stimulus category, or family): every method's
+    mean with its interval (``baseline`` empty), and each decoder method's paired difference to a
+    baseline (``baseline`` names it) over the group's items and the training seeds (two-stage
+    bootstrap, as the summary; items resampled by unit where ``units`` groups them, as the column
+    ``resample_unit`` says). By category the decoder meets the metric's strongest baseline; by family
+    it meets every baseline, which the per-family statements need."""
     rows = []
     items = items[items["method"] != "chance"]
     item_category = items["item"].astype(str).map(categories)
@@ -257,22 +265,67 @@ def category_table(items: pd.DataFrame, categories: dict[str, str], best: pd.Dat
         return pd.DataFrame(columns=CATEGORY_COLUMNS)
     items = items.assign(category=item_category.fillna("unknown"))
     best_of = {r.metric: r.baseline for r in best[(best.subject == subject) & (best.modality == modality)].itertuples()}
+    baselines = [m for m in method_order(items["method"].unique()) if is_baseline_method(m)]
     for category, block in items.groupby("category", sort=True):
         scores = _scores_by(block)
-        n = block["item"].nunique()
-        indices = bootstrap_indices(n, config.n_boot, seed)
+        ordered = np.sort(block["item"].astype(str).unique())
+        group_units = ItemUnits.independent(ordered) if units is None else units.subset(ordered)
+        draws, resample_unit = group_units.draws(config.n_boot, seed), group_units.resample_unit
         seed_draws = {k: seed_indices(k, config.n_boot, seed) for k in {len(t) for t in scores.values()}}
         for (method, metric), table in scores.items():
-            r = hierarchical_bootstrap(table, confidence=config.confidence, indices=indices,
-                                       seeds=seed_draws[len(table)])
-            rows.append((subject, modality, category, method, "", metric, r.value, r.ci_low, r.ci_high, r.n))
-            if is_decoder_method(method) and metric in best_of and (best_of[metric], metric) in scores:
-                diff = table - scores[(best_of[metric], metric)]
-                r = hierarchical_bootstrap(diff, confidence=config.confidence, indices=indices,
-                                           seeds=seed_draws[len(diff)])
-                rows.append((subject, modality, category, method, best_of[metric], metric, r.value, r.ci_low,
-                             r.ci_high, r.n))
+            r = hierarchical_bootstrap(table, confidence=config.confidence, seeds=seed_draws[len(table)], **draws)
+            rows.append((subject, modality, category, method, "", metric, r.value, r.ci_low, r.ci_high, r.n,
+                         grouping, resample_unit))
+            if not is_decoder_method(method):
+                continue
+            opponents = baselines if grouping == "family" else [best_of[metric]] if metric in best_of else []
+            for baseline in opponents:
+                if (baseline, metric) not in scores:
+                    continue
+                diff = table - scores[(baseline, metric)]
+                r = hierarchical_bootstrap(diff, confidence=config.confidence, seeds=seed_draws[len(diff)], **draws)
+                rows.append((subject, modality, category, method, baseline, metric, r.value, r.ci_low,
+                             r.ci_high, r.n, grouping, resample_unit))
     return pd.DataFrame(rows, columns=CATEGORY_COLUMNS)
+
+
+def family_statements(table: pd.DataFrame) -> pd.DataFrame:
+    """The analysis plan's statements (section 6) per subject, family, decoder method and metric:
+    ``leads`` if the paired interval against every baseline lies on the decoder's side of zero,
+    ``trails`` if one lies on the baseline's side, ``ties`` otherwise; with the closest baseline's
+    difference (the one whose interval reaches furthest towards the decoder's disadvantage)."""
+    diffs = table[(table["grouping"] == "family") & (table["baseline"] != "")]
+    rows = []
+    for (subject, modality, family, method, metric), group in diffs.groupby(
+            ["subject", "modality", "category", "method", "metric"], sort=True):
+        sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
+        low = np.minimum(sign * group["ci_low"], sign * group["ci_high"])  # the decoder-unfavourable end
+        high = np.maximum(sign * group["ci_low"], sign * group["ci_high"])
+        verdict = "trails" if (high < 0).any() else "leads" if (low > 0).all() else "ties"
+        closest = group.iloc[int(np.argmin(low.to_numpy()))]
+        rows.append((subject, modality, family, method, metric, verdict, closest["baseline"], closest["value"],
+                     closest["ci_low"], closest["ci_high"], int(closest["n"]), closest["resample_unit"]))
+    return pd.DataFrame(rows, columns=["subject", "modality", "family", "method", "metric", "verdict", "baseline",
+                                       "diff", "ci_low", "ci_high", "n", "resample_unit"])
+
+
+def family_markdown(table: pd.DataFrame) -> list[str]:
+    """The per-family statements as a table: verdict and the closest baseline's paired difference."""
+    statements = family_statements(table) if not table.empty else pd.DataFrame()
+    statements = statements[statements["metric"].isin(STATEMENT_METRICS)] if not statements.empty else statements
+    if statements.empty:
+        return []
+    lines = ["## By stimulus family, against every baseline", "",
+             "docs/analysis-plan.md, section 6: the decoder *leads* if its paired interval against every baseline "
+             "lies above zero, *trails* if one lies below, and *ties* otherwise. The difference shown is against "
+             "the closest baseline; `unit` is what the bootstrap resampled (`item`, or `source_photo`: all crops "
+             "of a photo together).", ""]
+    rows = [[f"sub-{r.subject}", r.modality, r.family, str(r.n), r.resample_unit, r.method, r.metric,
+             f"**{r.verdict}**" if r.verdict != "ties" else r.verdict, r.baseline,
+             f"{_fmt(r.diff, True)} [{_fmt(r.ci_low, True)}, {_fmt(r.ci_high, True)}]"]
+            for r in statements.itertuples()]
+    return lines + _markdown_table(["subject", "modality", "family", "items", "unit", "method", "metric", "verdict",
+                                    "closest baseline", "difference [CI]"], rows) + [""]
 
 
 def category_markdown(table: pd.DataFrame) -> list[str]:
@@ -282,6 +335,7 @@ def category_markdown(table: pd.DataFrame) -> list[str]:
     lines = ["## By stimulus category", "",
              "Mean [CI] over each category's test items (stimuli.tsv `category`); the last column is the decoder "
              "method minus the metric's strongest baseline (paired, over the category's items and the seeds).", ""]
+    table = table[table["grouping"] == "category"]
     diffs = table[table["baseline"] != ""]
     rows = []
     for r in diffs.itertuples():
@@ -406,12 +460,18 @@ def summarize_stage(*, summaries: list[str], comparisons: list[str], recons: lis
         table = pd.read_parquet(path)
         per_seed.append(seed_values(table).assign(subject=subject, modality=modality))
         if out_by_category is not None and categories:
+            units = load_item_units(stimuli, np.sort(table["item"].astype(str).unique()))
             by_category.append(category_table(table, categories, best, subject=subject, modality=modality,
-                                              config=config, seed=seed))
+                                              config=config, seed=seed, units=units))
+            families = dict(zip(units.items, units.family))
+            if modality == "image" and len(set(units.family)) > 1:
+                by_category.append(category_table(table, families, best, subject=subject, modality=modality,
+                                                  config=config, seed=seed, units=units, grouping="family"))
     extra += seeds_markdown(pd.concat(per_seed, ignore_index=True) if per_seed else pd.DataFrame())
     category = pd.concat(by_category, ignore_index=True) if by_category else pd.DataFrame(columns=CATEGORY_COLUMNS)
     if out_by_category is not None:
         _io.save_parquet(out_by_category, category)
+        extra += family_markdown(category)
         extra += category_markdown(category)
     extra += ncsnr_markdown(ncsnr_table(datasets or []))
     loaded = []
@@ -426,7 +486,8 @@ def summarize_stage(*, summaries: list[str], comparisons: list[str], recons: lis
     with _io.atomic_dir(out_figures) as folder:
         figures.plot_metrics(summary, folder / "metrics.png", config.confidence)
         if out_by_category is not None:
-            figures.plot_by_category(category, folder / "by_category.png", config.confidence)
+            figures.plot_by_category(category[category["grouping"] == "category"], folder / "by_category.png",
+                                     config.confidence)
         for stem, subject, modality, recon in loaded:
             figures.plot_recon(recon, modality, folder / f"{stem}.png", config.figure_items,
                                title=f"sub-{subject} {modality}")

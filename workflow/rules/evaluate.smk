@@ -7,6 +7,7 @@ rule evaluate:
     with chance and ceiling."""
     input:
         recon=recon_files,
+        stimuli=STIMULI_TSV,
     output:
         summary=f"{RESULTS}/metrics/sub-{{subject}}_{{modality}}_summary.parquet",
         per_item=f"{RESULTS}/metrics/sub-{{subject}}_{{modality}}_items.parquet",
@@ -26,7 +27,7 @@ rule evaluate:
     shell:
         "cortexflow evaluate --recon {input.recon} --out-summary {output.summary} --out-items {output.per_item}"
         " --out-comparisons {output.comparisons} --subject {wildcards.subject} --modality {wildcards.modality}"
-        " --params {params.section:q} --seed {params.seed} --log {log}"
+        " --stimuli {input.stimuli} --params {params.section:q} --seed {params.seed} --log {log}"
 
 
 rule summarize:
