@@ -135,3 +135,13 @@ def test_family_statements_name_where_the_decoder_leads_and_where_it_ties():
     comparisons = compare_methods(items, subject="01", modality="image", config=config, units=units)
     assert set(comparisons["resample_unit"]) == {FAMILY_UNIT}
     assert set(compare_methods(items, subject="01", modality="image", config=config)["resample_unit"]) == {ITEM}
+
+
+def test_closeness_is_one_for_the_simulators_own_space_and_near_zero_for_an_unrelated_one():
+    from cortexflow.evaluation.closeness import representational_closeness
+
+    rng = np.random.default_rng(0)
+    code = rng.normal(size=(40, 30))
+    assert representational_closeness(code, code) == pytest.approx(1.0)
+    assert representational_closeness(code @ rng.normal(size=(30, 30)) * 0.1 + code, code) > 0.5
+    assert abs(representational_closeness(rng.normal(size=(40, 30)), code)) < 0.15

@@ -198,6 +198,15 @@ class _Scorer(abc.ABC):
         return np.mean([fn(order) for order in orders], axis=0)
 
 
+def lowpass_images(images: np.ndarray, sigma_fraction: float) -> np.ndarray:
+    """What survives of (N, C, H, W) images under a Gaussian of sd ``sigma_fraction`` x the image side
+    (1/16: 2 px at 32 px, about an eighth of the resolution): two_way_id_lowpass's space."""
+    from scipy.ndimage import gaussian_filter
+
+    sigma = sigma_fraction * images.shape[-1]
+    return gaussian_filter(np.asarray(images, dtype=np.float64), sigma=(0, 0, sigma, sigma), mode="reflect")
+
+
 class ImageScorer(_Scorer):
     """Image metrics; with ``groups`` (each item's family or photo category, in truth order) also
     two-way identification against distractors of the same group only."""
@@ -205,7 +214,7 @@ class ImageScorer(_Scorer):
     def __init__(self, truth: np.ndarray, config: EvaluationConfig, groups: np.ndarray | None = None):
         self.truth = np.asarray(truth, dtype=np.float64)
         self.groups = None if groups is None else np.asarray(groups).astype(str)
-        self.lowpass_sigma = config.lowpass_sigma * self.truth.shape[-1]
+        self.lowpass_sigma = config.lowpass_sigma
         if min(self.truth.shape[2:]) < M.SSIM_MIN_SIDE:
             raise CortexflowInputError(
                 f"images of {self.truth.shape[2]}x{self.truth.shape[3]} pixels are smaller than SSIM's Gaussian "
@@ -217,10 +226,7 @@ class ImageScorer(_Scorer):
         self.truth_lowpass = self.lowpass(self.truth)
 
     def lowpass(self, images: np.ndarray) -> np.ndarray:
-        """What survives of (N, C, H, W) images at about an eighth of their resolution."""
-        from scipy.ndimage import gaussian_filter
-
-        return gaussian_filter(images, sigma=(0, 0, self.lowpass_sigma, self.lowpass_sigma), mode="reflect")
+        return lowpass_images(images, self.lowpass_sigma)
 
     def score(self, pred, orders):
         pred = np.clip(np.asarray(pred, dtype=np.float64), 0.0, 1.0)  # decoders may overshoot [0, 1] slightly

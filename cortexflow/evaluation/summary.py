@@ -328,6 +328,44 @@ def family_markdown(table: pd.DataFrame) -> list[str]:
                                     "closest baseline", "difference [CI]"], rows) + [""]
 
 
+def tuning_markdown(baselines: list[str]) -> list[str]:
+    """How each method's knobs were chosen, with the retrieval baseline's choice per subject and modality
+    (docs/analysis-plan.md, section 3: every baseline tuned on held-out training trials, as the decoder)."""
+    from cortexflow.models.baselines import load_baselines
+
+    lines = ["## How each method was tuned", "",
+             "- `dit`, `dit_mean<k>`, `decoder`: design (learning rate, training length, guidance, noise scale) "
+             "chosen on the validation fold of the training trials (docs/validation.md), never on test items.",
+             "- `ridge`, `ridge_pt`, `ridge_pixels`, text `retrieval`: ridge penalty by grouped cross-validation on "
+             "the training trials (one penalty per target for `ridge_pt`).",
+             "- `ngram_lm`, `ngram_lm_ridge`: n-gram order and smoothing by cross-validated log-likelihood of held-out "
+             "training sentences; the guidance weight by CER of the training trials' out-of-fold predictions.",
+             "- `nn_mean<k>`: k, and whether the k nearest training stimuli's VAE reconstructions or the stimuli "
+             "themselves are averaged, by the score of the training trials' out-of-fold ridge predictions "
+             "(retrieval among stimuli outside the trial's fold; SSIM for images, mel correlation for audio):", ""]
+    rows = []
+    for path in baselines:
+        fitted = load_baselines(path)
+        match = re.match(r"^sub-(?P<subject>[A-Za-z0-9]+)_(?P<modality>image|audio|text)_baselines$",
+                         Path(path).name.removesuffix(".npz"))
+        if match is None or match["modality"] == "text":
+            continue
+        if fitted.nn_tuning is None:
+            rows.append([f"sub-{match['subject']}", match["modality"], f"nn_mean{fitted.nn_k}", fitted.nn_source,
+                         "set in the config", "–"])
+            continue
+        table = fitted.nn_tuning.sort_values("score", ascending=False, kind="stable")
+        runner_up = table.iloc[1] if len(table) > 1 else None
+        rows.append([f"sub-{match['subject']}", match["modality"], f"nn_mean{fitted.nn_k}", fitted.nn_source,
+                     f"{_fmt(table['score'].iloc[0])} on {int(table['n_trials'].iloc[0])} trials",
+                     "–" if runner_up is None else f"k={int(runner_up['k'])} {runner_up['source']}: "
+                                                   f"{_fmt(runner_up['score'])}"])
+    if not rows:
+        return lines[:-2] + [""]
+    return lines + _markdown_table(["subject", "modality", "chosen", "averages", "held-out score", "runner-up"],
+                                   rows) + [""]
+
+
 def category_markdown(table: pd.DataFrame) -> list[str]:
     """Decoder methods and the strongest baseline per category, and their difference."""
     if table.empty:
@@ -426,7 +464,8 @@ def load_categories(stimuli: str | Path) -> dict[str, str]:
 def summarize_stage(*, summaries: list[str], comparisons: list[str], recons: list[str], out_summary: str,
                     out_comparisons: str, out_markdown: str, out_figures: str, params: dict,
                     items: list[str] = (), stimuli: str | None = None, datasets: list[str] = (),
-                    out_by_category: str | None = None, seed: int = 0, sampling: str | None = None) -> None:
+                    out_by_category: str | None = None, seed: int = 0, sampling: str | None = None,
+                    baselines: list[str] = (), ground_truth: list[str] = (), out_closeness: str | None = None) -> None:
     """Concatenate the per-subject results; write summary tables, summary.md and figures.
 
     Figures (in ``out_figures``): ``metrics.png``, one ``sub-<s>_<modality>.png``
@@ -436,7 +475,10 @@ def summarize_stage(*, summaries: list[str], comparisons: list[str], recons: lis
     ``summaries``) give the per-seed spread and, with ``stimuli`` (stimuli.tsv's
     ``category``), ``out_by_category``; ``datasets`` (make_dataset folders) give
     the ncsnr section; ``sampling`` (the config's ``sampling`` section as JSON)
-    says in summary.md how the decoders were sampled (noise scale, guidance, ...).
+    says in summary.md how the decoders were sampled (noise scale, guidance, ...);
+    ``baselines`` (fit_baseline's baselines files) say how the retrieval baseline was tuned;
+    ``ground_truth`` (a simulated study's ``derivatives/ground_truth/sub-XX`` folders) gives, in
+    ``out_closeness`` and summary.md, each image feature space's closeness to the simulator's code.
     """
     config = EvaluationConfig.from_params(params)
     try:
@@ -473,12 +515,17 @@ def summarize_stage(*, summaries: list[str], comparisons: list[str], recons: lis
         _io.save_parquet(out_by_category, category)
         extra += family_markdown(category)
         extra += category_markdown(category)
+    extra += tuning_markdown(list(baselines or []))
     extra += ncsnr_markdown(ncsnr_table(datasets or []))
     loaded = []
     for path in recons:
         subject, modality = recon_identity(path)
         loaded.append((f"sub-{subject}_{modality}", subject, modality, load_recon(path, modality)))
     text_recons = [(subject, recon) for _, subject, modality, recon in loaded if modality == "text"]
+    closeness = _closeness(loaded, ground_truth, config)
+    if out_closeness is not None:
+        _io.save_parquet(out_closeness, closeness)
+    extra += closeness_markdown(closeness)
     study = Path(out_summary).resolve().parent.name
     with _io.atomic_write(out_markdown) as tmp:
         tmp.write_text(build_markdown(study, summary, comparison, text_recons, config, extra,
@@ -493,6 +540,27 @@ def summarize_stage(*, summaries: list[str], comparisons: list[str], recons: lis
                                title=f"sub-{subject} {modality}")
     log.info("wrote %s (%d rows), %s (%d rows), %s and %d figures in %s", out_summary, len(summary),
              out_comparisons, len(comparison), out_markdown, len(loaded) + 1, out_figures)
+
+
+def _closeness(loaded, ground_truth, config: EvaluationConfig) -> pd.DataFrame:
+    from cortexflow.evaluation.closeness import CLOSENESS_COLUMNS, closeness_table
+
+    folders = {Path(g).name.removeprefix("sub-"): g for g in ground_truth or []}
+    tables = [closeness_table(recon.truth, recon.ids, folders[subject], subject=subject,
+                              image_features=config.image_features, lowpass_sigma=config.lowpass_sigma)
+              for _, subject, modality, recon in loaded if modality == "image" and subject in folders]
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=CLOSENESS_COLUMNS)
+
+
+def closeness_markdown(table: pd.DataFrame) -> list[str]:
+    if table.empty:
+        return []
+    rows = [[f"sub-{r.subject}", r.space, r.metrics, _fmt(r.closeness), str(r.n_items)] for r in table.itertuples()]
+    return ["## How close each image feature space is to the simulator's code", "",
+            "Spearman r between the test images' pairwise distances in the space and in their noise-free early "
+            "visual responses (the simulator's ground truth; docs/analysis-plan.md, section 5). The higher it is, "
+            "the more a metric in that space rewards learning the simulator's own code.", ""] + \
+        _markdown_table(["subject", "space", "metrics", "closeness", "items"], rows) + [""]
 
 
 ITEMS_NAME = re.compile(r"^sub-(?P<subject>[A-Za-z0-9]+)_(?P<modality>image|audio|text)_items$")
