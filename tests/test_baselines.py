@@ -91,7 +91,8 @@ def test_fit_baseline_stage_writes_every_baseline(tmp_path):
     images = (Y @ mix).reshape(-1, 3, 12, 12).astype(np.float32)
     save_latents(tmp_path / "latents.npz", ids=stim, latents=Y.reshape(-1, 4, 2, 2), targets=images,
                  vae_reconstructions=images, splits=np.array(["train"] * len(X)), norm_mean=0.0, norm_std=1.0)
-    fit_baseline_stage(dataset=str(tmp_path / "ds"), out=str(tmp_path / "ridge.npz"), params={"cv_folds": 4},
+    fit_baseline_stage(dataset=str(tmp_path / "ds"), out=str(tmp_path / "ridge.npz"),
+                       params={"cv_folds": 4, "nn_k": "auto", "nn_source": "auto"},
                        latents=str(tmp_path / "latents.npz"), out_baselines=str(tmp_path / "baselines.npz"))
     fitted = load_baselines(tmp_path / "baselines.npz")
     assert sorted(fitted.training_ids) == sorted(stim)
@@ -100,7 +101,7 @@ def test_fit_baseline_stage_writes_every_baseline(tmp_path):
     best = fitted.nn_tuning.sort_values("score", ascending=False, kind="stable").iloc[0]
     assert (fitted.nn_k, fitted.nn_source) == (best["k"], best["source"]) and set(fitted.nn_tuning["n_trials"]) == {120}
     fit_baseline_stage(dataset=str(tmp_path / "ds"), out=str(tmp_path / "ridge2.npz"),
-                       params={"cv_folds": 4, "nn_k": 8, "nn_source": "vae"},
+                       params={"cv_folds": 4},  # the default: nn_mean8 of the VAE reconstructions
                        latents=str(tmp_path / "latents.npz"), out_baselines=str(tmp_path / "fixed.npz"))
     fixed = load_baselines(tmp_path / "fixed.npz")
     assert (fixed.nn_k, fixed.nn_source, fixed.nn_tuning) == (8, "vae", None)

@@ -204,15 +204,22 @@ def test_trial_regressors_and_beta_noise_match_direct_computation():
     assert np.allclose(betas.std(1), beta_noise_sd(design, 0.4), rtol=0.03)
 
 
-def test_legacy_config_file_is_the_legacy_design():
+def test_default_study_keeps_the_measured_design_and_the_plan_config_is_the_plans():
     import yaml
     from pathlib import Path
 
     from cortexflow.data.simulate import SimulationConfig
+    from cortexflow.data.stimuli import TEST_SHARES, TRAIN_SHARES
 
-    path = Path(__file__).resolve().parents[1] / "docs" / "configs" / "legacy-image-design.yaml"
-    cfg = SimulationConfig.from_params(yaml.safe_load(path.read_text())["simulate"])
-    assert tuple(cfg.image_photos) == LEGACY_DESIGN["photos"]
-    assert tuple(cfg.image_test_photos) == LEGACY_DESIGN["test_photos"]
-    assert dict(cfg.image_train_shares) == LEGACY_DESIGN["train_shares"] == dict(cfg.image_test_shares)
-    assert cfg.image_categories == IMAGE_CATEGORIES and cfg.image_test == 150
+    default = SimulationConfig()
+    assert tuple(default.image_photos) == LEGACY_DESIGN["photos"] and default.image_test == 150
+    assert tuple(default.image_test_photos) == LEGACY_DESIGN["test_photos"]
+    assert dict(default.image_train_shares) == LEGACY_DESIGN["train_shares"] == dict(default.image_test_shares)
+    assert default.image_categories == IMAGE_CATEGORIES
+    path = Path(__file__).resolve().parents[1] / "docs" / "configs" / "analysis-plan.yaml"
+    plan = yaml.safe_load(path.read_text())
+    cfg = SimulationConfig.from_params(plan["simulate"])
+    assert set(cfg.image_photos) == set(PHOTOS) and tuple(cfg.image_test_photos) == TEST_PHOTOS
+    assert dict(cfg.image_train_shares) == TRAIN_SHARES and dict(cfg.image_test_shares) == TEST_SHARES
+    assert cfg.image_test == 300 and cfg.image_categories == IMAGE_CATEGORIES + (DEADLEAVES,)
+    assert plan["baseline"] == {"nn_k": "auto", "nn_source": "auto"} and plan["evaluation"]["resample_by"] == "unit"

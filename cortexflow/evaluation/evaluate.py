@@ -38,6 +38,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -112,6 +113,9 @@ class EvaluationConfig:
     figure_items: int = 10
     # two_way_id_lowpass: Gaussian sigma as a fraction of the image side (2 px at 32 px)
     lowpass_sigma: float = 1 / 16
+    # what the bootstrap resamples: "item" (every test item independent; the studies so far) or
+    # "unit" (the crops of one source photo together, within each stimulus family; docs/analysis-plan.md)
+    resample_by: Literal["item", "unit"] = "item"
 
     @classmethod
     def from_params(cls, params: Mapping | None, key: str = "evaluation") -> "EvaluationConfig":
@@ -453,12 +457,14 @@ def evaluate_stage(*, recon: list[str], out_summary: str, out_items: str, out_co
     log.info("evaluating %s: %d items, %d training seed(s), methods %s", paths[0], len(data[0].ids), len(data),
              method_order(data[0].methods))
     units = load_item_units(stimuli, data[0].ids) if stimuli else None
-    if units is not None:
+    resampled = units if config.resample_by == "unit" else None
+    if resampled is not None:
         log.info("resampling unit: %s (%d units of %d items; families %s)", units.resample_unit,
                  len(np.unique(units.unit)), len(units.items), sorted(set(units.family)))
     items = score_items(data[0], modality, config, seed, decoder_seeds=data[1:], units=units)
-    summary = summarize_items(items, subject=subject, modality=modality, config=config, seed=seed, units=units)
-    comparisons = compare_methods(items, subject=subject, modality=modality, config=config, seed=seed, units=units)
+    summary = summarize_items(items, subject=subject, modality=modality, config=config, seed=seed, units=resampled)
+    comparisons = compare_methods(items, subject=subject, modality=modality, config=config, seed=seed,
+                                  units=resampled)
     for row in summary.itertuples():
         log.info("sub-%s %s %-10s %-20s %.4f [%.4f, %.4f]", subject, modality, row.method, row.metric,
                  row.value, row.ci_low, row.ci_high)

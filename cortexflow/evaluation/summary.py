@@ -503,12 +503,13 @@ def summarize_stage(*, summaries: list[str], comparisons: list[str], recons: lis
         per_seed.append(seed_values(table).assign(subject=subject, modality=modality))
         if out_by_category is not None and categories:
             units = load_item_units(stimuli, np.sort(table["item"].astype(str).unique()))
+            resampled = units if config.resample_by == "unit" else None
             by_category.append(category_table(table, categories, best, subject=subject, modality=modality,
-                                              config=config, seed=seed, units=units))
+                                              config=config, seed=seed, units=resampled))
             families = dict(zip(units.items, units.family))
             if modality == "image" and len(set(units.family)) > 1:
                 by_category.append(category_table(table, families, best, subject=subject, modality=modality,
-                                                  config=config, seed=seed, units=units, grouping="family"))
+                                                  config=config, seed=seed, units=resampled, grouping="family"))
     extra += seeds_markdown(pd.concat(per_seed, ignore_index=True) if per_seed else pd.DataFrame())
     category = pd.concat(by_category, ignore_index=True) if by_category else pd.DataFrame(columns=CATEGORY_COLUMNS)
     if out_by_category is not None:
