@@ -158,7 +158,7 @@ def test_a_beta_lands_at_its_trial_with_nsd_scaling(download, subject01):
     ijk = tuple(voxels[["i", "j", "k"]].to_numpy().T)
     expected = np.concatenate([truth["raw"][("01", s)][ijk].T for s in (1, 2)]) / 300.0
     np.testing.assert_allclose(betas, expected, atol=1e-6)
-    # runs of a session: 12, the odd ones one trial longer when the count is odd per pair (NSD: 63 / 62)
+    # a session's 12 runs: NSD's 750 trials are 63 in odd and 62 in even runs; 36 are 3 in each
     assert nsd.run_sizes(750) == [63, 62] * 6 and nsd.run_sizes(TRIALS) == [3] * 12
     assert trials["run"].nunique() == 24 and trials.groupby("run").size().eq(3).all()
 
