@@ -341,8 +341,9 @@ def tuning_markdown(baselines: list[str]) -> list[str]:
              "- `ngram_lm`, `ngram_lm_ridge`: n-gram order and smoothing by cross-validated log-likelihood of held-out "
              "training sentences; the guidance weight by CER of the training trials' out-of-fold predictions.",
              "- `nn_mean<k>`: k, and whether the k nearest training stimuli's VAE reconstructions or the stimuli "
-             "themselves are averaged, by the score of the training trials' out-of-fold ridge predictions "
-             "(retrieval among stimuli outside the trial's fold; SSIM for images, mel correlation for audio):", ""]
+             "themselves are averaged: set by `baseline.nn_k` / `baseline.nn_source`, or, where they are `auto`, "
+             "chosen by the score of the training trials' out-of-fold ridge predictions (retrieval among stimuli "
+             "outside the trial's fold; SSIM for images, mel correlation for audio):", ""]
     rows = []
     for path in baselines:
         fitted = load_baselines(path)
