@@ -147,8 +147,8 @@ def train_shared_decoder_stage(*, datasets: list[str], subjects: list[str], out:
 def cross_subject_fit_stage(*, dataset: str, subject: str, runs: int, init: str, out: str, checkpoint_dir: str,
                             params: dict, latents: str, vae: str, shared: str | None = None, seed: int = 0,
                             threads: int = 1, device: str = "cpu") -> None:
-    """Train the held-out subject's decoder on its first ``runs`` runs (from the shared
-    decoder or from scratch) and reconstruct its test stimuli."""
+    """Train the held-out subject's decoder on the trials of its first N runs (N: ``runs``), from the
+    shared decoder or from scratch, and reconstruct its test stimuli."""
     from cortexflow.models.cross_subject import adapt_to_subject, set_trainable
     from cortexflow.models.inference import reconstruct_in_batches
     from cortexflow.models.io import load_model
