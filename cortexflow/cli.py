@@ -333,9 +333,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     for name, (module, function, _) in commands().items():
         if name == only:
             _add_command_parser(sub, name)
-        else:
-            sub.add_parser(name.replace("_", "-"), help=summary(command_source(module, function).doc),
-                           aliases=[a for a, t in ALIASES.items() if t == name])
+        else:  # listed; its summary is read only for the list (`cortexflow --help`), not for another command
+            sub.add_parser(name.replace("_", "-"), aliases=[a for a, t in ALIASES.items() if t == name],
+                           help=summary(command_source(module, function).doc) if only is None else None)
     return parser
 
 
@@ -368,6 +368,9 @@ def _setup_logging(log_file: str | None, verbose: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv == ["--version"]:  # without reading every command's source for the parser
+        print(f"cortexflow {__version__}")
+        return 0
     parser = build_parser(_requested_command(argv))
     args = parser.parse_args(argv)
     if not hasattr(args, "_command"):
