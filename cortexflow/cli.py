@@ -80,6 +80,11 @@ OPTION_HELP = {
     "sidecar": "the BOLD run's JSON sidecar (RepetitionTime; default: beside --bold)",
     "stimuli_tsv": "the study's stimuli.tsv",
     "evaluation": "the config's evaluation section as JSON (the metrics' settings)",
+    "expdesign": "NSD's nsddata/experiments/nsd/nsd_expdesign.mat",
+    "roi": "NSD ROI file whose voxels (label >= 1) are decoded (roi/nsdgeneral.nii.gz)",
+    "regions": "NSD ROI label files that split the ROI into regions (roi/streams.nii.gz ...)",
+    "region_tables": "their FreeSurfer colour tables naming the labels (label/<name>.mgz.ctab)",
+    "stim_info": "NSD's nsd_stim_info_merged.csv (adds COCO ids)",
 }
 CHOICES = {"modality": ("image", "audio", "text"), "device": ("auto", "cpu", "cuda")}
 
@@ -100,8 +105,9 @@ def summary(doc: str) -> str:
     depth = 0
     for i, char in enumerate(paragraph):
         depth += {"(": 1, ")": -1}.get(char, 0)
-        # a full stop outside brackets, before the end or a capital ("e.g. x" and "v1.2" go on)
-        if char in ".!?" and depth == 0 and (i + 1 == len(paragraph) or re.match(r" [A-Z]", paragraph[i + 1:])):
+        # a full stop outside brackets, before the end or a space ("v1.2" and "e.g. x" go on)
+        if char in ".!?" and depth == 0 and (i + 1 == len(paragraph) or paragraph[i + 1] == " ") and \
+                not re.search(r"\b(e\.g|i\.e|cf|etc|vs|al|Fig|Eq)\.$", paragraph[: i + 1]):
             return paragraph[: i + 1]
     return paragraph
 

@@ -45,6 +45,7 @@ def test_summary_is_the_first_sentence_on_one_line():
     assert cli.summary(doc) == "Train the decoder on its first runs (from the shared decoder)."
     assert cli.summary("Scores (e.g. SSIM) per item, v1.2 of it.\n\nMore.") == "Scores (e.g. SSIM) per item, v1.2 of it."
     assert cli.summary("Uses ``torch`` here.") == "Uses torch here."
+    assert cli.summary("Score it, e.g. by SSIM, per item. evaluation: JSON.") == "Score it, e.g. by SSIM, per item."
 
 
 def test_top_level_help_lists_every_command_with_a_whole_sentence():

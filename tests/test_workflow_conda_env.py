@@ -90,9 +90,10 @@ def test_rule_env_pins_are_the_runtime_pins_without_driver_or_test_tools():
     runtime = requirements_pins()
     assert pins == {name: version for name, version in runtime.items() if name not in DRIVER_TOOLS}
     assert not (TEST_TOOLS | DRIVER_TOOLS) & set(pins)
-    # what the package needs at run time: its dependencies and the audio extra
+    # what the package needs at run time: its dependencies and the extras its stages import
     project = pyproject()["project"]
-    for line in project["dependencies"] + project["optional-dependencies"]["audio"]:
+    extras = project["optional-dependencies"]
+    for line in project["dependencies"] + extras["audio"] + extras.get("nsd", []):
         assert canonicalize_name(Requirement(line).name) in pins, line
     env = yaml.safe_load(ENV.read_text())
     assert [d for d in env["dependencies"] if isinstance(d, str) and d.startswith("python")] == ["python=3.11"]
