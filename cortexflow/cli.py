@@ -241,8 +241,11 @@ def section_keys(section: str) -> tuple[str, ...]:
 def _params_help(section: str | None) -> str:
     if section is None:
         return "parameters as JSON or @file.json"
-    from cortexflow.sections import PER_MODALITY, SCHEMA
+    from cortexflow.sections import PER_MODALITY, SCHEMA, SECTIONS
 
+    if section not in SECTIONS:  # a section the schema alone describes (e.g. data)
+        return (f"the config's '{section}' section as JSON or @file.json (its keys are described in {SCHEMA}). "
+                "Without --params or --config: the default config's section")
     keys = ", ".join(section_keys(section))
     if section in PER_MODALITY:
         shape = (f"the config's '{section}' section, one entry per modality ({', '.join(PER_MODALITY[section])}) "
