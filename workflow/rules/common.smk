@@ -207,6 +207,17 @@ def checkpoint_dir(wildcards):
     return f"{RESULTS}/checkpoints/sub-{wildcards.subject}_{wildcards.modality}_seed{wildcards.train_seed}/{key}"
 
 
+def vae_checkpoint_dir(wildcards):
+    """Where pretrain_vae keeps its resumable checkpoints (not a declared output),
+    keyed like checkpoint_dir by the VAE's settings, seed and code."""
+    import hashlib
+
+    key = hashlib.sha256(
+        f"{modality_section('vae', wildcards.modality)}|{config['seed']}|{stage_fingerprint('pretrain_vae')}".encode()
+    ).hexdigest()[:12]
+    return f"{RESULTS}/checkpoints/vae_{wildcards.modality}/{key}"
+
+
 def folder_of_description(wildcards, output):
     """The BIDS root that simulate_study writes: the folder of its dataset_description.json."""
     return os.path.dirname(output.description)
