@@ -219,8 +219,9 @@ def torchrun(work: Path, device: str, nproc: int = 2, steps: int = 40, timeout: 
     shutil.rmtree(run, ignore_errors=True)
     run.mkdir(parents=True)
     out, log = run / "decoder.pt", run / "log.txt"
+    # as the workflow's decoder_launcher starts it (`--` ends torchrun's options)
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
-                "--nproc-per-node", str(nproc), "-m", "cortexflow.cli"]
+                "--nproc-per-node", str(nproc), "--no-python", "--", sys.executable, "-m", "cortexflow.cli"]
     cmd = decoder_command(work, device, steps, steps, out, run / "checkpoints", log, launcher)
     proc = subprocess.run(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=timeout)

@@ -253,3 +253,20 @@ def test_torch_compile_option_trains_like_eager():
         losses[compiled] = trainer.fit(lambda s, g: (x[batch_indices(s, N_ITEMS, BATCH, 0)],
                                                      y[batch_indices(s, N_ITEMS, BATCH, 0)]), progress=False).losses
     torch.testing.assert_close(torch.tensor(losses[True]), torch.tensor(losses[False]), rtol=1e-4, atol=1e-5)
+
+
+def test_torchrun_passes_the_stage_options_of_the_workflow_s_launcher_to_the_stage():
+    """decoder_launcher's command, parsed by torchrun's own parser: without `--` after its options,
+    torchrun reads the stage's `--log` as one of its own and stops ("ambiguous option")."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    from torch.distributed.run import get_args_parser
+
+    common = (Path(__file__).resolve().parents[1] / "workflow" / "rules" / "common.smk").read_text()
+    launcher = re.search(r'return f"(torchrun [^"]+)"', common).group(1).replace("{n_gpus}", "2")
+    stage = ["train-decoder", "--dataset", "d", "--out", "o.pt", "--seed", "0", "--device", "cuda", "--log", "x.log"]
+    args = get_args_parser().parse_args(shlex.split(launcher)[1:] + stage)
+    assert args.nproc_per_node == "2" and args.no_python and args.training_script == "cortexflow"
+    assert args.training_script_args == stage

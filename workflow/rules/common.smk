@@ -190,7 +190,9 @@ def decoder_launcher(wildcards, resources):
     n_gpus = int(getattr(resources, "gpu", 0) or 0)
     if n_gpus <= 1:
         return "cortexflow"
-    return f"torchrun --standalone --nnodes 1 --nproc-per-node {n_gpus} --no-python cortexflow"
+    # `--` ends torchrun's options: without it, torchrun's parser also reads the stage's options
+    # after the command and stops at `--log` ("ambiguous option: --log could match --log-dir, ...")
+    return f"torchrun --standalone --nnodes 1 --nproc-per-node {n_gpus} --no-python -- cortexflow"
 
 
 def checkpoint_dir(wildcards):
