@@ -6,12 +6,6 @@ import sys
 
 import pytest
 
-# The seed library's own tests and example scripts are fixtures, run in
-# subprocesses by tests/test_seed_suite.py and tests/test_seed_examples.py
-# (their own conftest and pytest.ini; expected differences listed there).
-collect_ignore = ["seed_tests", "seed_examples"]
-
-
 @pytest.fixture(autouse=True)
 def _one_thread():
     """Torch on one thread: tiny models run fastest so, and the test machine is shared.
