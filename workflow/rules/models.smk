@@ -4,7 +4,10 @@
 
 
 rule pretrain_vae:
-    """One autoencoder per continuous modality, trained on the training stimuli."""
+    """One autoencoder per continuous modality, trained on the training stimuli.
+
+    Resumable like train_decoder: its checkpoints live beside the declared output.
+    """
     input:
         stimuli=STIMULI_TSV,
     output:
@@ -15,6 +18,7 @@ rule pretrain_vae:
         section=section_params("vae"),
         seed=config["seed"],
         device=config["device"],
+        checkpoints=vae_checkpoint_dir,
         code=stage_fingerprint("pretrain_vae"),
     log:
         f"{LOGS}/pretrain_vae/{{modality}}.log",
@@ -24,11 +28,11 @@ rule pretrain_vae:
         mem_mb=8000,
         runtime=120,
     conda:
-        "../envs/cortexflow.yml"
+        RULE_ENV
     shell:
         "cortexflow pretrain-vae --stimuli {input.stimuli} --modality {wildcards.modality} --out {output}"
         " --params {params.section:q} --seed {params.seed} --threads {threads} --device {params.device}"
-        " --log {log}"
+        " --checkpoint-dir {params.checkpoints} --log {log}"
 
 
 rule encode_latents:
@@ -52,7 +56,7 @@ rule encode_latents:
         mem_mb=8000,
         runtime=30,
     conda:
-        "../envs/cortexflow.yml"
+        RULE_ENV
     shell:
         "cortexflow encode-latents --stimuli {input.stimuli} --modality {wildcards.modality}"
         " --vae {input.vae} --out {output} --params {params.section:q} --threads {threads}"
@@ -81,7 +85,7 @@ rule fit_baseline:
         mem_mb=8000,
         runtime=60,
     conda:
-        "../envs/cortexflow.yml"
+        RULE_ENV
     shell:
         "cortexflow fit-baseline --dataset {input.dataset} --stimuli {input.stimuli} {params.latents}"
         " --out {output.ridge} --out-baselines {output.baselines} --params {params.section:q}"
@@ -116,7 +120,7 @@ rule train_decoder:
         mem_mb=8000,
         runtime=240,
     conda:
-        "../envs/cortexflow.yml"
+        RULE_ENV
     shell:
         "{params.launcher} train-decoder --dataset {input.dataset} --modality {wildcards.modality}"
         " --stimuli {input.stimuli} {params.latents}"
@@ -146,7 +150,7 @@ rule sample:
         mem_mb=8000,
         runtime=60,
     conda:
-        "../envs/cortexflow.yml"
+        RULE_ENV
     shell:
         "cortexflow sample --dataset {input.dataset} --modality {wildcards.modality}"
         " --decoder {input.decoder} --stimuli {input.stimuli} {params.latents} {params.ground_truth} --out {output}"
