@@ -8,7 +8,8 @@ rule pretrain_vae:
     input:
         stimuli=STIMULI_TSV,
     output:
-        vae_file("{modality}"),
+        model=vae_file("{modality}"),
+        curve=vae_curve_file("{modality}"),
     wildcard_constraints:
         modality="image|audio",
     params:
@@ -26,8 +27,9 @@ rule pretrain_vae:
     conda:
         "../envs/cortexflow.yml"
     shell:
-        "cortexflow pretrain-vae --stimuli {input.stimuli} --modality {wildcards.modality} --out {output}"
-        " --params {params.section:q} --seed {params.seed} --threads {threads} --device {params.device}"
+        "cortexflow pretrain-vae --stimuli {input.stimuli} --modality {wildcards.modality} --out {output.model}"
+        " --out-curve {output.curve} --params {params.section:q} --seed {params.seed} --threads {threads}"
+        " --device {params.device}"
         " --log {log}"
 
 
@@ -99,7 +101,8 @@ rule train_decoder:
     input:
         unpack(decoder_inputs),
     output:
-        decoder_file("{subject}", "{modality}", "{train_seed}"),
+        model=decoder_file("{subject}", "{modality}", "{train_seed}"),
+        curve=decoder_curve_file("{subject}", "{modality}", "{train_seed}"),
     params:
         section=decoder_params,
         latents=latent_args,
@@ -120,7 +123,7 @@ rule train_decoder:
     shell:
         "{params.launcher} train-decoder --dataset {input.dataset} --modality {wildcards.modality}"
         " --stimuli {input.stimuli} {params.latents}"
-        " --out {output} --checkpoint-dir {params.checkpoints} --params {params.section:q}"
+        " --out {output.model} --out-curve {output.curve} --checkpoint-dir {params.checkpoints} --params {params.section:q}"
         " --seed {params.seed} --threads {threads} --device {params.device} --log {log}"
 
 
