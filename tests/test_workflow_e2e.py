@@ -107,8 +107,8 @@ def test_report_files_exist(tiny_run):
 
 
 # docs/progress-and-qc.md: the QC figures and the loss curves, in results/tiny/
-QC_FIGURES = ["figures/qc/sub-01_rois.png", "figures/qc/sub-01_ncsnr.png", "figures/qc/sub-01_motion.png",
-              "figures/qc/sub-01_task-images_run-01_design.png", "figures/training_curves.png"]
+QC_FIGURES = ["qc/sub-01_rois.png", "qc/sub-01_ncsnr.png", "qc/sub-01_motion.png",
+              "qc/sub-01_task-images_run-01_design.png", "qc/training_curves.png"]
 CURVES = ["models/vae_image_curve.parquet", "models/vae_audio_curve.parquet",
           "models/sub-01_image_decoder_seed0_curve.parquet", "models/sub-01_image_decoder_seed1_curve.parquet",
           "models/sub-01_audio_decoder_seed0_curve.parquet", "models/sub-01_text_decoder_seed0_curve.parquet"]
@@ -141,7 +141,8 @@ def test_report_holds_the_qc_figures_and_the_training_curves(tiny_run):
     for caption in ("over nilearn's bundled MNI152 template", "Noise-ceiling SNR (ncsnr", "framewise displacement",
                     "The design matrix of the study's first run", "Training loss of every model"):
         assert caption in text, caption
-    for category in ("Quality control", "Training", "Metrics", "Reconstructions"):
+    for category in ("Quality control", "Regions of interest", "Noise ceiling", "Head motion", "Design matrix",
+                     "Metrics", "Reconstructions"):
         assert category in text, category
 
 

@@ -78,7 +78,7 @@ def plot_ncsnr(voxels: Mapping[str, pd.DataFrame], path: str | Path, title: str 
     """One panel per modality: the ncsnr of each region's voxels (box: quartiles, whiskers: 5-95%),
     regions by median; ``voxels`` are make_dataset's voxels tables (columns region, ncsnr)."""
     panels = list(voxels)
-    fig = Figure(figsize=(max(6.0, 0.32 * max((v["region"].nunique() for v in voxels.values()), default=10) + 2),
+    fig = Figure(figsize=(min(16.0, max(6.0, 0.32 * max((v["region"].nunique() for v in voxels.values()), default=10) + 2)),
                           2.9 * max(len(panels), 1)))
     axes = fig.subplots(max(len(panels), 1), 1, squeeze=False)[:, 0]
     for ax, modality in zip(axes, panels):

@@ -456,7 +456,8 @@ def final_outputs():
 
 
 # ---------------------------------------------------------------- quality control (qc.smk)
-QC_DIR = f"{RESULTS}/figures/qc"
+QC_DIR = f"{RESULTS}/qc"  # not figures/: summarize replaces that folder whole
+TRAINING_CURVES_FIGURE = f"{QC_DIR}/training_curves.png"
 
 
 def qc_figure(subject, kind):
@@ -474,7 +475,7 @@ def qc_figures():
     return [
         *(qc_figure(s, kind) for s in SUBJECTS for kind in ("rois", "ncsnr", "motion")),
         design_figure(subject, task, run),
-        f"{RESULTS}/figures/training_curves.png",
+        TRAINING_CURVES_FIGURE,
     ]
 
 

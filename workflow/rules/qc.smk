@@ -114,7 +114,7 @@ rule training_curves:
         curves=training_curve_files(),
     output:
         report(
-            f"{RESULTS}/figures/training_curves.png",
+            TRAINING_CURVES_FIGURE,
             caption="../report/training_curves.rst",
             category="Training",
         ),
