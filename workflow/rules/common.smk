@@ -495,7 +495,8 @@ def qc_rois_inputs(wildcards):
             for t in tasks
         ],
         "betas": [
-            run_betas(SimpleNamespace(subject=wildcards.subject, task=t))[0] for t in tasks
+            run_betas(SimpleNamespace(subject=wildcards.subject, task=t))[0]
+            for t in tasks
         ],
     }
 
