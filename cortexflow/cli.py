@@ -56,6 +56,11 @@ OPTION_HELP = {
     "device": "where models run; auto picks cuda when present",
     "out": "output file",
     "ground_truth": "the simulator's ground-truth folder of the subject (noise ceiling)",
+    "expdesign": "NSD's nsddata/experiments/nsd/nsd_expdesign.mat",
+    "roi": "NSD ROI file whose voxels (label >= 1) are decoded (roi/nsdgeneral.nii.gz)",
+    "regions": "NSD ROI label files that split the ROI into regions (roi/streams.nii.gz ...)",
+    "region_tables": "their FreeSurfer colour tables naming the labels (label/<name>.mgz.ctab)",
+    "stim_info": "NSD's nsd_stim_info_merged.csv (adds COCO ids)",
 }
 CHOICES = {"modality": ("image", "audio", "text"), "device": ("auto", "cpu", "cuda")}
 
@@ -223,6 +228,11 @@ def main(argv: list[str] | None = None) -> int:
             f"the file {what.get(type(e), 'cannot be used')}", path=e.filename,
             fix="check the paths given on the command line (run the earlier stages first if it is one of their outputs)"))
     except Exception as e:  # noqa: BLE001 - anything else is reported, with its traceback, in the job's log
+        trainer = sys.modules.get("cortexflow.training.trainer")  # imported if a training stage ran
+        if trainer is not None and isinstance(e, trainer.TrainingInterrupted):
+            # a time limit's SIGTERM: the checkpoint is written, a rerun resumes; not a bug, no traceback
+            print(f"cortexflow {name.replace('_', '-')}: {e}", file=sys.stderr)
+            return 128 + 15  # what a process killed by SIGTERM reports
         return _unexpected_error(name, e, args.log, args.verbose)
     return 0
 
