@@ -67,6 +67,7 @@ include: "workflow/rules/nsd.smk"
 include: "workflow/rules/preprocess.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/qc.smk"
 include: "workflow/rules/cross_subject.smk"  # its own target, `snakemake cross_subject`; not in rule all
 
 
@@ -77,6 +78,11 @@ localrules:
     evaluate,
     summarize,
     cross_subject,
+    qc_rois,
+    qc_ncsnr,
+    qc_motion,
+    qc_design,
+    training_curves,
 
 
 rule all:

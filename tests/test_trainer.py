@@ -143,7 +143,7 @@ def test_resumed_run_is_bit_identical_to_uninterrupted(tmp_path):
     for k, v in full.ema.shadow.items():
         assert torch.equal(v, resumed_trainer.ema.shadow[k])
     assert resumed_trainer.learning_rate == full.learning_rate
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temporary leftovers
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "loss_curve.parquet"]  # no temporary leftovers
 
     # Run again: already finished, nothing happens.
     again = Trainer(_model(), config).fit(_batch_fn, checkpoint_dir=tmp_path, progress=False)

@@ -91,7 +91,8 @@ def test_train_decoder_takes_its_prior_from_the_baseline_file(tmp_path):
     assert load_model(tmp_path / "decoder.pt").config.prior_conditioning
     # what a resume needs stays (a lost output is rebuilt from it); the stale key is gone
     assert sorted(p.name for p in checkpoints.iterdir()) == ["current", "notes"]
-    assert [p.name for p in (checkpoints / "current").iterdir()] == ["last.pt"]
+    assert sorted(p.name for p in (checkpoints / "current").iterdir()) == ["last.pt", "loss_curve.parquet"]
+    assert (tmp_path / "decoder_curve.parquet").is_file()  # the curve beside the model
 
     other = _dataset(tmp_path / "other", train_ids[::-1], ["img-10", "img-11"], seed=1)
     with pytest.raises(CortexflowInputError, match="other training trials") as error:

@@ -160,6 +160,9 @@ def test_tiny_dag_has_every_rule_once_per_unit(finished, tiny):
     assert jobs["train_decoder"] == jobs["sample"] == n_subjects * runs
     assert jobs["summarize"] == jobs["all"] == 1
     assert jobs["glm_betas"] >= jobs["extract_rois"]
+    # the report's QC figures: three per subject, one design matrix, one figure of every loss curve
+    assert jobs["qc_rois"] == jobs["qc_ncsnr"] == jobs["qc_motion"] == n_subjects
+    assert jobs["qc_design"] == jobs["training_curves"] == 1
 
 
 def test_decoder_param_change_reruns_decoder_and_downstream_only(finished, tiny):
@@ -169,7 +172,7 @@ def test_decoder_param_change_reruns_decoder_and_downstream_only(finished, tiny)
     jobs = dry_run(finished, TINY, changed)
     n_seeds = training_seeds(tiny["decoder"], "image")
     n_subjects = jobs["train_decoder"] // n_seeds
-    assert set(jobs) == {"train_decoder", "sample", "evaluate", "summarize", "all"}, jobs
+    assert set(jobs) == {"train_decoder", "sample", "evaluate", "summarize", "training_curves", "all"}, jobs
     # only the image decoders: one per subject and training seed, their samples, one evaluation per subject
     assert jobs["sample"] == jobs["train_decoder"] == n_subjects * n_seeds and jobs["evaluate"] == n_subjects
     assert "glm_betas" not in jobs and "pretrain_vae" not in jobs and "fit_baseline" not in jobs
@@ -212,7 +215,7 @@ def test_editing_the_dit_source_reruns_decoders_and_downstream_only(finished):
             dit.unlink()
         else:
             dit.write_bytes(original)
-    assert set(jobs) == {"train_decoder", "sample", "evaluate", "summarize", "all"}, jobs
+    assert set(jobs) == {"train_decoder", "sample", "evaluate", "summarize", "training_curves", "all"}, jobs
     assert jobs["train_decoder"] == jobs["sample"] > jobs["evaluate"]  # every subject × modality × training seed
     assert dry_run(finished, TINY) == {}  # restoring the file restores the fingerprint
 

@@ -106,6 +106,46 @@ def test_report_files_exist(tiny_run):
         assert (results / "logs" / log).stat().st_size > 0
 
 
+# docs/progress-and-qc.md: the QC figures and the loss curves, in results/tiny/
+QC_FIGURES = ["qc/sub-01_rois.png", "qc/sub-01_ncsnr.png", "qc/sub-01_motion.png",
+              "qc/sub-01_task-images_run-01_design.png", "qc/training_curves.png"]
+CURVES = ["models/vae_image_curve.parquet", "models/vae_audio_curve.parquet",
+          "models/sub-01_image_decoder_seed0_curve.parquet", "models/sub-01_image_decoder_seed1_curve.parquet",
+          "models/sub-01_audio_decoder_seed0_curve.parquet", "models/sub-01_text_decoder_seed0_curve.parquet"]
+
+
+def test_every_model_has_its_loss_curve(tiny_run):
+    results = tiny_run / "results/tiny"
+    for name in CURVES:
+        curve = pd.read_parquet(results / name)
+        assert list(curve.columns) == ["step", "loss", "lr", "grad_norm", "elapsed_s"], name
+        # the tiny models train 30 steps and log every step (fewer than 100 steps)
+        assert curve["step"].tolist() == list(range(1, 31)), name
+        assert np.isfinite(curve["loss"]).all() and (np.diff(curve["elapsed_s"]) >= 0).all(), name
+    log = (results / "logs/train_decoder/sub-01_image_seed0.log").read_text()
+    assert "sub-01_image_decoder_seed0: step 30/30 (100%)  loss " in log and " ETA 0:00:00" in log
+
+
+def test_report_holds_the_qc_figures_and_the_training_curves(tiny_run):
+    import zipfile
+
+    snakemake(tiny_run, "--cores", "1", "--configfile", TINY, "--report", "report.zip", timeout=300)
+    with zipfile.ZipFile(tiny_run / "report.zip") as archive:
+        names = archive.namelist()
+        text = "\n".join(archive.read(n).decode("utf-8", "replace") for n in names
+                         if n.endswith((".html", ".js", ".json", ".rst")))
+        for figure in QC_FIGURES:
+            found = [n for n in names if n.endswith(figure.rsplit("/", 1)[1])]
+            assert found, (figure, names[:50])
+            assert archive.read(found[0])[:8] == b"\x89PNG\r\n\x1a\n", found[0]
+    for caption in ("over nilearn's bundled MNI152 template", "Noise-ceiling SNR (ncsnr", "framewise displacement",
+                    "The design matrix of the study's first run", "Training loss of every model"):
+        assert caption in text, caption
+    for category in ("Quality control", "Regions of interest", "Noise ceiling", "Head motion", "Design matrix",
+                     "Metrics", "Reconstructions"):
+        assert category in text, category
+
+
 def test_second_run_reruns_nothing(tiny_run):
     proc = snakemake(tiny_run, "--cores", "2", "--configfile", TINY, "--dry-run")
     assert scheduled(proc.stdout) == {}, proc.stdout[-3000:]
@@ -116,6 +156,9 @@ def test_lost_decoder_resumes_from_its_checkpoint(tiny_run):
     log = tiny_run / "results/tiny/logs/train_decoder/sub-01_text_seed0.log"
     assert "resumed" not in log.read_text()  # the first run trained from scratch
     (tiny_run / decoder).unlink()
+    curve = tiny_run / "results/tiny/models/sub-01_text_decoder_seed0_curve.parquet"
+    before = pd.read_parquet(curve)
     proc = snakemake(tiny_run, decoder, "--cores", "2", "--configfile", TINY)
     assert scheduled(proc.stdout + proc.stderr) == {"train_decoder": 1}
     assert "resumed" in log.read_text() and (tiny_run / decoder).exists()
+    pd.testing.assert_frame_equal(pd.read_parquet(curve), before)  # the resumed job kept its curve

@@ -79,8 +79,8 @@ def first_runs_rows(train: pd.DataFrame, runs: int, source: str | Path | None = 
 
 
 def _train(model, X: torch.Tensor, Y: torch.Tensor, subject_idx: torch.Tensor | None, p: DecoderParams,
-           steps: int, seed: int, device: str, checkpoint_dir: str, tag: str):
-    """Train ``model`` for ``steps`` steps on (X, Y); returns the mean of its last losses."""
+           steps: int, seed: int, device: str, checkpoint_dir: str, tag: str, name: str = "train"):
+    """Train ``model`` for ``steps`` steps on (X, Y); returns the mean of its last losses and the loss curve."""
     from cortexflow.training.trainer import Trainer
 
     batch_fn, loss_fn = latent_flow_batches(X, Y, p.batch_size, seed, subject_idx=subject_idx)
@@ -88,12 +88,13 @@ def _train(model, X: torch.Tensor, Y: torch.Tensor, subject_idx: torch.Tensor | 
     config = _training_config(p, seed, device)
     config.max_steps = steps
     config.warmup_steps = min(config.warmup_steps, max(1, steps // 5))
-    config.log_every = max(1, steps // 10)
+    config.log_every = max(1, steps // 25)
     trainer = Trainer(model, config)
+    trainer.name = name
     result = trainer.fit(batch_fn, steps=steps, loss_fn=loss_fn, checkpoint_dir=checkpoint_dir, run_tag=tag)
     if trainer.ema is not None:
         trainer.ema.apply_to(model)
-    return _final_loss(result)
+    return _final_loss(result), trainer.curve
 
 
 def _cross_subject_decoder(modality: str, p: DecoderParams, subject_voxels: dict[str, int], shared_dim: int, vae,
@@ -107,9 +108,13 @@ def _cross_subject_decoder(modality: str, p: DecoderParams, subject_voxels: dict
 
 def train_shared_decoder_stage(*, datasets: list[str], subjects: list[str], out: str, checkpoint_dir: str,
                                params: dict, latents: str, vae: str, seed: int = 0, threads: int = 1,
-                               device: str = "cpu") -> None:
-    """Train one flow decoder on several subjects, each through its own voxel adapter."""
+                               device: str = "cpu", out_curve: str | None = None) -> None:
+    """Train one flow decoder on several subjects, each through its own voxel adapter.
+
+    Its loss curve goes to ``out_curve`` (default ``<out stem>_curve.parquet`` beside ``out``).
+    """
     from cortexflow.models.io import save_model
+    from cortexflow.training.history import curve_path
     from cortexflow.training.trainer import seed_everything
 
     _io.set_threads(threads)
@@ -137,18 +142,25 @@ def train_shared_decoder_stage(*, datasets: list[str], subjects: list[str], out:
     model.set_latent_stats(torch.from_numpy(Y))
     log.info("shared %s decoder on subjects %s: %d trials (%s)", c.modality, subjects, len(X),
              ", ".join(f"sub-{s} {len(x)}" for s, (x, *_) in zip(subjects, parts)))
-    loss = _train(model, torch.from_numpy(X), torch.from_numpy(Y), torch.from_numpy(subject_idx).long(), p,
-                  c.shared_steps, seed, device, checkpoint_dir, _run_tag(X, Y, subject_idx, params=p))
+    loss, curve = _train(model, torch.from_numpy(X), torch.from_numpy(Y), torch.from_numpy(subject_idx).long(), p,
+                         c.shared_steps, seed, device, checkpoint_dir, _run_tag(X, Y, subject_idx, params=p),
+                         name=Path(out).stem)
     save_model(model.cpu(), out, extra={"modality": c.modality, "subjects": list(subjects), "params": asdict(p),
                                        "vae_extra": extra, "final_loss": loss})
-    log.info("wrote %s", out)
+    curve.save(out_curve or curve_path(out))
+    log.info("wrote %s and its loss curve %s", out, out_curve or curve_path(out))
 
 
 def cross_subject_fit_stage(*, dataset: str, subject: str, runs: int, init: str, out: str, checkpoint_dir: str,
                             params: dict, latents: str, vae: str, shared: str | None = None, seed: int = 0,
-                            threads: int = 1, device: str = "cpu") -> None:
+                            threads: int = 1, device: str = "cpu", out_curve: str | None = None) -> None:
     """Train the held-out subject's decoder on the trials of its first N runs (N: ``runs``), from the
-    shared decoder or from scratch, and reconstruct its test stimuli."""
+    shared decoder or from scratch, and reconstruct its test stimuli.
+
+    The training phases' loss curves go to ``out_curve`` (default
+    ``<out stem>_curve.parquet`` beside ``out``), one table with a ``phase``
+    column and steps counted over both phases."""
+    from cortexflow.training.history import curve_path
     from cortexflow.models.cross_subject import adapt_to_subject, set_trainable
     from cortexflow.models.inference import reconstruct_in_batches
     from cortexflow.models.io import load_model
@@ -179,12 +191,18 @@ def cross_subject_fit_stage(*, dataset: str, subject: str, runs: int, init: str,
         model = _cross_subject_decoder(c.modality, p, {subject: X.shape[1]}, c.shared_dim, vae_model, extra)
         model.set_latent_stats(Yt)
         phases = [("all", c.finetune_steps)]
-    losses = []
+    losses, curves, done, seconds = [], [], 0, 0.0
     for i, (which, steps) in enumerate(phases):
         if steps > 0:
             set_trainable(model, which)
-            losses.append(_train(model, Xt, Yt, None, p, steps, seed + i, device,
-                                 f"{checkpoint_dir}/phase{i}", f"{tag}-{i}"))
+            loss, curve = _train(model, Xt, Yt, None, p, steps, seed + i, device, f"{checkpoint_dir}/phase{i}",
+                                 f"{tag}-{i}", name=f"{Path(out).stem} phase {i} ({which})")
+            losses.append(loss)
+            frame = curve.frame()  # steps and seconds counted from the start of the first phase
+            curves.append(frame.assign(step=frame["step"] + done, elapsed_s=frame["elapsed_s"] + seconds,
+                                       phase=f"{i}:{which}"))
+            done, seconds = done + steps, seconds + curve.elapsed_s
+    _io.save_parquet(out_curve or curve_path(out), pd.concat(curves, ignore_index=True))
     model.eval()
 
     # the test stimuli

@@ -118,7 +118,7 @@ def _training_config(p: DecoderParams, seed: int, device: str):
 
     return TrainingConfig(learning_rate=p.learning_rate, batch_size=p.batch_size, weight_decay=p.weight_decay,
                           warmup_steps=p.warmup_steps, max_steps=p.steps, ema_decay=p.ema_decay, use_ema=True, ema_warmup=True,
-                          seed=seed, device=device, log_every=max(1, p.steps // 20),
+                          seed=seed, device=device, log_every=max(1, p.steps // 50),
                           checkpoint_every=p.checkpoint_every, grad_accum_steps=p.grad_accum_steps,
                           compile=p.compile)
 
@@ -145,8 +145,12 @@ def latent_flow_batches(X: torch.Tensor, Y: torch.Tensor, batch_size: int, seed:
 
 def train_decoder_stage(*, dataset: str, modality: str, out: str, checkpoint_dir: str, params: dict, seed: int = 0,
                         threads: int = 1, device: str = "cpu", latents: str | None = None, vae: str | None = None,
-                        ridge: str | None = None, stimuli: str | None = None) -> None:
+                        ridge: str | None = None, stimuli: str | None = None, out_curve: str | None = None) -> None:
     """Train one subject's brain decoder for one modality (resumes from ``checkpoint_dir``).
+
+    Writes the decoder to ``out`` and its loss curve (one row per logged step,
+    continued across resumes) to ``out_curve``, by default
+    ``<out stem>_curve.parquet`` beside it.
 
     Launched by torchrun with several processes (``torchrun --nproc-per-node N
     --no-python -- cortexflow train-decoder ...``, what rule train_decoder runs when
@@ -159,7 +163,7 @@ def train_decoder_stage(*, dataset: str, modality: str, out: str, checkpoint_dir
     try:
         _train_decoder(dataset=dataset, modality=modality, out=out, checkpoint_dir=checkpoint_dir, params=params,
                        seed=seed, threads=threads, device=device, latents=latents, vae=vae, ridge=ridge,
-                       stimuli=stimuli, is_main=ctx.is_main)
+                       stimuli=stimuli, is_main=ctx.is_main, out_curve=out_curve)
     finally:
         if ctx.enabled:
             torch.distributed.destroy_process_group()
@@ -167,7 +171,7 @@ def train_decoder_stage(*, dataset: str, modality: str, out: str, checkpoint_dir
 
 def _train_decoder(*, dataset: str, modality: str, out: str, checkpoint_dir: str, params: dict, seed: int,
                    threads: int, device: str, latents: str | None, vae: str | None, ridge: str | None,
-                   stimuli: str | None, is_main: bool) -> None:
+                   stimuli: str | None, is_main: bool, out_curve: str | None = None) -> None:
     from cortexflow.models.io import save_model
     from cortexflow.preprocess.dataset import load_dataset
     from cortexflow.training.trainer import Trainer, seed_everything
@@ -183,7 +187,7 @@ def _train_decoder(*, dataset: str, modality: str, out: str, checkpoint_dir: str
     log.info("train_decoder %s: %d training trials x %d voxels", modality, *X.shape)
 
     if modality == "text":
-        _train_text_decoder(X, stim_ids, p, stimuli, out, checkpoint_dir, seed, device, is_main)
+        _train_text_decoder(X, stim_ids, p, stimuli, out, checkpoint_dir, seed, device, is_main, out_curve)
         return
     if latents is None:
         raise CortexflowInputError(f"train_decoder for {modality} needs --latents (the encode_latents output)")
@@ -207,6 +211,7 @@ def _train_decoder(*, dataset: str, modality: str, out: str, checkpoint_dir: str
         prior = torch.from_numpy(load_ridge(ridge).training_prior(data.train["stimulus_id"].to_numpy(str), ridge)[rows])
     batch_fn, loss_fn = latent_flow_batches(torch.from_numpy(X), torch.from_numpy(Y), p.batch_size, seed, prior=prior)
     trainer = Trainer(model, _training_config(p, seed, device))
+    trainer.name = Path(out).stem
     # the prior is an input like X and Y: a refitted baseline (other alphas, other folds) must not resume
     # a checkpoint trained on the old baseline's predictions
     tag_inputs = (X, Y) if prior is None else (X, Y, prior.numpy())
@@ -217,8 +222,17 @@ def _train_decoder(*, dataset: str, modality: str, out: str, checkpoint_dir: str
     if is_main:
         save_model(model.cpu(), out, extra={"modality": modality, "params": asdict(p), "vae_extra": extra,
                                            "final_loss": _final_loss(result)})
-        log.info("wrote %s", out)
+        _save_curve(trainer, out, out_curve)
         prune_stale_checkpoints(checkpoint_dir)
+
+
+def _save_curve(trainer, out: str, out_curve: str | None) -> None:
+    """Write the trainer's loss curve to ``out_curve`` (default: beside the model ``out``)."""
+    from cortexflow.training.history import curve_path
+
+    path = out_curve or curve_path(out)
+    trainer.curve.save(path)
+    log.info("wrote %s and its loss curve %s (%d rows)", out, path, len(trainer.curve.rows))
 
 
 def _final_loss(result) -> float | None:
@@ -226,7 +240,8 @@ def _final_loss(result) -> float | None:
 
 
 def _train_text_decoder(X: np.ndarray, stim_ids: np.ndarray, p: DecoderParams, stimuli: str | None, out: str,
-                        checkpoint_dir: str, seed: int, device: str, is_main: bool = True) -> None:
+                        checkpoint_dir: str, seed: int, device: str, is_main: bool = True,
+                        out_curve: str | None = None) -> None:
     from cortexflow.data.stimulus_arrays import load_sentences
     from cortexflow.models.brain2text import build_brain2text, encode_texts
     from cortexflow.models.io import save_model
@@ -255,6 +270,7 @@ def _train_text_decoder(X: np.ndarray, stim_ids: np.ndarray, p: DecoderParams, s
         return m.training_loss(y, brain)
 
     trainer = Trainer(model, _training_config(p, seed, device))
+    trainer.name = Path(out).stem
     result = trainer.fit(batch_fn, steps=p.steps, loss_fn=loss_fn, checkpoint_dir=checkpoint_dir,
                          run_tag=_run_tag(X, tokens.numpy(), params=p))
     if trainer.ema is not None:
@@ -262,6 +278,6 @@ def _train_text_decoder(X: np.ndarray, stim_ids: np.ndarray, p: DecoderParams, s
     if is_main:
         save_model(model.cpu(), out, extra={"modality": "text", "params": asdict(p),
                                            "final_loss": _final_loss(result)})
-        log.info("wrote %s", out)
+        _save_curve(trainer, out, out_curve)
         prune_stale_checkpoints(checkpoint_dir)
 

@@ -41,7 +41,7 @@ def _build_vae(modality: str, p: VAEParams, in_channels: int):
 
 
 def pretrain_vae_stage(*, stimuli: str, modality: str, out: str, params: dict, seed: int = 0, threads: int = 1,
-                       device: str = "cpu", checkpoint_dir: str | None = None) -> None:
+                       device: str = "cpu", checkpoint_dir: str | None = None, out_curve: str | None = None) -> None:
     """Train the autoencoder of one continuous modality on its training stimuli.
 
     Resumable like train_decoder: with ``checkpoint_dir`` (a folder beside the
@@ -49,9 +49,14 @@ def pretrain_vae_stage(*, stimuli: str, modality: str, out: str, params: dict, s
     and on SIGTERM (a time limit), and a rerun continues from it, to the same
     weights as an uninterrupted run; a checkpoint of other settings or other
     stimuli is not resumed.
+
+    Writes the model to ``out`` and its loss curve (one row per logged step,
+    continued across resumes) to ``out_curve``, by default
+    ``<out stem>_curve.parquet`` beside it.
     """
     from cortexflow.models.io import save_model
     from cortexflow.training.checkpoint import prune_stale_checkpoints
+    from cortexflow.training.history import curve_path
     from cortexflow.training.trainer import Trainer, TrainingConfig, batch_indices, seed_everything
 
     _io.set_threads(threads)
@@ -71,9 +76,10 @@ def pretrain_vae_stage(*, stimuli: str, modality: str, out: str, params: dict, s
 
     vae = _build_vae(modality, p, in_channels=data.shape[1])
     cfg = TrainingConfig(learning_rate=p.learning_rate, batch_size=p.batch_size, warmup_steps=p.warmup_steps,
-                         max_steps=p.steps, use_ema=False, seed=seed, device=device, log_every=max(1, p.steps // 10),
+                         max_steps=p.steps, use_ema=False, seed=seed, device=device, log_every=max(1, p.steps // 50),
                          checkpoint_every=max(1, p.steps // 20))
     trainer = Trainer(vae, cfg)
+    trainer.name = Path(out).stem
 
     def batch_fn(step: int, generator: torch.Generator) -> torch.Tensor:
         xb = data[batch_indices(step, len(data), p.batch_size, seed)]
@@ -94,7 +100,8 @@ def pretrain_vae_stage(*, stimuli: str, modality: str, out: str, params: dict, s
     log.info("pretrain_vae %s: training-set reconstruction MSE %.4g (normalised units)", modality, mse)
     save_model(vae.cpu(), out, extra={"modality": modality, "norm": norm, "params": asdict(p),
                                       "train_recon_mse": mse})
-    log.info("wrote %s", out)
+    trainer.curve.save(out_curve or curve_path(out))
+    log.info("wrote %s and its loss curve %s", out, out_curve or curve_path(out))
     if checkpoint_dir is not None:
         prune_stale_checkpoints(checkpoint_dir)
 

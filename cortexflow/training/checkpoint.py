@@ -134,9 +134,11 @@ def prune_stale_checkpoints(checkpoint_dir: str | Path) -> list[Path]:
     default run). Called once a training stage has written its final output;
     ``checkpoint_dir`` itself is kept (its ``last.pt`` lets a lost output be
     rebuilt without training again). Only folders holding nothing but ``.pt``
-    files are removed, so nothing a user put beside them is touched.
+    files (and the trainer's loss curve) are removed, so nothing a user put beside them is touched.
     """
     import shutil
+
+    from cortexflow.training.history import CURVE_NAME
 
     current = Path(checkpoint_dir).resolve()
     removed = []
@@ -146,7 +148,7 @@ def prune_stale_checkpoints(checkpoint_dir: str | Path) -> list[Path]:
         if sibling.resolve() == current or not sibling.is_dir():
             continue
         files = list(sibling.rglob("*"))
-        if not all(f.is_file() and f.suffix == ".pt" or f.is_dir() for f in files):
+        if not all(f.is_file() and (f.suffix == ".pt" or f.name == CURVE_NAME) or f.is_dir() for f in files):
             continue
         size = sum(f.stat().st_size for f in files if f.is_file())
         shutil.rmtree(sibling)

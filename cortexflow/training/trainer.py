@@ -23,7 +23,9 @@ batch (``cortexflow.training.distributed``); ``grad_accum_steps`` cuts each
 optimizer step. ``batch_size`` stays the global batch either way, so the
 number of processes and micro-batches change memory use, not the optimisation.
 The loop does not wait for the device every step: losses stay on the device
-and are read back (and checked for NaN) every ``log_every`` steps.
+and are read back (and checked for NaN) every ``log_every`` steps, when the
+trainer logs a progress line (step/total, loss, steps/s, elapsed time, ETA)
+and appends a row to its loss curve (``cortexflow.training.history``).
 ``compile=True`` runs the loss through ``torch.compile``.
 """
 
@@ -54,6 +56,7 @@ from cortexflow.models.ema import EMAModel
 from cortexflow.models.types import BrainData
 from cortexflow.training import distributed
 from cortexflow.training.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from cortexflow.training.history import CURVE_NAME, LossCurve, progress_line
 
 log = logging.getLogger("cortexflow.training.trainer")
 
@@ -307,6 +310,10 @@ class Trainer:
         self.ema = EMAModel(model, config.ema_decay, warmup=config.ema_warmup) if use_ema else None
         self.data_generator = torch.Generator().manual_seed(config.seed)
         self.step = 0
+        #: one row per logged step (``cortexflow.training.history``); continued on resume
+        self.curve = LossCurve()
+        #: names the run in its log lines and progress bar (stages set it to the model's file name)
+        self.name = "train"
         self.autocast_dtype = _autocast_dtype(config.mixed_precision, self.device)
         self._grad_norm: torch.Tensor | None = None
         log.info(
@@ -421,6 +428,10 @@ class Trainer:
             its time limit) finish the current step, write the checkpoint and
             raise :class:`TrainingInterrupted`, instead of dying mid-interval
             and losing up to ``checkpoint_every`` steps. Only in the main thread.
+
+        The loss curve (``self.curve``, one row per logged step) is kept in
+        ``checkpoint_dir/loss_curve.parquet`` beside the checkpoint, so a resumed
+        run continues it.
         """
         cfg = self.config
         if callable(steps):
@@ -438,6 +449,11 @@ class Trainer:
         if not resumed and self.step == 0:
             seed_everything(cfg.seed)
             self.data_generator.manual_seed(cfg.seed)
+        curve_file = None if ckpt_path is None else ckpt_path.parent / CURVE_NAME
+        if resumed:  # continue the stopped run's curve and clock
+            self.curve = LossCurve.load(curve_file).up_to(self.step)
+        elif self.step == 0:
+            self.curve = LossCurve()
         result = FitResult(start_step=self.step, final_step=self.step, resumed=resumed)
         if self.step >= target:
             log.info("already at step %d of %d; nothing to train", self.step, target)
@@ -445,13 +461,15 @@ class Trainer:
 
         next_batch = self._batch_source(batches)
         started = time.perf_counter()
+        clock_offset = self.curve.elapsed_s  # training time of the run before this call (a resumed run's)
         window: list[torch.Tensor] = []  # losses not yet read back from the device
+        since_log: list[float] = []  # losses read back since the last log line
         received: list[int] = []
         install = handle_sigterm and threading.current_thread() is threading.main_thread()
         if install:
             previous_handler = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
         show = progress and self.dist.is_main
-        bar = tqdm(total=target, initial=self.step, desc="train", unit="step", disable=None if show else True)
+        bar = tqdm(total=target, initial=self.step, desc=self.name, unit="step", disable=None if show else True)
         stop = _StopVote(self.dist)
         try:
             while self.step < target:
@@ -467,18 +485,20 @@ class Trainer:
                     # one host sync per interval: read back (and average over processes) the window's losses
                     values = self._read_losses(window, first_step=self.step - len(window))
                     result.losses.extend(values)
+                    since_log.extend(values)
                     window.clear()
                     bar.set_postfix(loss=f"{values[-1]:.4f}", lr=f"{self.learning_rate:.2e}", refresh=False)
                     if log_now:
-                        log.info(
-                            "step %d/%d  loss %.4f  lr %.3e  grad-norm %s",
-                            self.step,
-                            target,
-                            sum(values) / len(values),
-                            self.learning_rate,
-                            "-" if self.last_grad_norm is None else f"{self.last_grad_norm:.3f}",
-                        )
+                        seconds = time.perf_counter() - started
+                        loss, grad_norm = sum(since_log) / len(since_log), self.last_grad_norm
+                        since_log.clear()
+                        self.curve.append(self.step, loss, self.learning_rate, grad_norm, clock_offset + seconds)
+                        rate = (self.step - result.start_step) / max(seconds, 1e-9)
+                        log.info("%s: %s", self.name, progress_line(self.step, target, loss, self.learning_rate,
+                                                                  grad_norm, clock_offset + seconds, rate))
                 if checkpoint_now and self.dist.is_main:
+                    # the curve first: rows past a checkpoint are dropped on resume, missing ones would be lost
+                    self.curve.save(curve_file)
                     result.checkpoint = self.save_checkpoint(ckpt_path, run_tag=run_tag)
                 if stopping:
                     if self.dist.enabled:

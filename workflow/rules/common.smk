@@ -7,6 +7,7 @@ import os
 from cortexflow.errors import CortexflowInputError
 from cortexflow.fingerprint import stage_fingerprint
 from cortexflow.stages.params import training_seeds
+from cortexflow.training.history import curve_path
 from cortexflow.sections import PER_MODALITY
 
 STUDY = config["study"]
@@ -391,6 +392,15 @@ def decoder_file(subject, modality, seed):
     return f"{RESULTS}/models/sub-{subject}_{modality}_decoder_seed{seed}.pt"
 
 
+# Each training rule writes its model's loss curve beside it (cortexflow.training.history).
+def vae_curve_file(modality):
+    return str(curve_path(vae_file(modality)))
+
+
+def decoder_curve_file(subject, modality, seed):
+    return str(curve_path(decoder_file(subject, modality, seed)))
+
+
 def recon_file(subject, modality, seed):
     return f"{RESULTS}/recon/sub-{subject}_{modality}_seed{seed}.npz"
 
@@ -521,6 +531,94 @@ def final_outputs():
         f"{RESULTS}/summary_by_category.parquet",
         f"{RESULTS}/figures/by_category.png",
         *recon_figures(),
+        *qc_figures(),
+    ]
+
+
+# ---------------------------------------------------------------- quality control (qc.smk)
+QC_DIR = f"{RESULTS}/qc"  # not figures/: summarize replaces that folder whole
+TRAINING_CURVES_FIGURE = f"{QC_DIR}/training_curves.png"
+
+
+def qc_figure(subject, kind):
+    """A subject's QC figure: kind rois, ncsnr or motion."""
+    return f"{QC_DIR}/sub-{subject}_{kind}.png"
+
+
+def design_figure(subject, task, run):
+    return f"{QC_DIR}/sub-{subject}_task-{task}_run-{run}_design.png"
+
+
+def qc_figures():
+    """Every QC figure: per subject, the design matrix of the study's first run, the loss curves."""
+    subject, task, run = next(iter(RUNS))
+    return [
+        *(qc_figure(s, kind) for s in SUBJECTS for kind in ("rois", "ncsnr", "motion")),
+        design_figure(subject, task, run),
+        TRAINING_CURVES_FIGURE,
+    ]
+
+
+def study_tasks():
+    """The tasks of the study's modalities, once each, in modality order."""
+    return list(dict.fromkeys(TASK_OF[m] for m in MODALITIES))
+
+
+def qc_rois_inputs(wildcards):
+    """Each task's extract_rois voxels table and its first run's betas (for the grid)."""
+    from types import SimpleNamespace
+
+    tasks = study_tasks()
+    return {
+        "voxels": [
+            f"{RESULTS}/rois/sub-{wildcards.subject}/sub-{wildcards.subject}_task-{t}_voxels.parquet"
+            for t in tasks
+        ],
+        "betas": [
+            run_betas(SimpleNamespace(subject=wildcards.subject, task=t))[0]
+            for t in tasks
+        ],
+    }
+
+
+def qc_datasets(wildcards):
+    return [dataset_dir(wildcards.subject, m) for m in MODALITIES]
+
+
+def qc_runs(subject):
+    """The files of a subject's runs of the study's tasks, in run order."""
+    tasks = study_tasks()
+    return [files for (s, t, _), files in RUNS.items() if s == subject and t in tasks]
+
+
+def qc_motion_inputs(wildcards):
+    runs = qc_runs(wildcards.subject)
+    inputs = {"confounds": [files["confounds"] for files in runs]}
+    if all(files.get("sidecar") for files in runs):
+        inputs["sidecars"] = [files["sidecar"] for files in runs]
+    return inputs
+
+
+def qc_sidecars_arg(wildcards, input):
+    return optional_arg("--sidecars", " ".join(input.get("sidecars", [])))
+
+
+def qc_design_inputs(wildcards):
+    files = RUNS[(wildcards.subject, wildcards.task, wildcards.run)]
+    inputs = {key: files[key] for key in ("bold", "events", "confounds", "mask")}
+    if files.get("sidecar"):
+        inputs["sidecar"] = files["sidecar"]
+    inputs["stimuli"] = STIMULI_TSV
+    return inputs
+
+
+def training_curve_files():
+    """Every autoencoder's and decoder's loss curve."""
+    return [vae_curve_file(m) for m in LATENT_MODALITIES] + [
+        decoder_curve_file(s, m, k)
+        for s in SUBJECTS
+        for m in MODALITIES
+        for k in seeds_of(m)
     ]
 
 

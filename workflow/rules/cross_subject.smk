@@ -21,7 +21,8 @@ rule train_shared_decoder:
     input:
         unpack(xsub_shared_inputs),
     output:
-        f"{XSUB_DIR}/models/shared_without-sub-{{held}}_{XSUB_MODALITY}.pt",
+        model=f"{XSUB_DIR}/models/shared_without-sub-{{held}}_{XSUB_MODALITY}.pt",
+        curve=f"{XSUB_DIR}/models/shared_without-sub-{{held}}_{XSUB_MODALITY}_curve.parquet",
     params:
         subjects=xsub_shared_subjects,
         section=xsub_section,
@@ -41,7 +42,8 @@ rule train_shared_decoder:
         RULE_ENV
     shell:
         "cortexflow train-shared-decoder --datasets {input.datasets} --subjects {params.subjects}"
-        " --latents {input.latents} --vae {input.vae} --out {output} --checkpoint-dir {params.checkpoints}"
+        " --latents {input.latents} --vae {input.vae} --out {output.model} --out-curve {output.curve}"
+        " --checkpoint-dir {params.checkpoints}"
         " --params {params.section:q} --seed {params.seed} --threads {threads} --device {params.device} --log {log}"
 
 
@@ -52,6 +54,7 @@ rule cross_subject_fit:
     output:
         recon=f"{XSUB_DIR}/recon/sub-{{held}}_{XSUB_MODALITY}_{{init}}_runs-{{runs}}.npz",
         meta=f"{XSUB_DIR}/recon/sub-{{held}}_{XSUB_MODALITY}_{{init}}_runs-{{runs}}.json",
+        curve=f"{XSUB_DIR}/recon/sub-{{held}}_{XSUB_MODALITY}_{{init}}_runs-{{runs}}_curve.parquet",
     wildcard_constraints:
         init="shared|scratch",
         runs="[0-9]+",
@@ -73,6 +76,7 @@ rule cross_subject_fit:
     shell:
         "cortexflow cross-subject-fit --dataset {input.dataset} --subject {wildcards.held} --runs {wildcards.runs}"
         " --init {wildcards.init} {params.shared} --latents {input.latents} --vae {input.vae} --out {output.recon}"
+        " --out-curve {output.curve}"
         " --checkpoint-dir {params.checkpoints} --params {params.section:q} --seed {params.seed}"
         " --threads {threads} --device {params.device} --log {log}"
 

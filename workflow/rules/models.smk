@@ -11,7 +11,8 @@ rule pretrain_vae:
     input:
         stimuli=STIMULI_TSV,
     output:
-        vae_file("{modality}"),
+        model=vae_file("{modality}"),
+        curve=vae_curve_file("{modality}"),
     wildcard_constraints:
         modality="image|audio",
     params:
@@ -30,9 +31,9 @@ rule pretrain_vae:
     conda:
         RULE_ENV
     shell:
-        "cortexflow pretrain-vae --stimuli {input.stimuli} --modality {wildcards.modality} --out {output}"
-        " --params {params.section:q} --seed {params.seed} --threads {threads} --device {params.device}"
-        " --checkpoint-dir {params.checkpoints} --log {log}"
+        "cortexflow pretrain-vae --stimuli {input.stimuli} --modality {wildcards.modality} --out {output.model}"
+        " --out-curve {output.curve} --params {params.section:q} --seed {params.seed} --threads {threads}"
+        " --device {params.device} --checkpoint-dir {params.checkpoints} --log {log}"
 
 
 rule encode_latents:
@@ -103,7 +104,8 @@ rule train_decoder:
     input:
         unpack(decoder_inputs),
     output:
-        decoder_file("{subject}", "{modality}", "{train_seed}"),
+        model=decoder_file("{subject}", "{modality}", "{train_seed}"),
+        curve=decoder_curve_file("{subject}", "{modality}", "{train_seed}"),
     params:
         section=decoder_params,
         latents=latent_args,
@@ -124,7 +126,7 @@ rule train_decoder:
     shell:
         "{params.launcher} train-decoder --dataset {input.dataset} --modality {wildcards.modality}"
         " --stimuli {input.stimuli} {params.latents}"
-        " --out {output} --checkpoint-dir {params.checkpoints} --params {params.section:q}"
+        " --out {output.model} --out-curve {output.curve} --checkpoint-dir {params.checkpoints} --params {params.section:q}"
         " --seed {params.seed} --threads {threads} --device {params.device} --log {log}"
 
 
