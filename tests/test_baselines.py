@@ -91,10 +91,20 @@ def test_fit_baseline_stage_writes_every_baseline(tmp_path):
     images = (Y @ mix).reshape(-1, 3, 12, 12).astype(np.float32)
     save_latents(tmp_path / "latents.npz", ids=stim, latents=Y.reshape(-1, 4, 2, 2), targets=images,
                  vae_reconstructions=images, splits=np.array(["train"] * len(X)), norm_mean=0.0, norm_std=1.0)
-    fit_baseline_stage(dataset=str(tmp_path / "ds"), out=str(tmp_path / "ridge.npz"), params={"cv_folds": 4},
+    fit_baseline_stage(dataset=str(tmp_path / "ds"), out=str(tmp_path / "ridge.npz"),
+                       params={"cv_folds": 4, "nn_k": "auto", "nn_source": "auto"},
                        latents=str(tmp_path / "latents.npz"), out_baselines=str(tmp_path / "baselines.npz"))
     fitted = load_baselines(tmp_path / "baselines.npz")
-    assert fitted.nn_k == 8 and sorted(fitted.training_ids) == sorted(stim)
+    assert sorted(fitted.training_ids) == sorted(stim)
+    # nn_mean<k>: k and source chosen on the out-of-fold predictions, the whole table kept
+    assert fitted.nn_tuning is not None and len(fitted.nn_tuning) == 6 * 2
+    best = fitted.nn_tuning.sort_values("score", ascending=False, kind="stable").iloc[0]
+    assert (fitted.nn_k, fitted.nn_source) == (best["k"], best["source"]) and set(fitted.nn_tuning["n_trials"]) == {120}
+    fit_baseline_stage(dataset=str(tmp_path / "ds"), out=str(tmp_path / "ridge2.npz"),
+                       params={"cv_folds": 4},  # the default: nn_mean8 of the VAE reconstructions
+                       latents=str(tmp_path / "latents.npz"), out_baselines=str(tmp_path / "fixed.npz"))
+    fixed = load_baselines(tmp_path / "fixed.npz")
+    assert (fixed.nn_k, fixed.nn_source, fixed.nn_tuning) == (8, "vae", None)
     pred = fitted.ridge_pt.predict(X_test)
     assert pred.shape == (len(X_test), 4, 2, 2) and fitted.ridge_pt.alpha.shape == (16,)
     assert r2(pred.reshape(len(X_test), -1), Y_test) > 0.8
@@ -120,3 +130,36 @@ def test_lm_guided_by_an_embedding_writes_the_sentence_it_points_at():
     guided = conditioned_decode(lm, target, features, weight=30.0)
     unguided_cer = character_error_rate([lm.most_probable()], [held_out])[0]
     assert character_error_rate([guided], [held_out])[0] < unguided_cer - 0.15  # measured: .33 against .53
+
+
+def test_retrieval_k_and_source_are_chosen_on_held_out_folds():
+    from cortexflow.evaluation.metrics import rowwise_pearson
+    from cortexflow.models.baselines import choose_retrieval
+    from cortexflow.models.ridge import grouped_folds
+
+    rng = np.random.default_rng(0)
+    n = 240
+    ids = np.array([f"s{i:03d}" for i in range(n)])
+    # stimuli on a smooth 1-D manifold: neighbours in latent space look alike
+    t = np.sort(rng.uniform(0, 6, n))
+    latents = np.stack([np.sin(t * k) for k in (1, 2, 3)] + [np.cos(t * k) for k in (1, 2, 3)], axis=1)
+    images = np.stack([np.sin(t[:, None] * np.arange(1, 21) * 0.3 + p) for p in (0.0, 1.0)], axis=1)
+    folds = grouped_folds(n, 5, ids, 0)
+    score = lambda a, b: rowwise_pearson(a, b)  # noqa: E731
+    noisy_vae = images + rng.normal(0, 1.0, images.shape)  # a poor autoencoder
+    sources = {"vae": noisy_vae, "original": images}
+
+    def choose(noise):
+        oof = latents + rng.normal(0, noise, latents.shape)
+        return choose_retrieval(oof, ids, folds, ids, latents, sources, images, score, (2, 4, 8, 16, 32, 64))
+
+    k_clean, source, table = choose(0.01)
+    k_noisy, _, _ = choose(1.5)
+    assert source == "original"  # averaging the stimuli beats averaging a poor autoencoder's output
+    assert k_clean <= 4 < 16 <= k_noisy  # a noisy prediction wants more neighbours averaged
+    assert len(table) == 12 and set(table["n_trials"]) == {n}
+    # a trial never retrieves its own stimulus (its fold is left out): even a perfect prediction's
+    # nearest neighbour is another stimulus
+    perfect, _, t2 = choose_retrieval(latents, ids, folds, ids, latents, {"original": images}, images,
+                                      lambda a, b: -np.abs(a - b).reshape(len(a), -1).mean(1), (2,))
+    assert t2["score"].iloc[0] < -1e-3

@@ -17,7 +17,16 @@ from cortexflow.data.sentences import (
     word_embeddings,
 )
 from cortexflow.data.speech import SpeechConfig, synthesize_many
-from cortexflow.data.stimuli import IMAGE_CATEGORIES, PHOTOS, TEST_PHOTOS, make_image_set
+from cortexflow.data.stimuli import (
+    DEADLEAVES,
+    IMAGE_CATEGORIES,
+    LEGACY_DESIGN,
+    PHOTOS,
+    TEST_PHOTOS,
+    dead_leaves,
+    image_units,
+    make_image_set,
+)
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +38,7 @@ def test_image_set_has_variety_and_no_leak_across_splits(images):
     x = images.images
     assert x.shape == (72, 32, 32) and x.dtype == np.float32 and x.min() >= 0 and x.max() <= 1
     assert images.split.count("test") == 12
-    assert set(images.category) <= set(IMAGE_CATEGORIES) and len(set(images.category)) >= 6
+    assert set(images.category) <= set(IMAGE_CATEGORIES) | {DEADLEAVES} and len(set(images.category)) >= 6
     assert x.std(axis=(1, 2)).min() > 0.05  # every image has contrast: photos, faces, digits, not blanks
     flat = x.reshape(len(x), -1)
     z = (flat - flat.mean(1, keepdims=True)) / flat.std(1, keepdims=True)
@@ -48,14 +57,46 @@ def test_image_set_has_variety_and_no_leak_across_splits(images):
 
 
 def test_default_size_test_set_covers_every_category_from_held_out_sources():
-    images = make_image_set(1000, 50, 32, np.random.default_rng(3))
+    images = make_image_set(300, 300, 32, np.random.default_rng(3))
     train = np.array(images.split) == "train"
     cat = pd.Series(images.category)
-    assert set(cat[~train]) == set(cat[train]) == set(IMAGE_CATEGORIES)
+    assert set(cat[~train]) == set(cat[train]) == set(IMAGE_CATEGORIES) | {DEADLEAVES}
     # every photo category has a held-out photo and at least one training photo
     for category in {c for _, c in PHOTOS.values()}:
         names = [n for n, (_, c) in PHOTOS.items() if c == category]
         assert set(names) & set(TEST_PHOTOS) and set(names) - set(TEST_PHOTOS), category
+    # the families of the analysis plan, with their test counts; crops spread evenly over 12 photos
+    families, units = image_units([str(i) for i in range(len(images))], images.source)
+    test_families = pd.Series(families)[~train].value_counts().to_dict()
+    assert test_families == {"photo": 120, "digit": 60, DEADLEAVES: 60, "face": 30, "nonface": 30}
+    test_units = pd.Series(units)[~train]
+    photo_units = test_units[pd.Series(families)[~train] == "photo"]
+    assert photo_units.nunique() == len(TEST_PHOTOS) == 12 and set(photo_units.value_counts()) == {10}
+    other = test_units[pd.Series(families)[~train] != "photo"]
+    assert other.is_unique  # every digit, face, patch and dead-leaves image is its own unit
+
+
+def test_legacy_design_draws_no_dead_leaves_and_holds_out_one_photo_per_category():
+    images = make_image_set(200, 50, 32, np.random.default_rng(3), **LEGACY_DESIGN)
+    assert DEADLEAVES not in images.category
+    held_out = {s.split(":")[1] for s, sp in zip(images.source, images.split) if sp == "test" and s.startswith("photo:")}
+    assert held_out <= set(LEGACY_DESIGN["test_photos"]) and len(LEGACY_DESIGN["test_photos"]) == 6
+    assert {s.split(":")[1] for s in images.source if s.startswith("photo:")} <= set(LEGACY_DESIGN["photos"])
+
+
+def test_dead_leaves_are_scale_invariant_independent_draws():
+    a, b = dead_leaves(32, np.random.default_rng(1)), dead_leaves(32, np.random.default_rng(1))
+    assert np.array_equal(a, b) and not np.array_equal(a, dead_leaves(32, np.random.default_rng(2)))
+    stack = np.stack([dead_leaves(32, np.random.default_rng(i)) for i in range(24)])
+    power = (np.abs(np.fft.fft2(stack - stack.mean(axis=(1, 2), keepdims=True))) ** 2).mean(0)
+    fy, fx = np.meshgrid(np.fft.fftfreq(32), np.fft.fftfreq(32), indexing="ij")
+    f = np.hypot(fy, fx)
+    band = (f > 0.05) & (f < 0.35)
+    slope = np.polyfit(np.log(f[band]), np.log(power[band]), 1)[0]
+    assert -2.6 < slope < -1.6  # power falls about as 1/f^2, as in natural images
+    # occlusion, not blending: most pixels keep one disc's grey exactly (flat regions)
+    big = dead_leaves(32, np.random.default_rng(3), supersample=1)
+    assert np.mean(np.abs(np.diff(big, axis=1)) < 1e-6) > 0.3
 
 
 def test_sentences_are_distinct_grammatical_and_reproducible():
@@ -161,3 +202,24 @@ def test_trial_regressors_and_beta_noise_match_direct_computation():
         noise[t] = 0.4 * noise[t - 1] + np.sqrt(1 - 0.4 ** 2) * noise[t]
     betas = np.linalg.lstsq(design, noise, rcond=None)[0]
     assert np.allclose(betas.std(1), beta_noise_sd(design, 0.4), rtol=0.03)
+
+
+def test_default_study_keeps_the_measured_design_and_the_plan_config_is_the_plans():
+    import yaml
+    from pathlib import Path
+
+    from cortexflow.data.simulate import SimulationConfig
+    from cortexflow.data.stimuli import TEST_SHARES, TRAIN_SHARES
+
+    default = SimulationConfig()
+    assert tuple(default.image_photos) == LEGACY_DESIGN["photos"] and default.image_test == 150
+    assert tuple(default.image_test_photos) == LEGACY_DESIGN["test_photos"]
+    assert dict(default.image_train_shares) == LEGACY_DESIGN["train_shares"] == dict(default.image_test_shares)
+    assert default.image_categories == IMAGE_CATEGORIES
+    path = Path(__file__).resolve().parents[1] / "docs" / "configs" / "analysis-plan.yaml"
+    plan = yaml.safe_load(path.read_text())
+    cfg = SimulationConfig.from_params(plan["simulate"])
+    assert set(cfg.image_photos) == set(PHOTOS) and tuple(cfg.image_test_photos) == TEST_PHOTOS
+    assert dict(cfg.image_train_shares) == TRAIN_SHARES and dict(cfg.image_test_shares) == TEST_SHARES
+    assert cfg.image_test == 300 and cfg.image_categories == IMAGE_CATEGORIES + (DEADLEAVES,)
+    assert plan["baseline"] == {"nn_k": "auto", "nn_source": "auto"} and plan["evaluation"]["resample_by"] == "unit"

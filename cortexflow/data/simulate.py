@@ -65,7 +65,13 @@ from cortexflow.data.hrf import (
 )
 from cortexflow.data.sentences import generate_sentences, sentence_features, word_embeddings
 from cortexflow.data.speech import SpeechConfig, SpeechJob
-from cortexflow.data.stimuli import IMAGE_CATEGORIES, make_image_set
+from cortexflow.data.stimuli import (
+    DEADLEAVES,
+    IMAGE_CATEGORIES,
+    LEGACY_DESIGN,
+    check_image_design,
+    make_image_set,
+)
 from cortexflow.errors import CortexflowInputError
 from cortexflow.sections import from_mapping
 
@@ -107,6 +113,14 @@ class SimulationConfig:
     image_train: int = 2000
     image_test: int = 150  # 50 gave paired SSIM intervals of about +-.03, wider than the effects at stake (docs/validation.md)
     image_size: int = 32
+    # which source photos are used, which are held out for test, and each split's share of every
+    # kind of source (lfw_face, lfw_nonface, digit, deadleaves, photo). The defaults are the design
+    # of the studies measured so far (stimuli.LEGACY_DESIGN); docs/configs/analysis-plan.yaml holds
+    # the design of docs/analysis-plan.md (12 held-out photos, dead leaves, 300 test images)
+    image_photos: tuple[str, ...] = LEGACY_DESIGN["photos"]
+    image_test_photos: tuple[str, ...] = LEGACY_DESIGN["test_photos"]
+    image_train_shares: Mapping[str, float] = field(default_factory=lambda: dict(LEGACY_DESIGN["train_shares"]))
+    image_test_shares: Mapping[str, float] = field(default_factory=lambda: dict(LEGACY_DESIGN["test_shares"]))
     sentence_train: int = 250
     sentence_test: int = 30
     max_words: int = 7
@@ -209,9 +223,18 @@ class SimulationConfig:
             if key not in self.networks:
                 raise CortexflowInputError(f"simulate.networks needs a {key!r} entry (a Seitzman 2018 network name)", fix=fix)
         need_images = "image" in self.modalities
+        if need_images:
+            check_image_design(tuple(self.image_photos), tuple(self.image_test_photos),
+                               {"train": dict(self.image_train_shares), "test": dict(self.image_test_shares)})
         need_sentences = "audio" in self.modalities or "text" in self.modalities
         if need_images and self.image_train < 2 or need_sentences and self.sentence_train < 2:
             raise CortexflowInputError("simulate needs at least 2 training stimuli per simulated modality", fix=fix)
+
+    @property
+    def image_categories(self) -> tuple[str, ...]:
+        """The image categories the higher visual voxels are tuned to (dead leaves only if drawn)."""
+        shares = (self.image_train_shares, self.image_test_shares)
+        return IMAGE_CATEGORIES + ((DEADLEAVES,) if any(s.get(DEADLEAVES, 0) > 0 for s in shares) else ())
 
     @property
     def subject_labels(self) -> list[str]:
@@ -355,7 +378,10 @@ def build_stimuli(cfg: SimulationConfig, seed: int) -> StudyStimuli:
     rows: list[dict[str, Any]] = []
     images = None
     if "image" in cfg.modalities:
-        imgs = make_image_set(cfg.image_train, cfg.image_test, cfg.image_size, _rng(seed, "images"))
+        imgs = make_image_set(cfg.image_train, cfg.image_test, cfg.image_size, _rng(seed, "images"),
+                              photos=tuple(cfg.image_photos), test_photos=tuple(cfg.image_test_photos),
+                              train_shares=dict(cfg.image_train_shares), test_shares=dict(cfg.image_test_shares),
+                              deadleaves_rng=_rng(seed, "images", DEADLEAVES))
         images = imgs.images
         for i in range(len(imgs)):
             sid = f"img-{i + 1:04d}"
@@ -377,7 +403,7 @@ def build_stimuli(cfg: SimulationConfig, seed: int) -> StudyStimuli:
 @dataclass
 class StimulusFeatures:
     gabor: np.ndarray | None = None  # (N_img, O, F, h, w)
-    category: np.ndarray | None = None  # (N_img,) index into IMAGE_CATEGORIES
+    category: np.ndarray | None = None  # (N_img,) index into SimulationConfig.image_categories
     cluster: np.ndarray | None = None  # (N_img,)
     modulation: np.ndarray | None = None  # (N_sent, channels, n_mels)
     channel_rates: np.ndarray | None = None
@@ -391,7 +417,7 @@ def compute_features(stim: StudyStimuli, cfg: SimulationConfig, seed: int) -> St
     if stim.images is not None:
         feats.gabor = em.gabor_energy(stim.images, cycles_per_image=GABOR_CPI)
         cats = stim.table.loc[stim.table["modality"] == "image", "category"]
-        feats.category = np.array([IMAGE_CATEGORIES.index(c) for c in cats])
+        feats.category = np.array([cfg.image_categories.index(c) for c in cats])
         feats.cluster = em.appearance_clusters(stim.images, cfg.image_clusters, _rng(seed, "clusters"))
     if stim.sentences:
         feats.semantic = sentence_features(stim.sentences, word_embeddings(cfg.semantic_dim, seed))
@@ -539,7 +565,7 @@ def build_subject(subject: str, regions: pd.DataFrame, brain_index: np.ndarray, 
                   feats: StimulusFeatures, beta_sd: dict[str, float], cfg: SimulationConfig, seed: int) -> SubjectModel:
     tuning_cfg = em.TuningConfig(shared_fraction=cfg.tuning_shared_fraction)
     mixer = em.LatentMixer(_rng(seed, "tuning-shared"), _rng(seed, "tuning", subject), cfg.tuning_shared_fraction)
-    table, weights = em.draw_tuning(regions, len(IMAGE_CATEGORIES), cfg.image_clusters, N_MELS, cfg.semantic_dim,
+    table, weights = em.draw_tuning(regions, len(cfg.image_categories), cfg.image_clusters, N_MELS, cfg.semantic_dim,
                                     mixer, tuning_cfg)
     rng = _rng(seed, "subject", subject)
     # raw tuning curves over each modality's stimuli, standardised per voxel
@@ -993,7 +1019,7 @@ def _write_study_truth(truth: Path, regions: pd.DataFrame, brain_index: np.ndarr
     if feats.category is not None:
         arrays.update(image_ids=stim.table.loc[stim.table["modality"] == "image", "stimulus_id"].to_numpy(str),
                       image_category=feats.category, image_cluster=feats.cluster,
-                      image_category_names=np.array(IMAGE_CATEGORIES))
+                      image_category_names=np.array(cfg.image_categories))
     if feats.semantic is not None:
         arrays.update(sentence_text=np.array(stim.sentences), sentence_semantic=feats.semantic.astype(np.float32))
     _save_npz(truth / "features.npz", arrays)
@@ -1001,7 +1027,7 @@ def _write_study_truth(truth: Path, regions: pd.DataFrame, brain_index: np.ndarr
                                            "space": SPACE, "regions": regions["region"].value_counts().sort_index().to_dict()})
     _write_text(truth / "README.md", GROUND_TRUTH_README.format(
         space=SPACE, radius=cfg.roi_radius_mm, networks=dict(cfg.networks), early_y=cfg.early_visual_max_y,
-        categories=list(IMAGE_CATEGORIES), rho=cfg.ar_rho, smooth=cfg.noise_smooth_fraction,
+        categories=list(cfg.image_categories), rho=cfg.ar_rho, smooth=cfg.noise_smooth_fraction,
         fwhm=cfg.noise_smooth_fwhm_mm, shared=cfg.noise_shared_fraction if cfg.noise_shared_rank else 0.0,
         rank=cfg.noise_shared_rank))
     # the simulation's own files (arrays, settings, voxel tables) have no BIDS name

@@ -11,6 +11,13 @@ overlapping marginal intervals would hide (docs/design-notes.md, "The decoder pr
 Resampling indices are drawn once from ``seed`` and reused, so every method and
 metric of one evaluation sees the same resamples (common random numbers) and
 the numbers are reproducible.
+
+Items are not always independent: the crops of one source photo share it.
+``cluster_bootstrap_counts`` resamples *units* (a source photo with all its
+crops; an item that is its own unit) and then items within each drawn unit,
+within each stratum (stimulus family), and returns how often each item is
+drawn; ``hierarchical_bootstrap`` takes these counts as ``weights`` in place
+of item indices (docs/analysis-plan.md, section 4).
 """
 
 from __future__ import annotations
@@ -88,8 +95,41 @@ def seed_indices(n_seeds: int, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
     return np.random.default_rng([seed, 1]).integers(0, n_seeds, size=(n_boot, n_seeds))
 
 
+def cluster_bootstrap_counts(units, *, strata=None, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
+    """(n_boot, n_items) draw counts of a two-level cluster bootstrap.
+
+    Within each stratum (all items one stratum if ``strata`` is None), each
+    resample draws the stratum's units with replacement, then, for every drawn
+    copy of a unit, as many of its items as it has, with replacement
+    (Davison & Hinkley 1997, section 3.8: resampling clusters, then within
+    them). An item that is its own unit is drawn as often as its unit. Strata
+    keep their size, so a resample never loses a stimulus family.
+    """
+    units = np.asarray(units).astype(str)
+    n = len(units)
+    if n < 1 or n_boot < 1:
+        raise ValueError(f"need at least one item and n_boot >= 1, got {n}, {n_boot}")
+    strata = np.zeros(n, dtype=str) if strata is None else np.asarray(strata).astype(str)
+    if strata.shape != units.shape:
+        raise ValueError(f"strata of shape {strata.shape} do not fit {n} items")
+    rng = np.random.default_rng([seed, 2])  # a stream apart from the item and seed draws
+    counts = np.zeros((n_boot, n), dtype=np.int64)
+    for stratum in np.unique(strata):
+        members = np.flatnonzero(strata == stratum)
+        labels = np.unique(units[members])
+        copies = rng.multinomial(len(labels), np.full(len(labels), 1.0 / len(labels)), size=n_boot)
+        for j, label in enumerate(labels):
+            items = members[units[members] == label]
+            if len(items) == 1:
+                counts[:, items[0]] = copies[:, j]
+            else:
+                counts[:, items] = rng.multinomial(copies[:, j] * len(items), np.full(len(items), 1.0 / len(items)))
+    return counts
+
+
 def hierarchical_bootstrap(scores: np.ndarray, *, n_boot: int = 1000, confidence: float = 0.95, seed: int = 0,
-                           indices: np.ndarray | None = None, seeds: np.ndarray | None = None) -> BootstrapResult:
+                           indices: np.ndarray | None = None, seeds: np.ndarray | None = None,
+                           weights: np.ndarray | None = None) -> BootstrapResult:
     """Mean of a (n_training_seeds, n_items) score table with an interval over seeds *and* items.
 
     Each resample draws training seeds with replacement and, independently,
@@ -99,7 +139,8 @@ def hierarchical_bootstrap(scores: np.ndarray, *, n_boot: int = 1000, confidence
     it is ``bootstrap_ci``; when seeds disagree the interval widens with their
     spread, which the item bootstrap of one run cannot show. ``indices`` /
     ``seeds`` are the item and seed draws, shared across methods for common
-    random numbers.
+    random numbers; ``weights`` (``cluster_bootstrap_counts``) replace
+    ``indices`` where items are resampled by unit.
     """
     table = np.asarray(scores, dtype=np.float64)
     if table.ndim == 1:
@@ -109,17 +150,21 @@ def hierarchical_bootstrap(scores: np.ndarray, *, n_boot: int = 1000, confidence
     if not np.all(np.isfinite(table)):
         raise ValueError(f"scores hold {int((~np.isfinite(table)).sum())} non-finite per-item scores")
     n_seeds, n_items = table.shape
-    if indices is None:
+    if weights is None and indices is None:
         indices = bootstrap_indices(n_items, n_boot, seed)
+    draws = weights if weights is not None else indices
     if seeds is None:
-        seeds = seed_indices(n_seeds, len(indices), seed)
-    if indices.shape[1] != n_items or seeds.shape != (len(indices), n_seeds):
-        raise ValueError(f"draws of shapes {indices.shape}, {seeds.shape} do not fit {n_seeds} seeds x {n_items} items")
+        seeds = seed_indices(n_seeds, len(draws), seed)
+    if draws.shape[1] != n_items or seeds.shape != (len(draws), n_seeds):
+        raise ValueError(f"draws of shapes {draws.shape}, {seeds.shape} do not fit {n_seeds} seeds x {n_items} items")
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     # mean over drawn seeds and items = mean over drawn seeds of (item-resampled row means)
-    per_seed = table[:, indices].mean(axis=2)  # (n_seeds, n_boot): each seed's mean over the drawn items
-    means = per_seed[seeds, np.arange(len(indices))[:, None]].mean(axis=1)
+    if weights is not None:  # (n_seeds, n_boot): each seed's weighted mean over the drawn items
+        per_seed = (table @ weights.T.astype(np.float64)) / weights.sum(axis=1)
+    else:
+        per_seed = table[:, indices].mean(axis=2)
+    means = per_seed[seeds, np.arange(len(draws))[:, None]].mean(axis=1)
     alpha = (1.0 - confidence) / 2.0
     low, high = np.quantile(means, [alpha, 1.0 - alpha])
     return BootstrapResult(float(table.mean()), float(low), float(high), n_items)

@@ -38,6 +38,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -47,16 +48,20 @@ from cortexflow import _io
 from cortexflow.errors import CortexflowInputError
 from cortexflow.sections import from_mapping
 from cortexflow.evaluation import metrics as M
-from cortexflow.evaluation.bootstrap import bootstrap_indices, hierarchical_bootstrap, seed_indices
+from cortexflow.evaluation.bootstrap import hierarchical_bootstrap, seed_indices
 from cortexflow.evaluation.features import CharNgramConfig, HOGFeatures, char_ngram_features, make_image_features
+from cortexflow.evaluation.units import ItemUnits, load_item_units
 
 log = logging.getLogger("cortexflow.evaluation.evaluate")
 
 MODALITIES = ("image", "audio", "text")
 METRICS = {
     # two_way_id_feature: the independent feature space (evaluation.image_features, a fixed random-weight
-    # CNN by default); two_way_id_hog: HOG, generous on the simulated study (features.py)
-    "image": ("pixcorr", "ssim", "two_way_id_pixel", "two_way_id_feature", "two_way_id_hog"),
+    # CNN by default); two_way_id_hog: HOG, generous on the simulated study (features.py);
+    # two_way_id_within_category: the feature space with distractors of the item's own family (or photo
+    # category) only; two_way_id_lowpass: pixels after a Gaussian low-pass (docs/analysis-plan.md, 5)
+    "image": ("pixcorr", "ssim", "two_way_id_pixel", "two_way_id_feature", "two_way_id_hog",
+              "two_way_id_within_category", "two_way_id_lowpass"),
     "audio": ("mel_corr", "lsd", "two_way_id"),
     "text": ("cer", "wer", "bleu", "two_way_id"),
 }
@@ -65,7 +70,8 @@ LOWER_IS_BETTER = frozenset({"cer", "wer", "lsd"})
 BASELINES = ("ridge", "ridge_pt", "ridge_pixels", "nn", "retrieval", "ngram_lm", "ngram_lm_ridge")
 REFERENCE_METHODS = ("chance", "ceiling", "noise_free_linear")
 SUMMARY_COLUMNS = ["subject", "modality", "method", "metric", "value", "ci_low", "ci_high", "n"]
-COMPARISON_COLUMNS = ["subject", "modality", "metric", "method_a", "method_b", "diff", "ci_low", "ci_high", "n"]
+COMPARISON_COLUMNS = ["subject", "modality", "metric", "method_a", "method_b", "diff", "ci_low", "ci_high", "n",
+                      "resample_unit"]
 ITEM_COLUMNS = ["method", "metric", "item", "score", "seed"]
 SEED_FILE = re.compile(r"_seed(\d+)$")
 
@@ -105,6 +111,11 @@ class EvaluationConfig:
     normalize_text: bool = True
     text_features: CharNgramConfig = field(default_factory=CharNgramConfig)
     figure_items: int = 10
+    # two_way_id_lowpass: Gaussian sigma as a fraction of the image side (2 px at 32 px)
+    lowpass_sigma: float = 1 / 16
+    # what the bootstrap resamples: "item" (every test item independent; the studies so far) or
+    # "unit" (the crops of one source photo together, within each stimulus family; docs/analysis-plan.md)
+    resample_by: Literal["item", "unit"] = "item"
 
     @classmethod
     def from_params(cls, params: Mapping | None, key: str = "evaluation") -> "EvaluationConfig":
@@ -191,9 +202,23 @@ class _Scorer(abc.ABC):
         return np.mean([fn(order) for order in orders], axis=0)
 
 
+def lowpass_images(images: np.ndarray, sigma_fraction: float) -> np.ndarray:
+    """What survives of (N, C, H, W) images under a Gaussian of sd ``sigma_fraction`` x the image side
+    (1/16: 2 px at 32 px, about an eighth of the resolution): two_way_id_lowpass's space."""
+    from scipy.ndimage import gaussian_filter
+
+    sigma = sigma_fraction * images.shape[-1]
+    return gaussian_filter(np.asarray(images, dtype=np.float64), sigma=(0, 0, sigma, sigma), mode="reflect")
+
+
 class ImageScorer(_Scorer):
-    def __init__(self, truth: np.ndarray, config: EvaluationConfig):
+    """Image metrics; with ``groups`` (each item's family or photo category, in truth order) also
+    two-way identification against distractors of the same group only."""
+
+    def __init__(self, truth: np.ndarray, config: EvaluationConfig, groups: np.ndarray | None = None):
         self.truth = np.asarray(truth, dtype=np.float64)
+        self.groups = None if groups is None else np.asarray(groups).astype(str)
+        self.lowpass_sigma = config.lowpass_sigma
         if min(self.truth.shape[2:]) < M.SSIM_MIN_SIDE:
             raise CortexflowInputError(
                 f"images of {self.truth.shape[2]}x{self.truth.shape[3]} pixels are smaller than SSIM's Gaussian "
@@ -202,19 +227,29 @@ class ImageScorer(_Scorer):
         self.truth_features = self.features(self.truth)
         self.hog = HOGFeatures()
         self.truth_hog = self.hog(self.truth)
+        self.truth_lowpass = self.lowpass(self.truth)
+
+    def lowpass(self, images: np.ndarray) -> np.ndarray:
+        return lowpass_images(images, self.lowpass_sigma)
 
     def score(self, pred, orders):
         pred = np.clip(np.asarray(pred, dtype=np.float64), 0.0, 1.0)  # decoders may overshoot [0, 1] slightly
         pixel_corr = M.correlation_matrix(pred, self.truth)
         feature_corr = M.correlation_matrix(self.features(pred), self.truth_features)
         hog_corr = M.correlation_matrix(self.hog(pred), self.truth_hog)
-        return {
+        lowpass_corr = M.correlation_matrix(self.lowpass(pred), self.truth_lowpass)
+        scores = {
             "pixcorr": self._mean_over(orders, lambda o: M.pixcorr(pred, self.truth, o)),
             "ssim": self._mean_over(orders, lambda o: M.ssim(pred, self.truth, o)),
             "two_way_id_pixel": self._mean_over(orders, lambda o: M.two_way_identification(pixel_corr, o)),
             "two_way_id_feature": self._mean_over(orders, lambda o: M.two_way_identification(feature_corr, o)),
             "two_way_id_hog": self._mean_over(orders, lambda o: M.two_way_identification(hog_corr, o)),
+            "two_way_id_lowpass": self._mean_over(orders, lambda o: M.two_way_identification(lowpass_corr, o)),
         }
+        if self.groups is not None:
+            scores["two_way_id_within_category"] = self._mean_over(
+                orders, lambda o: M.two_way_identification_within(feature_corr, self.groups, o))
+        return scores
 
 
 class AudioScorer(_Scorer):
@@ -265,13 +300,19 @@ def chance_source(methods) -> str:
 
 
 def score_items(recon: Recon, modality: str, config: EvaluationConfig, seed: int = 0,
-                decoder_seeds: list[Recon] | None = None) -> pd.DataFrame:
+                decoder_seeds: list[Recon] | None = None, units: ItemUnits | None = None) -> pd.DataFrame:
     """Per-item scores of every method and of chance: columns method, metric, item, score, seed.
 
     ``recon`` is the first training seed's file; ``decoder_seeds`` the others
     (same items), whose decoder methods are scored too (seed 1, 2, ...).
+    ``units`` (image) gives each item's distractor group for
+    ``two_way_id_within_category``; without groups that metric is not scored.
     """
-    scorer = SCORERS[modality](recon.truth, config)
+    if modality == "image":
+        groups = units.subset(recon.ids).group if units is not None and units.has_groups else None
+        scorer = ImageScorer(recon.truth, config, groups)
+    else:
+        scorer = SCORERS[modality](recon.truth, config)
     n = len(recon.ids)
     identity = [np.arange(n)]
     rng = np.random.default_rng(seed)
@@ -318,27 +359,30 @@ def _with_seed(items: pd.DataFrame) -> pd.DataFrame:
     return items
 
 
-def _draws(items: pd.DataFrame, config: EvaluationConfig, seed: int):
-    """Item draws shared by every method, and one seed draw per number of training seeds."""
-    n = items["item"].nunique()
-    indices = bootstrap_indices(n, config.n_boot, seed)
+def _draws(items: pd.DataFrame, config: EvaluationConfig, seed: int, units: ItemUnits | None = None):
+    """Item draws shared by every method (keyword arguments of ``hierarchical_bootstrap``: item
+    ``indices``, or cluster ``weights`` where units hold several items), the ``resample_unit`` they
+    stand for, and one seed draw per number of training seeds."""
+    ordered = np.sort(items["item"].astype(str).unique())  # the column order of _scores_by
+    units = ItemUnits.independent(ordered) if units is None else units.subset(ordered)
     cache: dict[int, np.ndarray] = {}
 
     def seeds(n_seeds: int) -> np.ndarray:
         if n_seeds not in cache:
             cache[n_seeds] = seed_indices(n_seeds, config.n_boot, seed)
         return cache[n_seeds]
-    return indices, seeds
+    return units.draws(config.n_boot, seed), units.resample_unit, seeds
 
 
 def summarize_items(items: pd.DataFrame, *, subject: str, modality: str, config: EvaluationConfig,
-                    seed: int = 0) -> pd.DataFrame:
-    """Mean per method and metric (over items and training seeds) with its bootstrap interval over both."""
+                    seed: int = 0, units: ItemUnits | None = None) -> pd.DataFrame:
+    """Mean per method and metric (over items and training seeds) with its bootstrap interval over both
+    (over units, then items within them, where ``units`` groups items)."""
     scores = _scores_by(items)
-    indices, seeds = _draws(items, config, seed)
+    draws, _, seeds = _draws(items, config, seed, units)
     rows = []
     for (method, metric), table in scores.items():
-        r = hierarchical_bootstrap(table, confidence=config.confidence, indices=indices, seeds=seeds(len(table)))
+        r = hierarchical_bootstrap(table, confidence=config.confidence, seeds=seeds(len(table)), **draws)
         rows.append((subject, modality, method, metric, r.value, r.ci_low, r.ci_high, r.n))
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
@@ -372,16 +416,17 @@ def comparison_pairs(methods) -> list[tuple[str, str]]:
 
 
 def compare_methods(items: pd.DataFrame, *, subject: str, modality: str, config: EvaluationConfig,
-                    seed: int = 0) -> pd.DataFrame:
+                    seed: int = 0, units: ItemUnits | None = None) -> pd.DataFrame:
     """Paired bootstrap differences: the same resampled items (and training seeds) for both methods.
 
     The per-item difference is taken per training seed (a decoder's seed-k
     scores minus the baseline's, which has one "seed"; two decoder methods of
     the same seeds pair seed by seed), and its mean gets the two-stage
-    interval over seeds and items of ``hierarchical_bootstrap``.
+    interval over seeds and items of ``hierarchical_bootstrap`` (items resampled by unit where
+    ``units`` groups them; the column ``resample_unit`` says which).
     """
     scores = _scores_by(items)
-    indices, seeds = _draws(items, config, seed)
+    draws, resample_unit, seeds = _draws(items, config, seed, units)
     metrics = list(dict.fromkeys(items["metric"]))
     rows = []
     for a, b in comparison_pairs(items["method"].unique()):
@@ -391,9 +436,8 @@ def compare_methods(items: pd.DataFrame, *, subject: str, modality: str, config:
                 if len(A) != len(B) and 1 not in (len(A), len(B)):
                     raise CortexflowInputError(f"{a} has {len(A)} training seeds and {b} {len(B)}: cannot pair them")
                 diff = A - B
-                r = hierarchical_bootstrap(diff, confidence=config.confidence, indices=indices,
-                                           seeds=seeds(len(diff)))
-                rows.append((subject, modality, metric, a, b, r.value, r.ci_low, r.ci_high, r.n))
+                r = hierarchical_bootstrap(diff, confidence=config.confidence, seeds=seeds(len(diff)), **draws)
+                rows.append((subject, modality, metric, a, b, r.value, r.ci_low, r.ci_high, r.n, resample_unit))
     return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
 
 
@@ -401,9 +445,10 @@ def compare_methods(items: pd.DataFrame, *, subject: str, modality: str, config:
 
 
 def evaluate_stage(*, recon: list[str], out_summary: str, out_items: str, out_comparisons: str, subject: str,
-                   modality: str, params: dict, seed: int = 0) -> None:
+                   modality: str, params: dict, seed: int = 0, stimuli: str | None = None) -> None:
     """Score every method of one subject's recon files (one per training seed, in seed order);
-    write summary, per-item scores and comparisons."""
+    write summary, per-item scores and comparisons. ``stimuli`` (the study's stimuli.tsv) tells
+    which items share a source photo (resampled together) and each item's family."""
     config = EvaluationConfig.from_params(params)
     paths = [recon] if isinstance(recon, (str, Path)) else list(recon)
     if not paths:
@@ -411,9 +456,15 @@ def evaluate_stage(*, recon: list[str], out_summary: str, out_items: str, out_co
     data = [load_recon(p, modality) for p in paths]
     log.info("evaluating %s: %d items, %d training seed(s), methods %s", paths[0], len(data[0].ids), len(data),
              method_order(data[0].methods))
-    items = score_items(data[0], modality, config, seed, decoder_seeds=data[1:])
-    summary = summarize_items(items, subject=subject, modality=modality, config=config, seed=seed)
-    comparisons = compare_methods(items, subject=subject, modality=modality, config=config, seed=seed)
+    units = load_item_units(stimuli, data[0].ids) if stimuli else None
+    resampled = units if config.resample_by == "unit" else None
+    if resampled is not None:
+        log.info("resampling unit: %s (%d units of %d items; families %s)", units.resample_unit,
+                 len(np.unique(units.unit)), len(units.items), sorted(set(units.family)))
+    items = score_items(data[0], modality, config, seed, decoder_seeds=data[1:], units=units)
+    summary = summarize_items(items, subject=subject, modality=modality, config=config, seed=seed, units=resampled)
+    comparisons = compare_methods(items, subject=subject, modality=modality, config=config, seed=seed,
+                                  units=resampled)
     for row in summary.itertuples():
         log.info("sub-%s %s %-10s %-20s %.4f [%.4f, %.4f]", subject, modality, row.method, row.metric,
                  row.value, row.ci_low, row.ci_high)

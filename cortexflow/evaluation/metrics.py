@@ -99,6 +99,32 @@ def two_way_identification(corr: np.ndarray, order: np.ndarray | None = None) ->
     return wins / (n - 1)
 
 
+def two_way_identification_within(corr: np.ndarray, groups, order: np.ndarray | None = None) -> np.ndarray:
+    """Two-way identification whose distractors are only the other items of the true item's group.
+
+    As ``two_way_identification``, but prediction ``j`` is compared only with
+    the truths in the same group (stimulus family, or photo category) as its
+    own truth ``order[j]``: it cannot be won by telling a digit from a face.
+    An item alone in its group has no distractor there and is compared with
+    every other item instead.
+    """
+    n = corr.shape[0]
+    if corr.shape != (n, n) or n < 2:
+        raise ValueError(f"need a square correlation matrix of at least 2 items, got {corr.shape}")
+    groups = np.asarray(groups).astype(str)
+    if groups.shape != (n,):
+        raise ValueError(f"need one group per item, got {groups.shape} for {n} items")
+    order = _order(n, order)
+    true_r = corr[np.arange(n), order][:, None]
+    same = groups[None, :] == groups[order][:, None]
+    same[np.arange(n), order] = False
+    alone = ~same.any(axis=1)
+    same[alone] = True
+    same[np.arange(n), order] = False
+    wins = ((corr < true_r) & same).sum(axis=1) + 0.5 * ((corr == true_r) & same).sum(axis=1)
+    return wins / same.sum(axis=1)
+
+
 # -------------------------------------------------------------------------- image
 
 

@@ -21,7 +21,8 @@ from cortexflow.errors import CortexflowInputError
 from cortexflow.evaluation import figures
 import numpy as np
 
-from cortexflow.evaluation.bootstrap import bootstrap_indices, hierarchical_bootstrap, seed_indices
+from cortexflow.evaluation.bootstrap import hierarchical_bootstrap, seed_indices
+from cortexflow.evaluation.units import ItemUnits, load_item_units
 from cortexflow.evaluation.evaluate import (COMPARISON_COLUMNS, LOWER_IS_BETTER, METRICS, SUMMARY_COLUMNS,
                                             EvaluationConfig, Recon, _scores_by, is_baseline_method,
                                             is_decoder_method, load_recon, method_order, seed_values)
@@ -30,7 +31,10 @@ log = logging.getLogger("cortexflow.evaluation.summary")
 
 RECON_NAME = re.compile(r"^sub-(?P<subject>[A-Za-z0-9]+)_(?P<modality>image|audio|text)(_seed(?P<seed>\d+))?$")
 CATEGORY_COLUMNS = ["subject", "modality", "category", "method", "baseline", "metric", "value", "ci_low", "ci_high",
-                    "n"]
+                    "n", "grouping", "resample_unit"]
+# the metrics of the per-family statements (docs/analysis-plan.md, section 6)
+STATEMENT_METRICS = ("ssim", "two_way_id_feature", "two_way_id_within_category", "two_way_id_pixel",
+                     "two_way_id_lowpass")
 
 
 def _read_tables(paths: list[str], columns: list[str], what: str) -> pd.DataFrame:
@@ -246,10 +250,14 @@ def seeds_markdown(per_seed: pd.DataFrame) -> list[str]:
 
 
 def category_table(items: pd.DataFrame, categories: dict[str, str], best: pd.DataFrame, *, subject: str,
-                   modality: str, config: EvaluationConfig, seed: int = 0) -> pd.DataFrame:
-    """Per stimulus category: every method's mean with its interval (``baseline`` empty), and each decoder
-    method minus the metric's strongest baseline (``baseline`` names it), over the category's items and
-    the training seeds (two-stage bootstrap, as the summary)."""
+                   modality: str, config: EvaluationConfig, seed: int = 0, units: ItemUnits | None = None,
+                   grouping: str = "category") -> pd.DataFrame:
+    """Per group of test items (``categories``: item -> stimulus category, or family): every method's
+    mean with its interval (``baseline`` empty), and each decoder method's paired difference to a
+    baseline (``baseline`` names it) over the group's items and the training seeds (two-stage
+    bootstrap, as the summary; items resampled by unit where ``units`` groups them, as the column
+    ``resample_unit`` says). By category the decoder meets the metric's strongest baseline; by family
+    it meets every baseline, which the per-family statements need."""
     rows = []
     items = items[items["method"] != "chance"]
     item_category = items["item"].astype(str).map(categories)
@@ -257,22 +265,106 @@ def category_table(items: pd.DataFrame, categories: dict[str, str], best: pd.Dat
         return pd.DataFrame(columns=CATEGORY_COLUMNS)
     items = items.assign(category=item_category.fillna("unknown"))
     best_of = {r.metric: r.baseline for r in best[(best.subject == subject) & (best.modality == modality)].itertuples()}
+    baselines = [m for m in method_order(items["method"].unique()) if is_baseline_method(m)]
     for category, block in items.groupby("category", sort=True):
         scores = _scores_by(block)
-        n = block["item"].nunique()
-        indices = bootstrap_indices(n, config.n_boot, seed)
+        ordered = np.sort(block["item"].astype(str).unique())
+        group_units = ItemUnits.independent(ordered) if units is None else units.subset(ordered)
+        draws, resample_unit = group_units.draws(config.n_boot, seed), group_units.resample_unit
         seed_draws = {k: seed_indices(k, config.n_boot, seed) for k in {len(t) for t in scores.values()}}
         for (method, metric), table in scores.items():
-            r = hierarchical_bootstrap(table, confidence=config.confidence, indices=indices,
-                                       seeds=seed_draws[len(table)])
-            rows.append((subject, modality, category, method, "", metric, r.value, r.ci_low, r.ci_high, r.n))
-            if is_decoder_method(method) and metric in best_of and (best_of[metric], metric) in scores:
-                diff = table - scores[(best_of[metric], metric)]
-                r = hierarchical_bootstrap(diff, confidence=config.confidence, indices=indices,
-                                           seeds=seed_draws[len(diff)])
-                rows.append((subject, modality, category, method, best_of[metric], metric, r.value, r.ci_low,
-                             r.ci_high, r.n))
+            r = hierarchical_bootstrap(table, confidence=config.confidence, seeds=seed_draws[len(table)], **draws)
+            rows.append((subject, modality, category, method, "", metric, r.value, r.ci_low, r.ci_high, r.n,
+                         grouping, resample_unit))
+            if not is_decoder_method(method):
+                continue
+            opponents = baselines if grouping == "family" else [best_of[metric]] if metric in best_of else []
+            for baseline in opponents:
+                if (baseline, metric) not in scores:
+                    continue
+                diff = table - scores[(baseline, metric)]
+                r = hierarchical_bootstrap(diff, confidence=config.confidence, seeds=seed_draws[len(diff)], **draws)
+                rows.append((subject, modality, category, method, baseline, metric, r.value, r.ci_low,
+                             r.ci_high, r.n, grouping, resample_unit))
     return pd.DataFrame(rows, columns=CATEGORY_COLUMNS)
+
+
+def family_statements(table: pd.DataFrame) -> pd.DataFrame:
+    """The analysis plan's statements (section 6) per subject, family, decoder method and metric:
+    ``leads`` if the paired interval against every baseline lies on the decoder's side of zero,
+    ``trails`` if one lies on the baseline's side, ``ties`` otherwise; with the closest baseline's
+    difference (the one whose interval reaches furthest towards the decoder's disadvantage)."""
+    diffs = table[(table["grouping"] == "family") & (table["baseline"] != "")]
+    rows = []
+    for (subject, modality, family, method, metric), group in diffs.groupby(
+            ["subject", "modality", "category", "method", "metric"], sort=True):
+        sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
+        low = np.minimum(sign * group["ci_low"], sign * group["ci_high"])  # the decoder-unfavourable end
+        high = np.maximum(sign * group["ci_low"], sign * group["ci_high"])
+        verdict = "trails" if (high < 0).any() else "leads" if (low > 0).all() else "ties"
+        closest = group.iloc[int(np.argmin(low.to_numpy()))]
+        rows.append((subject, modality, family, method, metric, verdict, closest["baseline"], closest["value"],
+                     closest["ci_low"], closest["ci_high"], int(closest["n"]), closest["resample_unit"]))
+    return pd.DataFrame(rows, columns=["subject", "modality", "family", "method", "metric", "verdict", "baseline",
+                                       "diff", "ci_low", "ci_high", "n", "resample_unit"])
+
+
+def family_markdown(table: pd.DataFrame) -> list[str]:
+    """The per-family statements as a table: verdict and the closest baseline's paired difference."""
+    statements = family_statements(table) if not table.empty else pd.DataFrame()
+    statements = statements[statements["metric"].isin(STATEMENT_METRICS)] if not statements.empty else statements
+    if statements.empty:
+        return []
+    lines = ["## By stimulus family, against every baseline", "",
+             "docs/analysis-plan.md, section 6: the decoder *leads* if its paired interval against every baseline "
+             "lies above zero, *trails* if one lies below, and *ties* otherwise. The difference shown is against "
+             "the closest baseline; `unit` is what the bootstrap resampled (`item`, or `source_photo`: all crops "
+             "of a photo together).", ""]
+    rows = [[f"sub-{r.subject}", r.modality, r.family, str(r.n), r.resample_unit, r.method, r.metric,
+             f"**{r.verdict}**" if r.verdict != "ties" else r.verdict, r.baseline,
+             f"{_fmt(r.diff, True)} [{_fmt(r.ci_low, True)}, {_fmt(r.ci_high, True)}]"]
+            for r in statements.itertuples()]
+    return lines + _markdown_table(["subject", "modality", "family", "items", "unit", "method", "metric", "verdict",
+                                    "closest baseline", "difference [CI]"], rows) + [""]
+
+
+def tuning_markdown(baselines: list[str]) -> list[str]:
+    """How each method's knobs were chosen, with the retrieval baseline's choice per subject and modality
+    (docs/analysis-plan.md, section 3: every baseline tuned on held-out training trials, as the decoder)."""
+    from cortexflow.models.baselines import load_baselines
+
+    lines = ["## How each method was tuned", "",
+             "- `dit`, `dit_mean<k>`, `decoder`: design (learning rate, training length, guidance, noise scale) "
+             "chosen on the validation fold of the training trials (docs/validation.md), never on test items.",
+             "- `ridge`, `ridge_pt`, `ridge_pixels`, text `retrieval`: ridge penalty by grouped cross-validation on "
+             "the training trials (one penalty per target for `ridge_pt`).",
+             "- `ngram_lm`, `ngram_lm_ridge`: n-gram order and smoothing by cross-validated log-likelihood of held-out "
+             "training sentences; the guidance weight by CER of the training trials' out-of-fold predictions.",
+             "- `nn_mean<k>`: k, and whether the k nearest training stimuli's VAE reconstructions or the stimuli "
+             "themselves are averaged: set by `baseline.nn_k` / `baseline.nn_source`, or, where they are `auto`, "
+             "chosen by the score of the training trials' out-of-fold ridge predictions (retrieval among stimuli "
+             "outside the trial's fold; SSIM for images, mel correlation for audio):", ""]
+    rows = []
+    for path in baselines:
+        fitted = load_baselines(path)
+        match = re.match(r"^sub-(?P<subject>[A-Za-z0-9]+)_(?P<modality>image|audio|text)_baselines$",
+                         Path(path).name.removesuffix(".npz"))
+        if match is None or match["modality"] == "text":
+            continue
+        if fitted.nn_tuning is None:
+            rows.append([f"sub-{match['subject']}", match["modality"], f"nn_mean{fitted.nn_k}", fitted.nn_source,
+                         "set in the config", "–"])
+            continue
+        table = fitted.nn_tuning.sort_values("score", ascending=False, kind="stable")
+        runner_up = table.iloc[1] if len(table) > 1 else None
+        rows.append([f"sub-{match['subject']}", match["modality"], f"nn_mean{fitted.nn_k}", fitted.nn_source,
+                     f"{_fmt(table['score'].iloc[0])} on {int(table['n_trials'].iloc[0])} trials",
+                     "–" if runner_up is None else f"k={int(runner_up['k'])} {runner_up['source']}: "
+                                                   f"{_fmt(runner_up['score'])}"])
+    if not rows:
+        return lines[:-2] + [""]
+    return lines + _markdown_table(["subject", "modality", "chosen", "averages", "held-out score", "runner-up"],
+                                   rows) + [""]
 
 
 def category_markdown(table: pd.DataFrame) -> list[str]:
@@ -282,6 +374,7 @@ def category_markdown(table: pd.DataFrame) -> list[str]:
     lines = ["## By stimulus category", "",
              "Mean [CI] over each category's test items (stimuli.tsv `category`); the last column is the decoder "
              "method minus the metric's strongest baseline (paired, over the category's items and the seeds).", ""]
+    table = table[table["grouping"] == "category"]
     diffs = table[table["baseline"] != ""]
     rows = []
     for r in diffs.itertuples():
@@ -372,7 +465,8 @@ def load_categories(stimuli: str | Path) -> dict[str, str]:
 def summarize_stage(*, summaries: list[str], comparisons: list[str], recons: list[str], out_summary: str,
                     out_comparisons: str, out_markdown: str, out_figures: str, params: dict,
                     items: list[str] = (), stimuli: str | None = None, datasets: list[str] = (),
-                    out_by_category: str | None = None, seed: int = 0, sampling: str | None = None) -> None:
+                    out_by_category: str | None = None, seed: int = 0, sampling: str | None = None,
+                    baselines: list[str] = (), ground_truth: list[str] = (), out_closeness: str | None = None) -> None:
     """Concatenate the per-subject results; write summary tables, summary.md and figures.
 
     Figures (in ``out_figures``): ``metrics.png``, one ``sub-<s>_<modality>.png``
@@ -382,7 +476,10 @@ def summarize_stage(*, summaries: list[str], comparisons: list[str], recons: lis
     ``summaries``) give the per-seed spread and, with ``stimuli`` (stimuli.tsv's
     ``category``), ``out_by_category``; ``datasets`` (make_dataset folders) give
     the ncsnr section; ``sampling`` (the config's ``sampling`` section as JSON)
-    says in summary.md how the decoders were sampled (noise scale, guidance, ...).
+    says in summary.md how the decoders were sampled (noise scale, guidance, ...);
+    ``baselines`` (fit_baseline's baselines files) say how the retrieval baseline was tuned;
+    ``ground_truth`` (a simulated study's ``derivatives/ground_truth/sub-XX`` folders) gives, in
+    ``out_closeness`` and summary.md, each image feature space's closeness to the simulator's code.
     """
     config = EvaluationConfig.from_params(params)
     try:
@@ -406,19 +503,31 @@ def summarize_stage(*, summaries: list[str], comparisons: list[str], recons: lis
         table = pd.read_parquet(path)
         per_seed.append(seed_values(table).assign(subject=subject, modality=modality))
         if out_by_category is not None and categories:
+            units = load_item_units(stimuli, np.sort(table["item"].astype(str).unique()))
+            resampled = units if config.resample_by == "unit" else None
             by_category.append(category_table(table, categories, best, subject=subject, modality=modality,
-                                              config=config, seed=seed))
+                                              config=config, seed=seed, units=resampled))
+            families = dict(zip(units.items, units.family))
+            if modality == "image" and len(set(units.family)) > 1:
+                by_category.append(category_table(table, families, best, subject=subject, modality=modality,
+                                                  config=config, seed=seed, units=resampled, grouping="family"))
     extra += seeds_markdown(pd.concat(per_seed, ignore_index=True) if per_seed else pd.DataFrame())
     category = pd.concat(by_category, ignore_index=True) if by_category else pd.DataFrame(columns=CATEGORY_COLUMNS)
     if out_by_category is not None:
         _io.save_parquet(out_by_category, category)
+        extra += family_markdown(category)
         extra += category_markdown(category)
+    extra += tuning_markdown(list(baselines or []))
     extra += ncsnr_markdown(ncsnr_table(datasets or []))
     loaded = []
     for path in recons:
         subject, modality = recon_identity(path)
         loaded.append((f"sub-{subject}_{modality}", subject, modality, load_recon(path, modality)))
     text_recons = [(subject, recon) for _, subject, modality, recon in loaded if modality == "text"]
+    closeness = _closeness(loaded, ground_truth, config)
+    if out_closeness is not None:
+        _io.save_parquet(out_closeness, closeness)
+    extra += closeness_markdown(closeness)
     study = Path(out_summary).resolve().parent.name
     with _io.atomic_write(out_markdown) as tmp:
         tmp.write_text(build_markdown(study, summary, comparison, text_recons, config, extra,
@@ -426,12 +535,34 @@ def summarize_stage(*, summaries: list[str], comparisons: list[str], recons: lis
     with _io.atomic_dir(out_figures) as folder:
         figures.plot_metrics(summary, folder / "metrics.png", config.confidence)
         if out_by_category is not None:
-            figures.plot_by_category(category, folder / "by_category.png", config.confidence)
+            figures.plot_by_category(category[category["grouping"] == "category"], folder / "by_category.png",
+                                     config.confidence)
         for stem, subject, modality, recon in loaded:
             figures.plot_recon(recon, modality, folder / f"{stem}.png", config.figure_items,
                                title=f"sub-{subject} {modality}")
     log.info("wrote %s (%d rows), %s (%d rows), %s and %d figures in %s", out_summary, len(summary),
              out_comparisons, len(comparison), out_markdown, len(loaded) + 1, out_figures)
+
+
+def _closeness(loaded, ground_truth, config: EvaluationConfig) -> pd.DataFrame:
+    from cortexflow.evaluation.closeness import CLOSENESS_COLUMNS, closeness_table
+
+    folders = {Path(g).name.removeprefix("sub-"): g for g in ground_truth or []}
+    tables = [closeness_table(recon.truth, recon.ids, folders[subject], subject=subject,
+                              image_features=config.image_features, lowpass_sigma=config.lowpass_sigma)
+              for _, subject, modality, recon in loaded if modality == "image" and subject in folders]
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=CLOSENESS_COLUMNS)
+
+
+def closeness_markdown(table: pd.DataFrame) -> list[str]:
+    if table.empty:
+        return []
+    rows = [[f"sub-{r.subject}", r.space, r.metrics, _fmt(r.closeness), str(r.n_items)] for r in table.itertuples()]
+    return ["## How close each image feature space is to the simulator's code", "",
+            "Spearman r between the test images' pairwise distances in the space and in their noise-free early "
+            "visual responses (the simulator's ground truth; docs/analysis-plan.md, section 5). The higher it is, "
+            "the more a metric in that space rewards learning the simulator's own code.", ""] + \
+        _markdown_table(["subject", "space", "metrics", "closeness", "items"], rows) + [""]
 
 
 ITEMS_NAME = re.compile(r"^sub-(?P<subject>[A-Za-z0-9]+)_(?P<modality>image|audio|text)_items$")

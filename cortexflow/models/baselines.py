@@ -15,8 +15,10 @@ their hyper-parameters chosen by the same grouped cross-validation (folds by
   prediction of the latent is compared (Pearson correlation over the flattened
   latent) with every training stimulus's latent; ``nn`` is the VAE's
   reconstruction of the nearest one (the same VAE decode the latent decoders
-  go through), ``nn_mean<k>`` the pixel/mel mean of the VAE reconstructions of
-  the k nearest.
+  go through), ``nn_mean<k>`` the pixel/mel mean of the k nearest: of their
+  VAE reconstructions or of the original stimuli, and k, as chosen on the
+  training trials' out-of-fold predictions (``choose_retrieval``), the way the
+  decoder's own knobs were chosen on held-out trials (docs/analysis-plan.md, 3).
 - text ``retrieval``: the training sentence nearest (cosine) to the ridge
   prediction of its character n-gram embedding (``RidgeDecoder.predict_texts``).
 - text ``ngram_lm``: a character n-gram language model of the training
@@ -137,6 +139,54 @@ def nearest_by_correlation(predicted: np.ndarray, candidates: np.ndarray, k: int
 
     corr = unit(P) @ unit(C).T
     return np.argsort(-corr, axis=1, kind="stable")[:, :k]
+
+
+def choose_retrieval(oof_latents: np.ndarray, trial_ids: np.ndarray, folds: np.ndarray, candidate_ids: np.ndarray,
+                     candidate_latents: np.ndarray, sources: dict[str, np.ndarray], truth: np.ndarray,
+                     score, k_grid=(2, 4, 8, 16, 32, 64)) -> tuple[int, str, "object"]:
+    """The (k, source) of ``nn_mean<k>`` that scores best on the training trials, and the whole table.
+
+    Each training trial's out-of-fold ridge prediction (``oof_latents``, from the
+    fit that left out its fold) retrieves its k nearest candidates among the
+    training stimuli *outside* its fold (as a test item retrieves among stimuli
+    it never was); their mean, taken over each array of ``sources`` (e.g. the
+    VAE reconstructions or the original stimuli, rows as ``candidate_ids``), is
+    scored against the trial's own stimulus (``truth``, one row per trial) with
+    ``score(pred, truth) -> per-trial scores``. Returns the best mean score's k
+    and source (ties: the smaller k, then the first source) and a DataFrame of
+    every (k, source, score, n_trials).
+    """
+    import pandas as pd
+
+    trial_ids, candidate_ids = np.asarray(trial_ids).astype(str), np.asarray(candidate_ids).astype(str)
+    fold_of = {}
+    for tid, fold in zip(trial_ids, folds):
+        fold_of.setdefault(tid, int(fold))
+    candidate_fold = np.array([fold_of.get(c, -1) for c in candidate_ids])
+    k_grid = sorted({int(k) for k in k_grid})
+    totals = {(k, name): 0.0 for k in k_grid for name in sources}
+    n = 0
+    for fold in np.unique(folds):
+        trials = np.flatnonzero(folds == fold)
+        pool = np.flatnonzero(candidate_fold != fold)
+        if len(pool) < 1 or len(trials) < 1:
+            continue
+        kmax = min(max(k_grid), len(pool))
+        nearest = pool[nearest_by_correlation(oof_latents[trials], candidate_latents[pool], kmax)]  # (n_f, kmax)
+        for name, arrays in sources.items():
+            running = np.cumsum(arrays[nearest].astype(np.float64), axis=1)  # sums of the 1, 2, ... nearest
+            for k in k_grid:
+                kk = min(k, kmax)
+                pred = (running[:, kk - 1] / kk).astype(np.float32)
+                totals[(k, name)] += float(np.sum(score(pred, truth[trials])))
+        n += len(trials)
+    if n == 0:
+        raise CortexflowInputError("no training trial could be scored for the retrieval baseline's k",
+                                   fix="give the baseline at least two cross-validation folds with stimuli")
+    table = pd.DataFrame([(k, name, totals[(k, name)] / n, n) for k in k_grid for name in sources],
+                         columns=["k", "source", "score", "n_trials"])
+    best = table.iloc[int(np.argmax(table["score"].to_numpy()))]  # first maximum: smaller k, first source
+    return int(best["k"]), str(best["source"]), table
 
 
 # ------------------------------------------------------------ character n-gram LM
@@ -329,6 +379,8 @@ class FittedBaselines:
 
     training_ids: np.ndarray
     nn_k: int = 8
+    nn_source: str = "vae"  # nn_mean<k> averages the VAE reconstructions ("vae") or the stimuli ("original")
+    nn_tuning: "object | None" = None  # choose_retrieval's table (k, source, score, n_trials), if tuned
     ridge_pt: LinearMap | None = None
     ridge_pixels: LinearMap | None = None
     ngram_lm: str | None = None
@@ -339,7 +391,13 @@ class FittedBaselines:
     def save(self, path) -> "object":
         from cortexflow import _io
 
-        arrays = {"training_ids": np.asarray(self.training_ids, dtype=str), "nn_k": np.int64(self.nn_k)}
+        arrays = {"training_ids": np.asarray(self.training_ids, dtype=str), "nn_k": np.int64(self.nn_k),
+                  "nn_source": np.asarray(self.nn_source, dtype=str)}
+        if self.nn_tuning is not None:
+            arrays.update(nn_tuning_k=self.nn_tuning["k"].to_numpy(np.int64),
+                          nn_tuning_source=self.nn_tuning["source"].to_numpy(str),
+                          nn_tuning_score=self.nn_tuning["score"].to_numpy(np.float64),
+                          nn_tuning_n=self.nn_tuning["n_trials"].to_numpy(np.int64))
         for name in ("ridge_pt", "ridge_pixels"):
             m = getattr(self, name)
             if m is not None:
@@ -372,4 +430,11 @@ def load_baselines(path) -> FittedBaselines:
         if "ngram_lm" in f.files:
             text = dict(ngram_lm=str(f["ngram_lm"]), lm_order=int(f["lm_order"]), lm_add_k=float(f["lm_add_k"]),
                         lm_weight=float(f["lm_weight"]) if "lm_weight" in f.files else 0.0)
-        return FittedBaselines(f["training_ids"].astype(str), int(f["nn_k"]), **maps, **text)
+        tuning = None
+        if "nn_tuning_k" in f.files:
+            import pandas as pd
+
+            tuning = pd.DataFrame({"k": f["nn_tuning_k"], "source": f["nn_tuning_source"].astype(str),
+                                   "score": f["nn_tuning_score"], "n_trials": f["nn_tuning_n"]})
+        source = str(f["nn_source"]) if "nn_source" in f.files else "vae"
+        return FittedBaselines(f["training_ids"].astype(str), int(f["nn_k"]), source, tuning, **maps, **text)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -50,7 +51,12 @@ class RidgeConfig:
     alphas: tuple[float, ...] = DEFAULT_ALPHAS
     cv_folds: int = 5
     text_features: CharNgramConfig = field(default_factory=CharNgramConfig)
-    nn_k: int = 8  # the nn_mean<k> retrieval baseline (models/baselines.py)
+    # nn_mean<k> (models/baselines.py): k and what is averaged (VAE reconstructions or the original
+    # stimuli); "auto": chosen on the training trials' out-of-fold predictions (choose_retrieval), as
+    # docs/configs/analysis-plan.yaml does; the default keeps the studies so far (8, vae)
+    nn_k: int | Literal["auto"] = 8
+    nn_k_grid: tuple[int, ...] = (2, 4, 8, 16, 32, 64)
+    nn_source: Literal["auto", "vae", "original"] = "vae"
 
     def __post_init__(self) -> None:
         if not self.alphas or min(self.alphas) <= 0:
@@ -59,9 +65,12 @@ class RidgeConfig:
         if self.cv_folds < 2:
             raise CortexflowInputError(f"baseline.cv_folds must be at least 2, got {self.cv_folds}",
                                        fix="set baseline.cv_folds: 5 (the default) or another number >= 2")
-        if self.nn_k < 2:
-            raise CortexflowInputError(f"baseline.nn_k must be at least 2 (nn is the k = 1 case), got {self.nn_k}",
-                                       fix="set baseline.nn_k: 8 (the default) or another number >= 2")
+        if self.nn_k != "auto" and not (isinstance(self.nn_k, int) and self.nn_k >= 2):
+            raise CortexflowInputError(f"baseline.nn_k must be auto or at least 2 (nn is the k = 1 case), got {self.nn_k}",
+                                       fix="set baseline.nn_k: auto (the default) or a number >= 2")
+        if not self.nn_k_grid or min(self.nn_k_grid) < 2:
+            raise CortexflowInputError(f"baseline.nn_k_grid must hold numbers >= 2, got {self.nn_k_grid}",
+                                       fix="set baseline.nn_k_grid: [2, 4, 8, 16, 32, 64] (the default)")
 
     @classmethod
     def from_params(cls, params: dict | None, key: str = "baseline") -> "RidgeConfig":

@@ -96,21 +96,26 @@ def fit_baseline_stage(*, dataset: str, out: str, params: dict, latents: str | N
     log.info("wrote %s in %.1f s", out, time.perf_counter() - start)
     if out_baselines is not None:
         _fit_other_baselines(X, stimulus_ids, config, seed, out_baselines, latents=latents, stimuli=stimuli,
-                             text_oof=text_oof if latents is None else None)
+                             text_oof=text_oof if latents is None else None,
+                             latent_oof=decoder.oof_predictions_ if latents is not None else None)
 
 
 def _fit_other_baselines(X: np.ndarray, stimulus_ids: np.ndarray, config: RidgeConfig, seed: int, out: str, *,
-                         latents: str | None, stimuli: str | None, text_oof: np.ndarray | None = None) -> None:
+                         latents: str | None, stimuli: str | None, text_oof: np.ndarray | None = None,
+                         latent_oof: np.ndarray | None = None) -> None:
     from cortexflow.models.baselines import FittedBaselines, choose_lm_weight, fit_ngram_lm, fit_ridge_per_target
     from cortexflow.models.ridge import grouped_folds
     from cortexflow.models.latents import load_latents
 
     start = time.perf_counter()
     unique_ids = np.unique(stimulus_ids)
-    fitted = FittedBaselines(training_ids=unique_ids, nn_k=config.nn_k)
+    fitted = FittedBaselines(training_ids=unique_ids, nn_k=8 if config.nn_k == "auto" else config.nn_k,
+                             nn_source="vae" if config.nn_source == "auto" else config.nn_source)
     if latents is not None:
         lat = load_latents(latents)
         rows = lat.rows(stimulus_ids, latents)
+        if latent_oof is not None and "auto" in (config.nn_k, config.nn_source):
+            _tune_retrieval(fitted, lat, latents, stimulus_ids, latent_oof, config, seed)
         fitted.ridge_pt, _ = fit_ridge_per_target(X, lat.latents[rows], config.alphas, config.cv_folds,
                                                   groups=stimulus_ids, seed=seed)
         if lat.targets.ndim == 4:  # images: voxels -> pixels, no VAE
@@ -130,3 +135,28 @@ def _fit_other_baselines(X: np.ndarray, stimulus_ids: np.ndarray, config: RidgeC
                                                    info["add_k"], config.text_features, seed=seed)
     fitted.save(out)
     log.info("wrote %s in %.1f s", out, time.perf_counter() - start)
+
+
+def _tune_retrieval(fitted, lat, latents: str, stimulus_ids: np.ndarray, oof: np.ndarray, config: RidgeConfig,
+                    seed: int) -> None:
+    """Choose nn_mean<k>'s k and source on the training trials' out-of-fold ridge predictions, scored by
+    SSIM (images) or mel correlation (audio), as the decoder's knobs were chosen on held-out trials."""
+    from cortexflow.evaluation import metrics as M
+    from cortexflow.models.baselines import choose_retrieval
+    from cortexflow.models.ridge import grouped_folds
+
+    start = time.perf_counter()
+    candidates = fitted.training_ids
+    crow = lat.rows(candidates, latents)
+    sources = {"vae": lat.vae_reconstructions[crow], "original": lat.targets[crow]}
+    if config.nn_source != "auto":
+        sources = {config.nn_source: sources[config.nn_source]}
+    grid = (config.nn_k,) if config.nn_k != "auto" else config.nn_k_grid
+    score = M.ssim if lat.targets.ndim == 4 else M.mel_correlation
+    folds = grouped_folds(len(stimulus_ids), config.cv_folds, stimulus_ids, seed)  # the ridge's own folds
+    k, source, table = choose_retrieval(oof, stimulus_ids, folds, candidates, lat.latents[crow], sources,
+                                        lat.targets[lat.rows(stimulus_ids, latents)], score, grid)
+    fitted.nn_k, fitted.nn_source, fitted.nn_tuning = k, source, table
+    log.info("nn_mean<k> chosen on %d training trials' out-of-fold predictions (%s, %.1f s): k=%d, %s\n%s",
+             int(table["n_trials"].iloc[0]), score.__name__, time.perf_counter() - start, k, source,
+             table.to_string(index=False))

@@ -130,7 +130,8 @@ def _other_baselines(model, X: np.ndarray, z_ridge: np.ndarray, others, lat: Lat
     rows = lat.rows(others.training_ids, source)
     nearest = rows[nearest_by_correlation(z_ridge, lat.latents[rows], others.nn_k)]  # (n, k) rows of the cache
     out["nn"] = lat.vae_reconstructions[nearest[:, 0]]
-    out[f"nn_mean{others.nn_k}"] = lat.vae_reconstructions[nearest].mean(axis=1)
+    averaged = lat.targets if others.nn_source == "original" else lat.vae_reconstructions
+    out[f"nn_mean{others.nn_k}"] = averaged[nearest].mean(axis=1)
     return out
 
 

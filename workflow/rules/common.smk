@@ -500,8 +500,21 @@ def summary_inputs(wildcards):
         # the figures show the first training seed's reconstructions
         "recons": [recon_file(s, m, 0) for s, m in pairs],
         "datasets": [dataset_dir(s, m) for s, m in pairs],
+        "baselines": [baselines_file(s, m) for s, m in pairs],
         "stimuli": STIMULI_TSV,
+        # the simulator's noise-free responses: how close each image feature space is to its code
+        "truth_responses": (
+            [ground_truth_files(s)["truth_responses"] for s in SUBJECTS]
+            if SIMULATED and "image" in MODALITIES
+            else []
+        ),
     }
+
+
+def ground_truth_dirs_arg(wildcards, input):
+    """`--ground-truth <each subject's ground-truth folder>` for the simulated study."""
+    folders = [os.path.dirname(path) for path in input.get("truth_responses", [])]
+    return f"--ground-truth {' '.join(folders)}" if folders else ""
 
 
 def recon_figures():

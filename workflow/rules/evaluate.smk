@@ -7,6 +7,7 @@ rule evaluate:
     with chance and ceiling."""
     input:
         recon=recon_files,
+        stimuli=STIMULI_TSV,
     output:
         summary=f"{RESULTS}/metrics/sub-{{subject}}_{{modality}}_summary.parquet",
         per_item=f"{RESULTS}/metrics/sub-{{subject}}_{{modality}}_items.parquet",
@@ -26,7 +27,7 @@ rule evaluate:
     shell:
         "cortexflow evaluate --recon {input.recon} --out-summary {output.summary} --out-items {output.per_item}"
         " --out-comparisons {output.comparisons} --subject {wildcards.subject} --modality {wildcards.modality}"
-        " --params {params.section:q} --seed {params.seed} --log {log}"
+        " --stimuli {input.stimuli} --params {params.section:q} --seed {params.seed} --log {log}"
 
 
 rule summarize:
@@ -47,6 +48,7 @@ rule summarize:
             category="Metrics",
         ),
         by_category=f"{RESULTS}/summary_by_category.parquet",
+        closeness=f"{RESULTS}/feature_closeness.parquet",
         category_figure=report(
             f"{RESULTS}/figures/by_category.png",
             caption="../report/by_category.rst",
@@ -55,6 +57,7 @@ rule summarize:
         recon_figures=report_figures(recon_figures()),
     params:
         figures=folder_of_metrics_figure,
+        ground_truth=ground_truth_dirs_arg,
         section=section_params("evaluation"),
         sampling=sampling_of_every_modality,
         seed=config["seed"],
@@ -70,6 +73,7 @@ rule summarize:
     shell:
         "cortexflow summarize --summaries {input.summaries} --comparisons {input.comparisons}"
         " --recons {input.recons} --items {input.item_scores} --datasets {input.datasets} --stimuli {input.stimuli}"
+        " --baselines {input.baselines} {params.ground_truth} --out-closeness {output.closeness}"
         " --out-summary {output.summary} --out-comparisons {output.comparisons}"
         " --out-by-category {output.by_category} --out-markdown {output.markdown} --out-figures {params.figures}"
         " --params {params.section:q} --sampling {params.sampling:q} --seed {params.seed} --log {log}"
