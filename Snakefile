@@ -53,11 +53,10 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/cross_subject.smk"  # its own target, `snakemake cross_subject`; not in rule all
 
 
-# Cheap bookkeeping on small tables: run on the submitting host, never queued
-# on a cluster.
+# Only the target rule runs on the submitting host; evaluate reads every
+# reconstruction (gigabytes at NSD scale), so it is a cluster job like the others.
 localrules:
     all,
-    evaluate,
     summarize,
     cross_subject,
 
