@@ -49,7 +49,16 @@ import subprocess
 args = sys.argv[1:]
 wrap = next((a[len("--wrap="):] for a in args if a.startswith("--wrap=")), None)
 script = sys.stdin.read() if wrap is None else wrap
-job_id = str(len([n for n in os.listdir(log) if n.startswith("sbatch")]) + 1000) if os.path.isdir(log) else "1000"
+# a fresh id even when the plugin submits several jobs at once
+os.makedirs(log, exist_ok=True)
+number = 1000
+while True:
+    try:
+        os.close(os.open(os.path.join(log, f"jobid-{number}"), os.O_CREAT | os.O_EXCL))
+        break
+    except FileExistsError:
+        number += 1
+job_id = str(number)
 env = {**os.environ, "SLURM_JOB_ID": job_id, "SLURM_JOBID": job_id, "SLURM_CPUS_PER_TASK": "1",
        "SLURM_JOB_NAME": args[args.index("--job-name") + 1] if "--job-name" in args else "job"}
 proc = subprocess.run(["/bin/sh", "-c", script], env=env, capture_output=True, text=True)
@@ -209,7 +218,7 @@ def slurm_run(tmp_path_factory):
     env = workflow_env(repo, path_prefix=[bin_dir])
     env.update(STANDIN_LOG=str(log), STANDIN_ACCOUNT=ACCOUNT)
     proc = snakemake(repo, *targets, "--force", "--workflow-profile", str(profile), "--configfile", *configs,
-                     env=env, timeout=420, check=False)
+                     env=env, timeout=600, check=False)
     return {"proc": proc, "repo": repo, "log": log, "targets": targets, "shipped": shipped,
             "rules": {**rerun, **removed}}
 
@@ -363,3 +372,22 @@ def test_the_nsd_config_with_the_profile_gives_a_gpu_to_every_job_that_uses_cuda
     for job in jobs:
         if job["rule"] not in TORCH_RULES and job["rule"] not in ("all", "cross_subject"):
             assert "gpu" not in job["resources"], job
+
+
+def test_gpus_asked_for_with_gres_are_refused_for_training(tmp_path):
+    """With `gres: gpu:2` the job would get two GPUs and start one process: the dry run stops and says
+    to use `gpu: N`."""
+    repo = copy_repo(tmp_path / "repo")
+    shipped = yaml.safe_load((repo / "workflow/profiles/slurm/config.yaml").read_text())
+    train = shipped["set-resources"]["train_decoder"]
+    train.pop("gpu")
+    train["gres"] = "gpu:a100:2"
+    profile = tmp_path / "profile"
+    profile.mkdir()
+    (profile / "config.yaml").write_text(yaml.safe_dump({**shipped, "executor": "dryrun"}))
+    decoder = "results/tiny/models/sub-01_image_decoder_seed0.pt"
+    proc = snakemake(repo, decoder, "--dry-run", "--workflow-profile", str(profile), "--configfile", TINY,
+                     timeout=150, check=False)
+    assert proc.returncode != 0
+    message = proc.stdout + proc.stderr
+    assert "gres='gpu:a100:2'" in message and "`gpu: N`" in message, message[-3000:]
