@@ -53,8 +53,9 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/cross_subject.smk"  # its own target, `snakemake cross_subject`; not in rule all
 
 
-# Only the target rule runs on the submitting host; evaluate reads every
-# reconstruction (gigabytes at NSD scale), so it is a cluster job like the others.
+# The target rules and the summary's tables run on the submitting host; evaluate
+# reads every reconstruction whole (gigabytes at NSD scale), so it is a cluster
+# job like the others.
 localrules:
     all,
     summarize,

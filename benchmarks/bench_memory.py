@@ -124,55 +124,64 @@ def _measure(checkout: Path, kind: str, **kwargs) -> float:
     return json.loads(proc.stdout.strip().splitlines()[-1])["vmhwm_kib"] / 1024
 
 
+def inputs_in(work: Path) -> dict:
+    """The paths ``setup`` writes under ``work``."""
+    return {"stimuli": str(work / "stimuli" / "stimuli.tsv"), "vae": str(work / "vae.pt"),
+            "decoder": str(work / "decoder.pt"),
+            "train": {n: {"latents": str(work / f"latents_train{n}.npz"), "dataset": str(work / f"ds_train{n}")}
+                      for n in TRAIN_SIZES},
+            "sample": {n: {"latents": str(work / f"latents_test{n}.npz"), "dataset": str(work / f"ds_test{n}")}
+                       for n in sorted({n for n, _ in SAMPLE_RUNS})}}
+
+
 def setup(work: Path) -> dict:
     """The inputs of every configuration, written once under ``work``."""
     sys.path.insert(0, str(REPO))
     from cortexflow.stages.vae import pretrain_vae_stage
 
+    inputs = inputs_in(work)
     stimuli = _write_stimuli(work)
-    vae = work / "vae.pt"
-    pretrain_vae_stage(stimuli=str(stimuli), modality="image", out=str(vae), params=VAE)
-    inputs = {"stimuli": str(stimuli), "vae": str(vae), "train": {}, "sample": {}}
+    pretrain_vae_stage(stimuli=str(stimuli), modality="image", out=inputs["vae"], params=VAE)
     for n in TRAIN_SIZES:
-        ids = _write_latents(work / f"latents_train{n}.npz", n, 8)
-        dataset = _write_dataset(work / f"ds_train{n}", ids[:n], ids[n:])
-        inputs["train"][n] = {"latents": str(work / f"latents_train{n}.npz"), "dataset": str(dataset)}
-    for n_test in sorted({n for n, _ in SAMPLE_RUNS}):
-        ids = _write_latents(work / f"latents_test{n_test}.npz", SAMPLE_CACHE, n_test)
-        dataset = _write_dataset(work / f"ds_test{n_test}", ids[:SAMPLE_CACHE], ids[SAMPLE_CACHE:])
-        inputs["sample"][n_test] = {"latents": str(work / f"latents_test{n_test}.npz"), "dataset": str(dataset)}
+        ids = _write_latents(Path(inputs["train"][n]["latents"]), n, 8)
+        _write_dataset(Path(inputs["train"][n]["dataset"]), ids[:n], ids[n:])
+    for n_test in inputs["sample"]:
+        ids = _write_latents(Path(inputs["sample"][n_test]["latents"]), SAMPLE_CACHE, n_test)
+        _write_dataset(Path(inputs["sample"][n_test]["dataset"]), ids[:SAMPLE_CACHE], ids[SAMPLE_CACHE:])
     # one decoder for every sample run (sampling does not depend on how the decoder was trained)
     first = inputs["train"][TRAIN_SIZES[0]]
-    _measure(REPO, "train", dataset=first["dataset"], modality="image", out=str(work / "decoder.pt"),
-             checkpoint_dir=str(work / "ckpt_setup"), params=DECODER, latents=first["latents"], vae=str(vae))
-    inputs["decoder"] = str(work / "decoder.pt")
+    _measure(REPO, "train", dataset=first["dataset"], modality="image", out=inputs["decoder"],
+             checkpoint_dir=str(work / "ckpt_setup"), params=DECODER, latents=first["latents"], vae=inputs["vae"])
     return inputs
+
+
+def measure(label: str, checkout: Path, inputs: dict, work: Path) -> list[dict]:
+    """Every configuration's peak resident set with ``checkout``'s cortexflow."""
+    rows = [{"checkout": label, "stage": "import", "images": 0, "test_items": 0, "samples": 0,
+             "peak_mib": _measure(checkout, "import")}]
+    for n in TRAIN_SIZES:
+        t0 = time.perf_counter()
+        peak = _measure(checkout, "train", dataset=inputs["train"][n]["dataset"], modality="image",
+                        out=str(work / f"decoder_{label}_{n}.pt"), checkpoint_dir=str(work / f"ckpt_{label}_{n}"),
+                        params=DECODER, latents=inputs["train"][n]["latents"], vae=inputs["vae"])
+        rows.append({"checkout": label, "stage": "train_decoder", "images": n, "test_items": 8, "samples": 0,
+                     "peak_mib": peak, "seconds": time.perf_counter() - t0})
+        print(rows[-1], flush=True)
+    for n_test, k in SAMPLE_RUNS:
+        t0 = time.perf_counter()
+        sampling = {"image": {"num_steps": 1, "n_samples": k, "batch_size": 16}}
+        peak = _measure(checkout, "sample", dataset=inputs["sample"][n_test]["dataset"], modality="image",
+                        decoder=inputs["decoder"], out=str(work / f"recon_{label}_{n_test}_{k}.npz"),
+                        params=sampling, latents=inputs["sample"][n_test]["latents"])
+        rows.append({"checkout": label, "stage": "sample", "images": SAMPLE_CACHE + n_test, "test_items": n_test,
+                     "samples": k, "peak_mib": peak, "seconds": time.perf_counter() - t0})
+        print(rows[-1], flush=True)
+    return rows
 
 
 def run(checkouts: dict[str, Path], work: Path) -> list[dict]:
     inputs = setup(work)
-    rows = []
-    for label, checkout in checkouts.items():
-        rows.append({"checkout": label, "stage": "import", "images": 0, "test_items": 0, "samples": 0,
-                     "peak_mib": _measure(checkout, "import")})
-        for n in TRAIN_SIZES:
-            t0 = time.perf_counter()
-            peak = _measure(checkout, "train", dataset=inputs["train"][n]["dataset"], modality="image",
-                            out=str(work / f"decoder_{label}_{n}.pt"), checkpoint_dir=str(work / f"ckpt_{label}_{n}"),
-                            params=DECODER, latents=inputs["train"][n]["latents"], vae=inputs["vae"])
-            rows.append({"checkout": label, "stage": "train_decoder", "images": n, "test_items": 8, "samples": 0,
-                         "peak_mib": peak, "seconds": time.perf_counter() - t0})
-            print(rows[-1], flush=True)
-        for n_test, k in SAMPLE_RUNS:
-            t0 = time.perf_counter()
-            sampling = {"image": {"num_steps": 1, "n_samples": k, "batch_size": 16}}
-            peak = _measure(checkout, "sample", dataset=inputs["sample"][n_test]["dataset"], modality="image",
-                            decoder=inputs["decoder"], out=str(work / f"recon_{label}_{n_test}_{k}.npz"),
-                            params=sampling, latents=inputs["sample"][n_test]["latents"])
-            rows.append({"checkout": label, "stage": "sample", "images": SAMPLE_CACHE + n_test, "test_items": n_test,
-                         "samples": k, "peak_mib": peak, "seconds": time.perf_counter() - t0})
-            print(rows[-1], flush=True)
-    return rows
+    return [row for label, checkout in checkouts.items() for row in measure(label, checkout, inputs, work)]
 
 
 def markdown(rows: list[dict]) -> str:

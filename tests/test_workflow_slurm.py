@@ -180,6 +180,24 @@ TORCH_RULES = {"pretrain_vae", "encode_latents", "train_decoder", "sample", "tra
                "cross_subject_fit"}
 
 
+def _fake_complete(repo: Path, *configs: str) -> list[str]:
+    """test_workflow_dag.fake_complete_run with a longer limit: on a busy 2-core machine Snakemake's
+    summary of the tiny study alone took 3.5 minutes."""
+    args = ["--configfile", *configs]
+    summary = snakemake(repo, "--cores", "1", "--summary", *args, timeout=600).stdout
+    lines = [line.split("\t", 1)[0] for line in summary.splitlines() if "\t" in line][1:]
+    assert lines, summary
+    for line in lines:
+        path = repo / line
+        if path.suffix:  # the only extension-less outputs are make_dataset's folders
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+        else:
+            path.mkdir(parents=True, exist_ok=True)
+    snakemake(repo, "--cores", "1", "--touch", "--forceall", *args, timeout=600)
+    return lines
+
+
 def _two_subject_config(repo: Path) -> str:
     (repo / "two_subjects.yaml").write_text(yaml.safe_dump(TWO_SUBJECTS))
     return "two_subjects.yaml"
@@ -190,7 +208,7 @@ def slurm_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("slurm")
     repo = copy_repo(root / "repo")
     configs = [TINY]
-    outputs = fake_complete_run(repo, *configs)
+    outputs = _fake_complete(repo, *configs)
     shipped = yaml.safe_load((repo / "workflow/profiles/slurm/config.yaml").read_text())
     profile = _test_profile(repo, root / "profile")
     bin_dir, log = root / "bin", root / "log"
@@ -218,7 +236,7 @@ def slurm_run(tmp_path_factory):
     env = workflow_env(repo, path_prefix=[bin_dir])
     env.update(STANDIN_LOG=str(log), STANDIN_ACCOUNT=ACCOUNT)
     proc = snakemake(repo, *targets, "--force", "--workflow-profile", str(profile), "--configfile", *configs,
-                     env=env, timeout=600, check=False)
+                     env=env, timeout=900, check=False)
     return {"proc": proc, "repo": repo, "log": log, "targets": targets, "shipped": shipped,
             "rules": {**rerun, **removed}}
 
@@ -359,7 +377,7 @@ def test_the_nsd_config_with_the_profile_gives_a_gpu_to_every_job_that_uses_cuda
     profile.mkdir()
     (profile / "config.yaml").write_text(yaml.safe_dump({**shipped, "executor": "dryrun"}))
     proc = snakemake(repo, "all", "cross_subject", "--dry-run", "--workflow-profile", str(profile),
-                     "--configfile", TINY, _two_subject_config(repo), "nsd_on_simulated.yaml", timeout=150)
+                     "--configfile", TINY, _two_subject_config(repo), "nsd_on_simulated.yaml", timeout=600)
     jobs = _dry_run_jobs(proc.stdout)
     on_cuda = [job for job in jobs if "--device cuda" in job["shell"]]
     assert {job["rule"] for job in on_cuda} == TORCH_RULES, sorted({job["rule"] for job in jobs})
@@ -387,7 +405,7 @@ def test_gpus_asked_for_with_gres_are_refused_for_training(tmp_path):
     (profile / "config.yaml").write_text(yaml.safe_dump({**shipped, "executor": "dryrun"}))
     decoder = "results/tiny/models/sub-01_image_decoder_seed0.pt"
     proc = snakemake(repo, decoder, "--dry-run", "--workflow-profile", str(profile), "--configfile", TINY,
-                     timeout=150, check=False)
+                     timeout=600, check=False)
     assert proc.returncode != 0
     message = proc.stdout + proc.stderr
     assert "gres='gpu:a100:2'" in message and "`gpu: N`" in message, message[-3000:]
