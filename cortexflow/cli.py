@@ -56,6 +56,11 @@ OPTION_HELP = {
     "device": "where models run; auto picks cuda when present",
     "out": "output file",
     "ground_truth": "the simulator's ground-truth folder of the subject (noise ceiling)",
+    "expdesign": "NSD's nsddata/experiments/nsd/nsd_expdesign.mat",
+    "roi": "NSD ROI file whose voxels (label >= 1) are decoded (roi/nsdgeneral.nii.gz)",
+    "regions": "NSD ROI label files that split the ROI into regions (roi/streams.nii.gz ...)",
+    "region_tables": "their FreeSurfer colour tables naming the labels (label/<name>.mgz.ctab)",
+    "stim_info": "NSD's nsd_stim_info_merged.csv (adds COCO ids)",
 }
 CHOICES = {"modality": ("image", "audio", "text"), "device": ("auto", "cpu", "cuda")}
 
