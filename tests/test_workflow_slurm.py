@@ -370,7 +370,7 @@ def test_the_nsd_config_with_the_profile_gives_a_gpu_to_every_job_that_uses_cuda
     nsd = yaml.safe_load((repo / "docs/nsd-scale.yaml").read_text())
     assert nsd["device"] == "cuda"
     for key in ("study", "data", "rois", "glm", "dataset"):  # a user's files; the model, device, sampling stay
-        nsd.pop(key)
+        nsd.pop(key, None)
     (repo / "nsd_on_simulated.yaml").write_text(yaml.safe_dump(nsd))
     shipped = yaml.safe_load((repo / "workflow/profiles/slurm/config.yaml").read_text())
     profile = tmp_path / "profile"
