@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
+import collections
 import sys
 
 import pytest
-
-# The seed library's own tests and example scripts are fixtures, run in
-# subprocesses by tests/test_seed_suite.py and tests/test_seed_examples.py
-# (their own conftest and pytest.ini; expected differences listed there).
-collect_ignore = ["seed_tests", "seed_examples"]
 
 
 @pytest.fixture(autouse=True)
@@ -27,3 +23,13 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Run the modules that hold slow (workflow) tests first, the one with the
+    most slow tests first, each module in its own file order. With pytest-xdist
+    (``-n 2 --dist loadfile``) the long workflow runs then start at once on both
+    workers and the short tests fill in around them, instead of a long run
+    starting last; without xdist only the order of whole modules changes."""
+    slow = collections.Counter(item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -slow[item.nodeid.split("::")[0]])
