@@ -9,9 +9,8 @@ creates the files it is asked to write, so the test exercises submission, not
 the stages.
 
 The tiny study is made to look complete, and four jobs are rerun through the
-profile: train_decoder with two GPUs (torchrun), a one-GPU job (encode_latents,
-which the profile once left on the CPU partition), a CPU job (glm_betas) and
-evaluate, which is a cluster job too. The targets are chosen so that no job
+profile: train_decoder with two GPUs (torchrun), a one-GPU job (sample), a CPU
+job (glm_betas) and evaluate, which is a cluster job too. The targets are chosen so that no job
 reruns another's input. A dry run of docs/nsd-scale.yaml
 (`device: cuda`) with the profile checks that every job given `--device cuda`
 is given a GPU.
@@ -223,7 +222,9 @@ def slurm_run(tmp_path_factory):
     # reruns). Four jobs keep the test short on a busy machine (each job is a Snakemake run of
     # its own); the dry run below checks the resources of every rule's jobs, cross-subject
     # included, and the plugin turns them into sbatch options the same way.
-    rerun = {"encode_latents": one("/latents/audio.npz")}
+    # (encode_latents would rerun fit_baseline, train_decoder and sample of its modality: its GPU
+    # request is checked by the dry run)
+    rerun = {"sample": one("/recon/sub-01_image_seed1.npz")}
     removed = {
         "train_decoder": one("/sub-01_image_decoder_seed0.pt"),
         "glm_betas": next(p for p in outputs if "sub-01_task-text_" in p and p.endswith("_betas.nii.gz")),
@@ -271,7 +272,7 @@ def test_torch_jobs_get_one_gpu_on_one_node_in_the_gpu_partition(slurm_run):
     shipped = slurm_run["shipped"]
     submitted = _submitted_by_rule(slurm_run["log"])
     single = sorted(set(submitted) & TORCH_RULES - {"train_decoder"})
-    assert single == ["encode_latents"], single
+    assert single == ["sample"], single
     for rule in single:
         argv = submitted[rule]["argv"]
         assert "--gpus=1" in argv and not any(a.startswith("--gres") for a in argv), (rule, argv)
@@ -304,7 +305,7 @@ def test_cpu_jobs_get_no_gpu_and_the_default_partition(slurm_run):
 def test_evaluate_is_a_cluster_job_and_jobs_run_the_cortexflow_command(slurm_run):
     calls = [r["argv"] for r in _records(slurm_run["log"], "cortexflow")]
     stages = sorted(argv[0] for argv in calls)
-    assert stages == ["encode-latents", "evaluate", "glm-betas", "train-decoder"], stages
+    assert stages == ["evaluate", "glm-betas", "sample", "train-decoder"], stages
     assert "evaluate" in _submitted_by_rule(slurm_run["log"])  # not run on the submitting host
     train = next(argv for argv in calls if argv[0] == "train-decoder")
     assert _option(train, "--modality") == "image" and _option(train, "--device") == "cpu"
