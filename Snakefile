@@ -15,6 +15,7 @@ from pathlib import Path
 from snakemake.utils import min_version
 
 from cortexflow.config import validate_config
+from cortexflow.rule_env import render_rule_env
 
 min_version("9.0")
 
@@ -27,10 +28,18 @@ shell.prefix(
 )
 
 
-# The rules' conda environment (workflow/envs/cortexflow.yml) installs this
-# checkout with `pip install -e ${CORTEXFLOW_SOURCE}`: Snakemake copies env files
-# away from the repository, so only an absolute path finds the package.
+# The rules' conda environment (--software-deployment-method conda): the pins of
+# workflow/envs/cortexflow.yml and this checkout's package, installed from
+# ${CORTEXFLOW_SOURCE} (Snakemake copies env files away from the repository, so
+# only an absolute path finds it). Snakemake keys an environment by its file's
+# content, so the rules get a copy of that file named and headed by this
+# checkout's source fingerprint: an edit of the code gets its own environment,
+# and checkouts sharing a --conda-prefix never run each other's code
+# (cortexflow.rule_env, docs/environments.md).
 os.environ.update(CORTEXFLOW_SOURCE=str(Path(workflow.basedir).resolve()))
+RULE_ENV = str(
+    render_rule_env(workflow.basedir, Path(".snakemake") / "cortexflow-envs")
+)
 
 
 configfile: "config.yaml"

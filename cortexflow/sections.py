@@ -31,12 +31,12 @@ SECTIONS: dict[str, str] = {
     "glm": "cortexflow.preprocess.glm:GLMConfig",
     "rois": "cortexflow.preprocess.rois:ROIConfig",
     "dataset": "cortexflow.preprocess.dataset:DatasetConfig",
-    "vae": "cortexflow.stages.params:VAEParams",
-    "decoder": "cortexflow.stages.params:DecoderParams",
+    "vae": "cortexflow.models.params:VAEParams",
+    "decoder": "cortexflow.models.params:DecoderParams",
     "baseline": "cortexflow.models.ridge:RidgeConfig",
-    "sampling": "cortexflow.stages.params:SamplingParams",
+    "sampling": "cortexflow.models.params:SamplingParams",
     "evaluation": "cortexflow.evaluation.evaluate:EvaluationConfig",
-    "cross_subject": "cortexflow.stages.cross_subject:CrossSubjectParams",
+    "cross_subject": "cortexflow.models.params:CrossSubjectParams",
 }
 PER_MODALITY: dict[str, tuple[str, ...]] = {
     "vae": ("image", "audio"),
@@ -215,10 +215,16 @@ def parse_section(config: Mapping, section: str, modality: str | None = None):
         if not isinstance(values, Mapping):
             raise CortexflowInputError(f"config key '{section}' is {values!r}; expected a mapping of modality to settings",
                                        fix=f"write {section}: {{image: {{...}}, ...}} (see {SCHEMA})")
-        from cortexflow.stages.params import modality_params
-
         return modality_params(values, modality, cls, section)
     return from_params(cls, values, section)
+
+
+def modality_params(params: Mapping, modality: str, cls: type, section: str):
+    """The dataclass ``cls`` of one modality's sub-section of config section ``section`` (e.g. ``decoder.image``)."""
+    if modality not in params:
+        raise CortexflowInputError(f"the config section {section} has no entry for modality {modality!r}",
+                                   fix=f"add {section}: {{{modality}: {{...}}}} (an empty mapping takes the defaults)")
+    return from_params(cls, params[modality] or {}, f"{section}.{modality}")
 
 
 def from_params(cls: type, values: Mapping | None, key: str):

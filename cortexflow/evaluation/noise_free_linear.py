@@ -1,7 +1,7 @@
 """The simulated study's noise-free linear decoder (method ``noise_free_linear``).
 
 Not a noise ceiling in NSD's sense (that is the per-voxel ncsnr of the
-test repeats, ``preprocess.dataset.noise_ceiling``, reported in summary.md): a
+test repeats, ``preprocess.ncsnr.noise_ceiling``, reported in summary.md): a
 linear decoder without measurement noise, which a nonlinear decoder may exceed.
 
 The simulator knows every tuned voxel's noise-free response amplitude to every

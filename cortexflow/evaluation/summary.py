@@ -126,7 +126,7 @@ def sampling_markdown(sampling: dict | None, modalities) -> list[str]:
     """One legend line per modality: how its decoder outputs were drawn (config ``sampling``)."""
     from dataclasses import asdict
 
-    from cortexflow.stages.params import SamplingParams
+    from cortexflow.models.params import SamplingParams
 
     lines = []
     for modality in modalities:
@@ -305,7 +305,7 @@ def ncsnr_table(datasets: list[str]) -> pd.DataFrame:
 
     Read from make_dataset's ``voxels.parquet`` (every voxel, selected or not) and ``test.parquet``.
     """
-    from cortexflow.preprocess.dataset import noise_ceiling
+    from cortexflow.preprocess.ncsnr import noise_ceiling
 
     rows = []
     for folder in datasets:

@@ -88,7 +88,7 @@ class FlowConfig:
     defaults (the seed's), the one home of the defaults of ``integrate`` and of
     the decoders' ``sample_latents``/``reconstruct``; the workflow's own
     defaults (fewer steps, guidance 2, chosen on the validation fold) are
-    ``cortexflow.stages.params.SamplingParams``, config section ``sampling``.
+    ``cortexflow.models.params.SamplingParams``, config section ``sampling``.
     """
 
     num_steps: int = 50

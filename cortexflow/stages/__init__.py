@@ -12,7 +12,8 @@ The modules mirror ``workflow/rules/*.smk``:
   they drive;
 - models.smk's rules each have a module: ``vae`` (pretrain_vae,
   encode_latents), ``baseline`` (fit_baseline), ``decoder`` (train_decoder) and
-  ``sample`` (sample), with their config sections' dataclasses in ``params``;
+  ``sample`` (sample); ``params`` gathers what they import for their config
+  sections (the dataclasses live in ``cortexflow.models.params``);
 - ``cross_subject`` (cross_subject.smk): shared training across subjects and
   the data-efficiency curve of a held-out subject.
 """

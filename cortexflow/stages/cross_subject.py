@@ -25,7 +25,7 @@ test items: the settings are fixed in the config before the curve is seen.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -38,8 +38,7 @@ from cortexflow.models.latents import load_latents
 from cortexflow.stages.decoder import (_build_flow_decoder, _final_loss, _run_tag, _training_config,
                                        latent_flow_batches)
 from cortexflow.devices import resolve_device
-from cortexflow.sections import from_mapping
-from cortexflow.stages.params import DecoderParams, SamplingParams
+from cortexflow.stages.params import CrossSubjectParams, DecoderParams
 from cortexflow.stages.vae import load_vae
 
 log = logging.getLogger("cortexflow.stages.cross_subject")
@@ -48,49 +47,6 @@ log = logging.getLogger("cortexflow.stages.cross_subject")
 STAGE_SECTIONS = "cross_subject"
 
 INITS = ("shared", "scratch")
-
-
-@dataclass
-class CrossSubjectParams:
-    """Config ``cross_subject``: the held-out subjects, the trial budgets and the
-    model and training settings of both arms."""
-
-    modality: str = "image"
-    held_out: list[str] = field(default_factory=list)  # empty: every subject in turn
-    runs: list[int] = field(default_factory=lambda: [1, 2, 5, 10])
-    shared_dim: int = 128
-    # DecoderParams of both arms (prior_conditioning is off)
-    decoder: dict = field(default_factory=lambda: {"hidden_dim": 64, "depth": 2, "num_heads": 4})
-    shared_steps: int = 600
-    finetune_steps: int = 150  # both arms, at every budget
-    adapter_steps: int = 30  # fine-tuning first trains the new adapter alone (LP-FT, Kumar et al. 2022)
-    finetune_trainable: str = "all"  # after the adapter steps: "all" or "adapter"
-    sampling: dict = field(default_factory=lambda: {"num_steps": 20, "n_samples": 2})
-    n_boot: int = 1000
-
-    @classmethod
-    def from_params(cls, params: dict | None, source: str | None = None) -> "CrossSubjectParams":
-        p = from_mapping(cls, params, "cross_subject")
-        if p.modality not in ("image", "audio"):
-            raise CortexflowInputError(f"cross_subject.modality must be image or audio, got {p.modality!r}")
-        if not p.runs or any(int(k) < 1 for k in p.runs):
-            raise CortexflowInputError(f"cross_subject.runs must list positive run counts, got {p.runs}")
-        if p.finetune_trainable not in ("all", "adapter"):
-            raise CortexflowInputError(f"cross_subject.finetune_trainable must be all or adapter, "
-                                       f"got {p.finetune_trainable!r}")
-        if not 0 <= p.adapter_steps <= p.finetune_steps:
-            raise CortexflowInputError("cross_subject.adapter_steps must lie in [0, finetune_steps]")
-        if p.shared_steps < 1 or p.finetune_steps < 1:
-            raise CortexflowInputError("cross_subject.shared_steps and finetune_steps must be >= 1")
-        return p
-
-    def decoder_params(self, steps: int) -> DecoderParams:
-        d = from_mapping(DecoderParams, {**self.decoder, "steps": steps}, "cross_subject.decoder")
-        d.prior_conditioning = False
-        return d
-
-    def sampling_params(self) -> SamplingParams:
-        return from_mapping(SamplingParams, self.sampling, "cross_subject.sampling")
 
 
 def _subject_data(dataset: str, latents_path: str, lat, rows: np.ndarray | None = None):
@@ -191,8 +147,8 @@ def train_shared_decoder_stage(*, datasets: list[str], subjects: list[str], out:
 def cross_subject_fit_stage(*, dataset: str, subject: str, runs: int, init: str, out: str, checkpoint_dir: str,
                             params: dict, latents: str, vae: str, shared: str | None = None, seed: int = 0,
                             threads: int = 1, device: str = "cpu") -> None:
-    """Train the held-out subject's decoder on its first ``runs`` runs (from the shared
-    decoder or from scratch) and reconstruct its test stimuli."""
+    """Train the held-out subject's decoder on the trials of its first N runs (N: ``runs``), from the
+    shared decoder or from scratch, and reconstruct its test stimuli."""
     from cortexflow.models.cross_subject import adapt_to_subject, set_trainable
     from cortexflow.models.inference import reconstruct_first_and_mean
     from cortexflow.models.io import load_model

@@ -38,7 +38,7 @@ rule train_shared_decoder:
         mem_mb=8000,
         runtime=120,
     conda:
-        "../envs/cortexflow.yml"
+        RULE_ENV
     shell:
         "cortexflow train-shared-decoder --datasets {input.datasets} --subjects {params.subjects}"
         " --latents {input.latents} --vae {input.vae} --out {output} --checkpoint-dir {params.checkpoints}"
@@ -69,7 +69,7 @@ rule cross_subject_fit:
         mem_mb=8000,
         runtime=60,
     conda:
-        "../envs/cortexflow.yml"
+        RULE_ENV
     shell:
         "cortexflow cross-subject-fit --dataset {input.dataset} --subject {wildcards.held} --runs {wildcards.runs}"
         " --init {wildcards.init} {params.shared} --latents {input.latents} --vae {input.vae} --out {output.recon}"
@@ -98,7 +98,7 @@ rule cross_subject_curve:
         mem_mb=4000,
         runtime=20,
     conda:
-        "../envs/cortexflow.yml"
+        RULE_ENV
     shell:
         "cortexflow cross-subject-curve --recons {input.recons} --out-curve {output.curve}"
         " --out-comparisons {output.comparisons} --out-markdown {output.markdown} --out-figure {output.figure}"

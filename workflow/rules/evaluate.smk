@@ -22,7 +22,7 @@ rule evaluate:
         mem_mb=4000,
         runtime=20,
     conda:
-        "../envs/cortexflow.yml"
+        RULE_ENV
     shell:
         "cortexflow evaluate --recon {input.recon} --out-summary {output.summary} --out-items {output.per_item}"
         " --out-comparisons {output.comparisons} --subject {wildcards.subject} --modality {wildcards.modality}"
@@ -66,7 +66,7 @@ rule summarize:
         mem_mb=4000,
         runtime=10,
     conda:
-        "../envs/cortexflow.yml"
+        RULE_ENV
     shell:
         "cortexflow summarize --summaries {input.summaries} --comparisons {input.comparisons}"
         " --recons {input.recons} --items {input.item_scores} --datasets {input.datasets} --stimuli {input.stimuli}"

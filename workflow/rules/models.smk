@@ -28,7 +28,7 @@ rule pretrain_vae:
         mem_mb=8000,
         runtime=120,
     conda:
-        "../envs/cortexflow.yml"
+        RULE_ENV
     shell:
         "cortexflow pretrain-vae --stimuli {input.stimuli} --modality {wildcards.modality} --out {output}"
         " --params {params.section:q} --seed {params.seed} --threads {threads} --device {params.device}"
@@ -56,7 +56,7 @@ rule encode_latents:
         mem_mb=8000,
         runtime=30,
     conda:
-        "../envs/cortexflow.yml"
+        RULE_ENV
     shell:
         "cortexflow encode-latents --stimuli {input.stimuli} --modality {wildcards.modality}"
         " --vae {input.vae} --out {output} --params {params.section:q} --threads {threads}"
@@ -85,7 +85,7 @@ rule fit_baseline:
         mem_mb=8000,
         runtime=60,
     conda:
-        "../envs/cortexflow.yml"
+        RULE_ENV
     shell:
         "cortexflow fit-baseline --dataset {input.dataset} --stimuli {input.stimuli} {params.latents}"
         " --out {output.ridge} --out-baselines {output.baselines} --params {params.section:q}"
@@ -120,7 +120,7 @@ rule train_decoder:
         mem_mb=8000,
         runtime=240,
     conda:
-        "../envs/cortexflow.yml"
+        RULE_ENV
     shell:
         "{params.launcher} train-decoder --dataset {input.dataset} --modality {wildcards.modality}"
         " --stimuli {input.stimuli} {params.latents}"
@@ -150,7 +150,7 @@ rule sample:
         mem_mb=8000,
         runtime=60,
     conda:
-        "../envs/cortexflow.yml"
+        RULE_ENV
     shell:
         "cortexflow sample --dataset {input.dataset} --modality {wildcards.modality}"
         " --decoder {input.decoder} --stimuli {input.stimuli} {params.latents} {params.ground_truth} --out {output}"

@@ -37,7 +37,7 @@ if NSD:
             mem_mb=8000,
             runtime=60,
         conda:
-            "../envs/cortexflow.yml"
+            RULE_ENV
         shell:
             "cortexflow nsd-betas --subject {wildcards.subject} --expdesign {input.expdesign}"
             " --betas {input.betas} --roi {input.roi} {params.regions}"
@@ -62,7 +62,7 @@ if NSD:
             mem_mb=4000,
             runtime=60,
         conda:
-            "../envs/cortexflow.yml"
+            RULE_ENV
         shell:
             "cortexflow nsd-stimuli --trials {input.trials} --expdesign {input.expdesign}"
             " --stimuli {input.stimuli} {params.stim_info} --out {output.table}"

@@ -23,7 +23,7 @@ rule glm_betas:
         mem_mb=4000,
         runtime=20,
     conda:
-        "../envs/cortexflow.yml"
+        RULE_ENV
     shell:
         "cortexflow glm-betas --bold {input.bold} --events {input.events} --confounds {input.confounds}"
         " --mask {input.mask} {params.sidecar} --stimuli {input.stimuli} {params.glmsingle}"
@@ -51,7 +51,7 @@ rule extract_rois:
         mem_mb=8000,
         runtime=20,
     conda:
-        "../envs/cortexflow.yml"
+        RULE_ENV
     shell:
         "cortexflow extract-rois --betas {input.betas} --trials {input.trials}"
         " --out-betas {output.betas} --out-trials {output.trials} --out-voxels {output.voxels}"
@@ -76,7 +76,7 @@ rule make_dataset:
         mem_mb=4000,
         runtime=10,
     conda:
-        "../envs/cortexflow.yml"
+        RULE_ENV
     shell:
         "cortexflow make-dataset --roi-betas {input.roi_betas} --trials {input.trials}"
         " --voxels {input.voxels} --stimuli {input.stimuli} --out-dir {output}"

@@ -26,7 +26,7 @@ if SIMULATED:
             mem_mb=4000,
             runtime=30,
         conda:
-            "../envs/cortexflow.yml"
+            RULE_ENV
         shell:
             "cortexflow simulate-study --out {params.out} --params {params.section:q}"
             " --seed {params.seed} --log {log}"
