@@ -71,11 +71,11 @@ include: "workflow/rules/qc.smk"
 include: "workflow/rules/cross_subject.smk"  # its own target, `snakemake cross_subject`; not in rule all
 
 
-# Cheap bookkeeping on small tables: run on the submitting host, never queued
-# on a cluster.
+# The target rules and the summary's tables run on the submitting host; evaluate
+# reads every reconstruction whole (gigabytes at NSD scale), so it is a cluster
+# job like the others.
 localrules:
     all,
-    evaluate,
     summarize,
     cross_subject,
     qc_rois,

@@ -252,3 +252,33 @@ def set_threads(n: int | None) -> None:
     import torch
 
     torch.set_num_threads(max(1, int(n)))
+
+
+def npz_memmap(path: str | Path, name: str) -> np.ndarray:
+    """Array ``name`` of the ``.npz`` at ``path``, memory-mapped read-only: its rows are read from
+    disk when indexed, so a process that needs a few rows of a large array does not hold it all.
+
+    ``np.savez`` (``save_npz``) stores each array uncompressed in the zip: an ``.npy`` file whose
+    bytes can be mapped where they lie. A compressed member (``np.savez_compressed``), an empty
+    array or one of Python objects is read whole instead.
+    """
+    import struct
+
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo(f"{name}.npy")
+    if info.compress_type == zipfile.ZIP_STORED:
+        with open(path, "rb") as f:
+            f.seek(info.header_offset)
+            local = f.read(30)  # the zip's local file header: name and extra-field lengths at bytes 26-29
+            if local[:4] == b"PK\x03\x04":
+                name_length, extra_length = struct.unpack("<HH", local[26:30])
+                f.seek(info.header_offset + 30 + name_length + extra_length)
+                version = np.lib.format.read_magic(f)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, fortran_order, dtype = read_header(f)
+                if not dtype.hasobject and int(np.prod(shape)) > 0:
+                    return np.memmap(path, dtype=dtype, mode="r", offset=f.tell(), shape=shape,
+                                     order="F" if fortran_order else "C")
+    with np.load(path, allow_pickle=False) as f:
+        return f[name]

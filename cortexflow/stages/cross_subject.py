@@ -162,7 +162,7 @@ def cross_subject_fit_stage(*, dataset: str, subject: str, runs: int, init: str,
     column and steps counted over both phases."""
     from cortexflow.training.history import curve_path
     from cortexflow.models.cross_subject import adapt_to_subject, set_trainable
-    from cortexflow.models.inference import reconstruct_in_batches
+    from cortexflow.models.inference import reconstruct_first_and_mean
     from cortexflow.models.io import load_model
     from cortexflow.models.ridge import RidgeDecoder
     from cortexflow.stages.sample import _decode_to_stimulus, _from_model_space
@@ -211,14 +211,13 @@ def cross_subject_fit_stage(*, dataset: str, subject: str, runs: int, init: str,
     rows = lat.rows(test_ids, latents)
     s = c.sampling_params()
     k = max(1, s.n_samples)
-    samples = reconstruct_in_batches(model, torch.from_numpy(X_test), batch_size=s.batch_size, seed=seed,
-                                     num_samples=k, num_steps=s.num_steps, cfg_scale=s.cfg_scale, solver=s.solver,
-                                     shift=s.shift, precision=s.precision,
-                                     noise_scale=s.noise_scale).numpy()
-    samples = _from_model_space(samples, lat, c.modality)
-    arrays = {"ids": test_ids, "truth": lat.targets[rows], "dit": samples[:, 0]}
-    if k > 1:
-        arrays[f"dit_mean{k}"] = samples.mean(axis=1)
+    first, mean = reconstruct_first_and_mean(
+        model, torch.from_numpy(X_test), to_stimulus=lambda x: _from_model_space(x, lat, c.modality),
+        batch_size=s.batch_size, seed=seed, num_samples=k, num_steps=s.num_steps, cfg_scale=s.cfg_scale,
+        solver=s.solver, shift=s.shift, precision=s.precision, noise_scale=s.noise_scale)
+    arrays = {"ids": test_ids, "truth": lat.targets[rows], "dit": first}
+    if mean is not None:
+        arrays[f"dit_mean{k}"] = mean
     if init == "scratch":  # the linear reference on the same trials
         ridge = RidgeDecoder(seed=seed).fit(X, Y.reshape(len(Y), -1), groups=ids)
         z = ridge.predict(X_test).reshape(len(X_test), *Y.shape[1:]).astype(np.float32)

@@ -43,7 +43,7 @@ def sample_stage(*, dataset: str, modality: str, decoder: str, out: str, params:
     from cortexflow.models.baselines import load_baselines
     from cortexflow.data.stimulus_arrays import load_sentences
     from cortexflow.models.ridge import load_ridge
-    from cortexflow.models.inference import reconstruct_in_batches, texts_in_batches
+    from cortexflow.models.inference import reconstruct_first_and_mean, texts_in_batches
     from cortexflow.models.io import load_model
     from cortexflow.preprocess.dataset import load_dataset
 
@@ -103,14 +103,15 @@ def sample_stage(*, dataset: str, modality: str, decoder: str, out: str, params:
                 arrays["noise_free_linear"] = _decode_to_stimulus(model, z_clean.astype(np.float32), lat, modality,
                                                                   p.batch_size)
         k = max(1, p.n_samples)
-        # batch by batch on the model's device; each trial's noise from its own seed (models/inference.py)
-        samples = reconstruct_in_batches(model, brain_x, prior, batch_size=p.batch_size, seed=seed, num_samples=k,
-                                         num_steps=p.num_steps, cfg_scale=p.cfg_scale, solver=p.solver, shift=p.shift,
-                                         precision=p.precision, noise_scale=p.noise_scale).numpy()
-        samples = _from_model_space(samples, lat, modality)
-        arrays["dit"] = samples[:, 0]
-        if k > 1:
-            arrays[f"dit_mean{k}"] = samples.mean(axis=1)
+        # batch by batch on the model's device; each trial's noise from its own seed; the samples reduced
+        # to the first and the mean as they are drawn (models/inference.py)
+        first, mean = reconstruct_first_and_mean(
+            model, brain_x, prior, to_stimulus=lambda x: _from_model_space(x, lat, modality), batch_size=p.batch_size,
+            seed=seed, num_samples=k, num_steps=p.num_steps, cfg_scale=p.cfg_scale, solver=p.solver, shift=p.shift,
+            precision=p.precision, noise_scale=p.noise_scale)
+        arrays["dit"] = first
+        if mean is not None:
+            arrays[f"dit_mean{k}"] = mean
     _io.save_npz(out, **arrays)
     log.info("sample %s: %d test stimuli, methods %s; wrote %s", modality, len(ids),
              sorted(k for k in arrays if k not in ("ids", "truth")), out)
@@ -131,7 +132,9 @@ def _other_baselines(model, X: np.ndarray, z_ridge: np.ndarray, others, lat: Lat
     nearest = rows[nearest_by_correlation(z_ridge, lat.latents[rows], others.nn_k)]  # (n, k) rows of the cache
     out["nn"] = lat.vae_reconstructions[nearest[:, 0]]
     averaged = lat.targets if others.nn_source == "original" else lat.vae_reconstructions
-    out[f"nn_mean{others.nn_k}"] = averaged[nearest].mean(axis=1)
+    # a few test items at a time: the (n, k) neighbours at once would be k copies of the test set
+    out[f"nn_mean{others.nn_k}"] = np.concatenate([averaged[nearest[i:i + batch_size]].mean(axis=1)
+                                                   for i in range(0, len(nearest), batch_size)])
     return out
 
 

@@ -4,6 +4,8 @@
 import json
 import os
 
+from snakemake.exceptions import WorkflowError
+
 from cortexflow.errors import CortexflowInputError
 from cortexflow.fingerprint import stage_fingerprint
 from cortexflow.stages.params import training_seeds
@@ -199,6 +201,12 @@ def decoder_launcher(wildcards, resources):
     """The command that starts train_decoder: cortexflow itself, or torchrun with
     one process per GPU when the profile gives the job several (resource gpu);
     the processes train one model data-parallel (cortexflow.training.distributed)."""
+    if "gpu" in str(getattr(resources, "gres", "") or ""):
+        raise WorkflowError(
+            f"train_decoder asks for GPUs with gres={resources.gres!r}: one process would get them all. "
+            "Fix: in the profile's set-resources, give train_decoder `gpu: N` (and `gpu_model: <model>` if your "
+            "cluster needs one) instead of `gres`; it then runs one process per GPU."
+        )
     n_gpus = int(getattr(resources, "gpu", 0) or 0)
     if n_gpus <= 1:
         return "cortexflow"
