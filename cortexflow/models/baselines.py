@@ -143,7 +143,8 @@ def nearest_by_correlation(predicted: np.ndarray, candidates: np.ndarray, k: int
 
 def choose_retrieval(oof_latents: np.ndarray, trial_ids: np.ndarray, folds: np.ndarray, candidate_ids: np.ndarray,
                      candidate_latents: np.ndarray, sources: dict[str, np.ndarray], truth: np.ndarray,
-                     score, k_grid=(2, 4, 8, 16, 32, 64)) -> tuple[int, str, "object"]:
+                     score, k_grid=(2, 4, 8, 16, 32, 64), *, candidate_rows: np.ndarray | None = None,
+                     truth_rows: np.ndarray | None = None, max_elements: int = 50_000_000) -> tuple[int, str, "object"]:
     """The (k, source) of ``nn_mean<k>`` that scores best on the training trials, and the whole table.
 
     Each training trial's out-of-fold ridge prediction (``oof_latents``, from the
@@ -154,11 +155,16 @@ def choose_retrieval(oof_latents: np.ndarray, trial_ids: np.ndarray, folds: np.n
     scored against the trial's own stimulus (``truth``, one row per trial) with
     ``score(pred, truth) -> per-trial scores``. Returns the best mean score's k
     and source (ties: the smaller k, then the first source) and a DataFrame of
-    every (k, source, score, n_trials).
+    every (k, source, score, n_trials). ``sources`` and ``truth`` may be whole
+    memory-mapped caches, with ``candidate_rows`` / ``truth_rows`` naming the
+    rows of the candidates and of each trial's stimulus: only the neighbours of
+    a few trials at a time (at most ``max_elements`` values) are read.
     """
     import pandas as pd
 
     trial_ids, candidate_ids = np.asarray(trial_ids).astype(str), np.asarray(candidate_ids).astype(str)
+    candidate_rows = np.arange(len(candidate_ids)) if candidate_rows is None else np.asarray(candidate_rows)
+    truth_rows = np.arange(len(trial_ids)) if truth_rows is None else np.asarray(truth_rows)
     fold_of = {}
     for tid, fold in zip(trial_ids, folds):
         fold_of.setdefault(tid, int(fold))
@@ -174,11 +180,18 @@ def choose_retrieval(oof_latents: np.ndarray, trial_ids: np.ndarray, folds: np.n
         kmax = min(max(k_grid), len(pool))
         nearest = pool[nearest_by_correlation(oof_latents[trials], candidate_latents[pool], kmax)]  # (n_f, kmax)
         for name, arrays in sources.items():
-            running = np.cumsum(arrays[nearest].astype(np.float64), axis=1)  # sums of the 1, 2, ... nearest
-            for k in k_grid:
-                kk = min(k, kmax)
-                pred = (running[:, kk - 1] / kk).astype(np.float32)
-                totals[(k, name)] += float(np.sum(score(pred, truth[trials])))
+            # a few trials at a time: their k nearest stimuli at once would be kmax copies of the set
+            size = int(np.prod(arrays.shape[1:]))
+            chunk = max(1, int(max_elements // (kmax * size)))
+            for start in range(0, len(trials), chunk):
+                rows = slice(start, start + chunk)
+                picked = candidate_rows[nearest[rows]]  # (chunk, kmax) rows of the source arrays
+                running = np.cumsum(np.asarray(arrays[picked.ravel()], dtype=np.float64).reshape(
+                    *picked.shape, *arrays.shape[1:]), axis=1)  # sums of the 1, 2, ... nearest
+                for k in k_grid:
+                    kk = min(k, kmax)
+                    pred = (running[:, kk - 1] / kk).astype(np.float32)
+                    totals[(k, name)] += float(np.sum(score(pred, np.asarray(truth[truth_rows[trials[rows]]]))))
         n += len(trials)
     if n == 0:
         raise CortexflowInputError("no training trial could be scored for the retrieval baseline's k",

@@ -147,15 +147,16 @@ def _tune_retrieval(fitted, lat, latents: str, stimulus_ids: np.ndarray, oof: np
 
     start = time.perf_counter()
     candidates = fitted.training_ids
-    crow = lat.rows(candidates, latents)
-    sources = {"vae": lat.vae_reconstructions[crow], "original": lat.targets[crow]}
+    sources = {"vae": lat.vae_reconstructions, "original": lat.targets}  # memory-mapped: read as needed
     if config.nn_source != "auto":
         sources = {config.nn_source: sources[config.nn_source]}
     grid = (config.nn_k,) if config.nn_k != "auto" else config.nn_k_grid
     score = M.ssim if lat.targets.ndim == 4 else M.mel_correlation
     folds = grouped_folds(len(stimulus_ids), config.cv_folds, stimulus_ids, seed)  # the ridge's own folds
-    k, source, table = choose_retrieval(oof, stimulus_ids, folds, candidates, lat.latents[crow], sources,
-                                        lat.targets[lat.rows(stimulus_ids, latents)], score, grid)
+    crow = lat.rows(candidates, latents)
+    k, source, table = choose_retrieval(oof, stimulus_ids, folds, candidates, np.asarray(lat.latents[crow]), sources,
+                                        lat.targets, score, grid, candidate_rows=crow,
+                                        truth_rows=lat.rows(stimulus_ids, latents))
     fitted.nn_k, fitted.nn_source, fitted.nn_tuning = k, source, table
     log.info("nn_mean<k> chosen on %d training trials' out-of-fold predictions (%s, %.1f s): k=%d, %s\n%s",
              int(table["n_trials"].iloc[0]), score.__name__, time.perf_counter() - start, k, source,
