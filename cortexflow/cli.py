@@ -32,7 +32,7 @@ from pathlib import Path
 from cortexflow.errors import CortexflowInputError
 from cortexflow.stages import STAGES, get_stage
 
-ALIASES = {"simulate": "simulate_study"}
+ALIASES = {"simulate": "simulate_study", "check": "check_study"}
 log = logging.getLogger("cortexflow.cli")
 
 # Help of the options the stages share (by keyword name); others get their type.
@@ -56,6 +56,9 @@ OPTION_HELP = {
     "device": "where models run; auto picks cuda when present",
     "out": "output file",
     "ground_truth": "the simulator's ground-truth folder of the subject (noise ceiling)",
+    "configfile": "workflow config file(s), applied over config.yaml in order, as snakemake --configfile",
+    "config": "KEY=VALUE overrides (YAML values, dotted keys nest), as snakemake --config",
+    "headers_only": "read headers and tables only, not the voxels (faster; misses NaN voxels and truncated files)",
 }
 CHOICES = {"modality": ("image", "audio", "text"), "device": ("auto", "cpu", "cuda")}
 
@@ -197,7 +200,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     _setup_logging(args.log, args.verbose)
     name = args._stage
-    kwargs = {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in ("log", "verbose", "config")}
+    # --config is the config file of a stage with --params; check-study's own --config takes key=value
+    own_config = "params" not in inspect.signature(get_stage(name)).parameters
+    kwargs = {k: v for k, v in vars(args).items()
+              if not k.startswith("_") and k not in ("log", "verbose") and (k != "config" or own_config)}
     try:
         if "params" in kwargs:
             params = kwargs["params"]

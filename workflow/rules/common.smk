@@ -26,20 +26,22 @@ LATENT_MODALITIES = [m for m in MODALITIES if m in ("image", "audio")]
 
 wildcard_constraints:
     subject="[A-Za-z0-9]+",
+    ses="(_ses-[A-Za-z0-9]+)?",
     task="[A-Za-z0-9]+",
     run="[A-Za-z0-9]+",
     modality="image|audio|text",
     train_seed="[0-9]+",
 
 
-def run_label(run, session=None):
-    """The label of a run in cortexflow's file names: "01", or "2r01" for run 1 of ses-2.
+def run_label(run):
+    """The run- label in cortexflow's file names: "01"; a run without a run- entity is run 1."""
+    return f"{int(run if run is not None else 1):02d}"
 
-    A run without a run- entity is run 1. The session goes into the label so that
-    runs with the same index in different sessions stay apart.
-    """
-    label = f"{int(run if run is not None else 1):02d}"
-    return f"{session}r{label}" if session else label
+
+def session_part(session):
+    """The ses- entity of a run's derived file names, with its leading "_" ("_ses-02"),
+    or "" for a study without sessions, whose names stay sub-01_task-x_run-01."""
+    return f"_ses-{session}" if session else ""
 
 
 def bids_run_files(subject, task, run):
@@ -56,7 +58,9 @@ def bids_run_files(subject, task, run):
 
 
 def find_study_runs():
-    """{(subject, task, run label): {bold, mask, confounds, sidecar, events}} for the study.
+    """{(subject, ses, task, run label): {bold, mask, confounds, sidecar, events}} for the study,
+    ``ses`` being session_part(session): derived files keep the BIDS entities
+    (sub-01_ses-02_task-images_run-01_betas.nii.gz).
 
     The simulated study's runs are known before it is written (the simulator's
     plan), so the whole DAG exists from the start; a real dataset is read from
@@ -75,7 +79,7 @@ def find_study_runs():
 
         for subject, task, run in planned_runs(config["simulate"]):
             if task in tasks:
-                runs[(subject, task, run_label(run))] = bids_run_files(
+                runs[(subject, "", task, run_label(run))] = bids_run_files(
                     subject, task, run_label(run)
                 )
     else:
@@ -90,7 +94,12 @@ def find_study_runs():
                     for key in ("bold", "mask", "confounds", "sidecar", "events")
                 }
                 runs[
-                    (found.subject, found.task, run_label(found.run, found.session))
+                    (
+                        found.subject,
+                        session_part(found.session),
+                        found.task,
+                        run_label(found.run),
+                    )
                 ] = {
                     key: None if value is None else str(value)
                     for key, value in files.items()
@@ -102,7 +111,7 @@ def find_study_runs():
 
 RUNS = find_study_runs()
 SUBJECTS = (
-    sorted({subject for subject, _, _ in RUNS})
+    sorted({subject for subject, _, _, _ in RUNS})
     if not DATA["subjects"]
     else list(DATA["subjects"])
 )
@@ -121,8 +130,13 @@ def _check_runs():
 
 
 def runs_of(subject, task):
-    """Run labels of one subject and task, in run order (sessions first, then runs)."""
-    return [run for s, t, run in RUNS if s == subject and t == task]
+    """(ses, run label) of each run of one subject and task, in run order (sessions first, then runs)."""
+    return [(ses, run) for s, ses, t, run in RUNS if s == subject and t == task]
+
+
+def betas_prefix(subject, ses, task, run):
+    """glm_betas' outputs of one run, without their suffix (rule glm_betas's output pattern)."""
+    return f"{RESULTS}/betas/sub-{subject}/sub-{subject}{ses}_task-{task}_run-{run}"
 
 
 _check_runs()
@@ -243,19 +257,20 @@ def optional_arg(flag, paths):
 
 # ---------------------------------------------------------------- paths
 def glm_inputs(wildcards):
-    files = RUNS[(wildcards.subject, wildcards.task, wildcards.run)]
+    files = RUNS[(wildcards.subject, wildcards.ses, wildcards.task, wildcards.run)]
     inputs = {key: files[key] for key in ("bold", "events", "confounds", "mask")}
     if files.get("sidecar"):
         inputs["sidecar"] = files["sidecar"]
     if DATA[
         "glmsingle"
     ]:  # betas from GLMsingle: its file and every run's events, in run order
-        inputs["glmsingle"] = DATA["glmsingle"].format(
-            subject=wildcards.subject, task=wildcards.task
+        inputs["glmsingle"] = existing_file(
+            "data.glmsingle",
+            DATA["glmsingle"].format(subject=wildcards.subject, task=wildcards.task),
         )
         inputs["glmsingle_events"] = [
-            RUNS[(wildcards.subject, wildcards.task, run)]["events"]
-            for run in runs_of(wildcards.subject, wildcards.task)
+            RUNS[(wildcards.subject, ses, wildcards.task, run)]["events"]
+            for ses, run in runs_of(wildcards.subject, wildcards.task)
         ]
     return inputs
 
@@ -272,16 +287,48 @@ def glmsingle_arg(wildcards, input):
 
 def run_betas(wildcards):
     return [
-        f"{RESULTS}/betas/sub-{wildcards.subject}/sub-{wildcards.subject}_task-{wildcards.task}_run-{run}_betas.nii.gz"
-        for run in runs_of(wildcards.subject, wildcards.task)
+        betas_prefix(wildcards.subject, ses, wildcards.task, run) + "_betas.nii.gz"
+        for ses, run in runs_of(wildcards.subject, wildcards.task)
     ]
 
 
 def run_trials(wildcards):
     return [
-        f"{RESULTS}/betas/sub-{wildcards.subject}/sub-{wildcards.subject}_task-{wildcards.task}_run-{run}_trials.parquet"
-        for run in runs_of(wildcards.subject, wildcards.task)
+        betas_prefix(wildcards.subject, ses, wildcards.task, run) + "_trials.parquet"
+        for ses, run in runs_of(wildcards.subject, wildcards.task)
     ]
+
+
+def existing_file(key, path):
+    """``path`` (the value of config key ``key``), which must exist: files the study brings
+    are rule inputs, so a missing one stops the dry run, named with its key."""
+    if not os.path.isfile(path):
+        raise CortexflowInputError(
+            f"the file that config key {key} names does not exist",
+            path=path,
+            fix=f"correct {key} in your config file (docs/real-data.md)",
+        )
+    return path
+
+
+def roi_inputs(wildcards):
+    """The atlas (labels image and table) or the modality's mask that extract_rois reads:
+    inputs, so that a missing file stops the dry run and an edited one reruns the
+    ROI extraction and what follows. The coordinate atlas ships with nilearn."""
+    rois = config["rois"]
+    if rois["source"] == "labels":
+        return {
+            "labels_img": existing_file("rois.labels_img", rois["labels_img"]),
+            "labels_table": existing_file("rois.labels_table", rois["labels_table"]),
+        }
+    if rois["source"] == "mask":
+        modalities = [m for m, task in TASK_OF.items() if task == wildcards.task]
+        return {
+            f"mask_{m}": existing_file(f"rois.mask_img.{m}", rois["mask_img"][m])
+            for m in modalities
+            if m in (rois["mask_img"] or {})
+        }
+    return {}
 
 
 def roi_prefix(subject, modality):
