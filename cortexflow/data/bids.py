@@ -509,6 +509,11 @@ def clip_events_to_run(events: pd.DataFrame, run_seconds: float, path: str | Pat
     late = onset >= run_seconds - 1e-6
     over = ~late & (end > run_seconds + 1e-6)
     where = f"{path}: " if path is not None else ""
+    if late.all():
+        raise CortexflowInputError(
+            f"all {len(events)} events fall outside the run: they start after its end ({run_seconds:g} s = "
+            f"volumes x TR; first onset {onset.min():g} s)", path=path,
+            fix="check that this events file belongs to this run and that onsets are in seconds from the first volume")
     if late.any():
         named = events.loc[late, "stimulus_id"].dropna().astype(str).tolist() if "stimulus_id" in events else []
         log.warning("%s%d event(s) start after the run's end (%g s = volumes x TR) and are dropped: line(s) %s%s",

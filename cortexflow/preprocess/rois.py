@@ -366,8 +366,10 @@ def extract_rois_stage(
             raise CortexflowInputError(f"{n_vol} beta volumes but {len(table)} rows in {t_path}", path=b_path,
                                        fix="pass the trials table written with this betas image")
         run = table["run"].iloc[0] if "run" in table and len(table) else len(runs)
-        runs.append((run, b_path, t_path, img, table))
-    runs.sort(key=lambda r: (0, int(r[0]), "") if str(r[0]).isdigit() else (1, 0, str(r[0])))
+        session = str(table["session"].iloc[0]) if "session" in table and len(table) else ""
+        runs.append(((session, run), b_path, t_path, img, table))
+    # sessions first, then runs (run 1 of ses-02 comes after run 2 of ses-01)
+    runs.sort(key=lambda r: (r[0][0],) + ((0, int(r[0][1]), "") if str(r[0][1]).isdigit() else (1, 0, str(r[0][1]))))
 
     ref = runs[0][3]
     shape, affine = ref.shape[:3], ref.affine

@@ -3,6 +3,7 @@
 
 import json
 import os
+import sys
 
 from cortexflow.errors import CortexflowInputError
 from cortexflow.fingerprint import stage_fingerprint
@@ -16,6 +17,7 @@ DATA = config["data"]
 BIDS_ROOT = DATA["bids_root"] or f"data/{STUDY}/bids"
 FMRIPREP_DIR = DATA["fmriprep_dir"] or f"{BIDS_ROOT}/derivatives/fmriprep"
 STIMULI_TSV = f"{BIDS_ROOT}/stimuli/stimuli.tsv"
+STUDY_CHECK = f"{RESULTS}/study_check.txt"  # rule check_study's report (simulated study)
 SIMULATED = DATA["source"] == "simulate"
 
 MODALITIES = list(DATA["modalities"])
@@ -109,6 +111,33 @@ def find_study_runs():
     return runs
 
 
+def check_study_before_the_dag():
+    """data.source bids: `cortexflow check --headers-only` while the DAG is built, so a problem
+    in any run, the atlas or the split stops the dry run, all listed at once, before any
+    job. Only in the main Snakemake process (not again in each cluster job), and not for
+    the simulated study: its files do not exist before rule simulate_study writes them,
+    so rule check_study checks them after it (workflow/rules/simulate.smk)."""
+    if DATA["source"] != "bids" or not DATA["check"] or not workflow.is_main_process:
+        return
+    from cortexflow.data.study_check import check_study
+
+    result = check_study(config, read_data=False)
+    if result.problems:
+        print(result.problems_text(), file=sys.stderr)
+    if result.errors:
+        raise CortexflowInputError(
+            f"the study has {len(result.errors)} error(s), listed above ({len(result.runs)} runs checked "
+            f"in {result.seconds:.1f} s)",
+            fix="correct each file named; `cortexflow check --configfile <your config>` prints the whole report",
+        )
+    print(
+        f"cortexflow check: {len(result.runs)} runs of the study checked in {result.seconds:.1f} s, "
+        f"{len(result.warnings)} warning(s)",
+        file=sys.stderr,
+    )
+
+
+check_study_before_the_dag()
 RUNS = find_study_runs()
 SUBJECTS = (
     sorted({subject for subject, _, _, _ in RUNS})
@@ -259,6 +288,8 @@ def optional_arg(flag, paths):
 def glm_inputs(wildcards):
     files = RUNS[(wildcards.subject, wildcards.ses, wildcards.task, wildcards.run)]
     inputs = {key: files[key] for key in ("bold", "events", "confounds", "mask")}
+    if SIMULATED:  # checked once written; its report's later rewrites rerun no GLM
+        inputs["study_check"] = ancient(STUDY_CHECK)
     if files.get("sidecar"):
         inputs["sidecar"] = files["sidecar"]
     if DATA[
