@@ -57,8 +57,10 @@ def test_editing_the_atlas_reruns_the_roi_extraction_and_what_follows(repo):
     labels = overlay(repo, "labels.yaml", {"rois": LABELS})
     fake_complete_run(repo, TINY, labels)
     assert scheduled(_dry(repo, labels).stdout) == {}
+    atlas = repo / "atlas" / "visual_dseg.nii.gz"
+    atlas.write_text("an edited atlas\n")  # new content (Snakemake compares checksums of newer inputs)
     later = time.time() + 60
-    os.utime(repo / "atlas" / "visual_dseg.nii.gz", (later, later))
+    os.utime(atlas, (later, later))
     jobs = scheduled(_dry(repo, labels).stdout)
     assert {"extract_rois", "make_dataset", "fit_baseline", "train_decoder", "sample", "evaluate"} <= set(jobs), jobs
     assert "glm_betas" not in jobs and "simulate_study" not in jobs and "pretrain_vae" not in jobs
