@@ -31,9 +31,9 @@ def rehearsal(tmp_path_factory):
     bids = real_format_study(sim, base / "bids", {("images", 1): ("01", 1), ("images", 2): ("02", 1)})
     real = overlay(repo, "real_format.yaml", {"study": "rehearsal", "data": {
         "source": "bids", "bids_root": str(bids), "space": "MNI152NLin2009cAsym:res-2"}})
-    check = snakemake(repo, "--cores", "1", "--dry-run", "--configfile", TINY, real)  # the DAG-time check alone
+    check = snakemake(repo, "--cores", "1", "--dry-run", "--configfile", TINY, real, timeout=600)  # the DAG-time check
     proc = snakemake(repo, "--cores", "2", "--configfile", TINY, real, "--workflow-profile", "workflow/profiles/default",
-                     timeout=900, check=False)
+                     timeout=1800, check=False)
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
     return repo, bids, check.stdout + check.stderr, real
 
@@ -62,5 +62,5 @@ def test_sessions_keep_their_names_and_clipped_events_are_logged(rehearsal):
 
 def test_a_second_run_reruns_nothing(rehearsal):
     repo, _, _, real = rehearsal
-    proc = snakemake(repo, "--cores", "1", "--dry-run", "--configfile", TINY, real)
+    proc = snakemake(repo, "--cores", "1", "--dry-run", "--configfile", TINY, real, timeout=600)
     assert scheduled(proc.stdout) == {}, proc.stdout[-3000:]

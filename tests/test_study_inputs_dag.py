@@ -32,7 +32,7 @@ def repo(tmp_path_factory) -> Path:
 
 def _dry(repo: Path, *configs: str, check: bool = True, forceall: bool = False):
     args = ["--cores", "1", "--dry-run", "--printshellcmds", "--configfile", TINY, *configs]
-    return snakemake(repo, *args, *(["--forceall"] if forceall else []), check=check)
+    return snakemake(repo, *args, *(["--forceall"] if forceall else []), check=check, timeout=600)
 
 
 def test_missing_atlas_and_glmsingle_files_stop_the_dry_run_naming_key_and_path(repo):

@@ -108,7 +108,7 @@ class StudyCheck:
     def problems_text(self) -> str:
         lines = []
         for p in sorted(self.problems, key=lambda p: p.level != "error"):
-            lines.append(f"  {p.level.upper():7} {p.path or '(config)'}")
+            lines.append(f"  {p.level.upper():7} {p.path or '(no single file)'}")
             lines.append(f"          {p.problem.rstrip('.')}.")
             if p.fix:
                 lines.append(f"          Fix: {p.fix.rstrip('.')}.")

@@ -321,8 +321,9 @@ def _check_design(design: Design, cfg: GLMConfig, sources) -> None:
     onsets = design.trials["onset"].to_numpy()
     late = onsets[onsets > design.matrix.index[-1] - 5.0]
     if late.size:
-        log.warning("%d trial(s) start less than 5 s before the last volume (onsets %s s): their response "
-                    "is barely sampled and their betas will be noisy", late.size, late.round(2).tolist())
+        log.warning("%s: %d trial(s) start less than 5 s before the last volume (onsets %s s): their response "
+                    "is barely sampled and their betas will be noisy", path or "events", late.size,
+                    late.round(2).tolist())
 
 
 def _check_bold(bold_2d: np.ndarray, sources) -> None:
