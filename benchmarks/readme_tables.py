@@ -1,4 +1,4 @@
-"""Print the README's result tables (markdown) from one finished run.
+"""Print the result tables of docs/results.md (markdown) from one finished run.
 
     .venv/bin/python benchmarks/readme_tables.py [results/sim]
 
@@ -8,8 +8,9 @@ noise-free linear decoder, chance, the VAE ceiling), then each decoder method's
 paired difference (95% bootstrap interval over items and training seeds) against
 every baseline, marking the strongest baseline of each metric (best mean on the
 evaluated items, as summary.md does). Nothing is computed here that the
-workflow did not compute: the README copies these tables so that they can be
-regenerated from a fresh `make run` and checked against it.
+workflow did not compute: docs/results.md copies these tables (it was the
+README's, hence the name) so that they can be regenerated from a fresh
+`make run` and checked against it.
 """
 
 from __future__ import annotations

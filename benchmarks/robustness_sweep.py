@@ -16,7 +16,7 @@ each metric, on SSIM and on the independent-feature two-way identification:
 
 Writes ``robustness.csv``, ``robustness.md`` (the table) and ``robustness.png``
 (difference against level, one panel per metric) under ``--out``. Not part of
-``make run``: each level is a study of its own (measured cost in the README,
+``make run``: each level is a study of its own (measured cost in docs/results.md,
 "Robustness across SNR"). Rerunning reuses every finished study (Snakemake's
 cache), so adding a level costs only that level. As in the workflow, the
 strongest baseline is picked on the evaluated items (the most generous choice

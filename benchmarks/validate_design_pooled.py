@@ -1,4 +1,4 @@
-"""Decide the decoder's settings on the validation fold, never on the test items (the design helper's variant: training seeds pooled per item, its own ridge-to-pixels and nearest-neighbour baselines computed before evalx's landed; the README's design figures came from it; to be folded into validate_design.py).
+"""Decide the decoder's settings on the validation fold, never on the test items (the design helper's variant: training seeds pooled per item, its own ridge-to-pixels and nearest-neighbour baselines computed before evalx's landed; docs/validation.md's design figures came from it; to be folded into validate_design.py).
 
 After `make run` (or any complete run), this takes one subject's dataset, turns
 its validation fold (held-out training trials, single trials of stimuli never

@@ -88,8 +88,8 @@ class SimulationConfig:
     Sizes are chosen so the whole default workflow (training included) runs in
     about 36 minutes on 2 CPU cores while decoding stays hard: ~2,000 single
     training trials of images (on the validation fold the DiT's lead over the
-    strongest baselines grows with the training set up to there: README, "Why
-    one sample did not beat nn_mean8 on SSIM"), ~250 sentences heard and read;
+    strongest baselines grows with the training set up to there: docs/validation.md,
+    "Why one sample did not beat nn_mean8 on SSIM"), ~250 sentences heard and read;
     noise as real studies have it (test-repeat ncsnr of the ROIs in NSD's range,
     spatially correlated noise, untuned voxels, HRFs that differ from the GLM's).
     """
@@ -105,7 +105,7 @@ class SimulationConfig:
     voxel_size_mm: float = 4.0
     # stimuli
     image_train: int = 2000
-    image_test: int = 150  # 50 gave paired SSIM intervals of about +-.03, wider than the effects at stake (README)
+    image_test: int = 150  # 50 gave paired SSIM intervals of about +-.03, wider than the effects at stake (docs/validation.md)
     image_size: int = 32
     sentence_train: int = 250
     sentence_test: int = 30
@@ -126,7 +126,7 @@ class SimulationConfig:
     # Single-trial beta SNR of a tuned voxel (signal sd across stimuli / beta noise sd), the one
     # key that scales the study's difficulty (a robustness sweep varies it). 0.5 puts the
     # test-repeat ncsnr of the ROIs (tuned and untuned voxels) at a median of about 0.4, in
-    # NSD's range for visual cortex (0.2-0.6; Allen et al., 2022); see the README.
+    # NSD's range for visual cortex (0.2-0.6; Allen et al., 2022); see docs/simulator.md.
     beta_snr: float = 0.5
     snr_spread: float = 0.4  # sd of log voxel SNR
     untuned_fraction: float = 0.4  # share of each region's voxels with no stimulus-specific response

@@ -23,7 +23,7 @@ Four are provided:
   non-linearly over space. Because the simulated early visual cortex encodes
   Gabor energy, HOG is close to what the voxels carry (a ridge from the ROI
   voxels straight to HOG identifies held-out images far better than one to
-  these features; README, "What the default study is"), so it is no longer
+  these features; docs/simulator.md, "How hard the default study is"), so it is no longer
   the default.
 - ``hog``: scikit-image's histogram of oriented gradients on the grayscale
   image, reported as the extra row ``two_way_id_hog``. Generous on the
