@@ -59,6 +59,11 @@ OPTION_HELP = {
     "configfile": "workflow config file(s), applied over config.yaml in order, as snakemake --configfile",
     "config": "KEY=VALUE overrides (YAML values, dotted keys nest), as snakemake --config",
     "headers_only": "read headers and tables only, not the voxels (faster; misses NaN voxels and truncated files)",
+    "expdesign": "NSD's nsddata/experiments/nsd/nsd_expdesign.mat",
+    "roi": "NSD ROI file whose voxels (label >= 1) are decoded (roi/nsdgeneral.nii.gz)",
+    "regions": "NSD ROI label files that split the ROI into regions (roi/streams.nii.gz ...)",
+    "region_tables": "their FreeSurfer colour tables naming the labels (label/<name>.mgz.ctab)",
+    "stim_info": "NSD's nsd_stim_info_merged.csv (adds COCO ids)",
 }
 CHOICES = {"modality": ("image", "audio", "text"), "device": ("auto", "cpu", "cuda")}
 

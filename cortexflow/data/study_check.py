@@ -386,10 +386,24 @@ def check_simulated_study(result: StudyCheck, config: dict, read_data: bool = Tr
     check_bids_study(result, config, read_data)
 
 
+def check_nsd_study(result: StudyCheck, config: dict, read_data: bool = True) -> None:
+    """NSD's own files (data.source nsd): every file the nsd rules will read exists
+    (``cortexflow.data.nsd.workflow_inputs``, the check Snakemake also runs)."""
+    from cortexflow.data.nsd import workflow_inputs
+
+    result.where.append(("NSD root", str(config["data"]["nsd"].get("root"))))
+    inputs = _guarded(result, workflow_inputs, config["data"])
+    if inputs is not None:
+        sessions = {s: len(files["betas"]) for s, files in inputs["per_subject"].items()}
+        result.notes.append("NSD: betas files of " + ", ".join(f"subj{s} ({n} sessions)" for s, n in sessions.items())
+                            + "; the expdesign, stimuli and ROI files exist (not read further here)")
+
+
 # data.source -> the function that checks such a study (another source adds its own)
 SOURCE_CHECKS: dict[str, Callable[[StudyCheck, dict, bool], None]] = {
     "bids": check_bids_study,
     "simulate": check_simulated_study,
+    "nsd": check_nsd_study,
 }
 
 

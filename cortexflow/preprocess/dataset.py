@@ -61,13 +61,18 @@ class DatasetConfig:
     """The ``dataset:`` section of the config.
 
     ``zscore``: ``session`` (per BIDS session, falling back to runs when the
-    trials carry no session), ``run``, or ``none``. Voxel selection is on when
+    trials carry no session), ``run``, or ``none``. ``train_repeats``: ``trials``
+    keeps every presentation of a training stimulus as its own row (MindEye's
+    choice: more, noisier samples), ``average`` averages them (after z-scoring)
+    into one row per stimulus, as the test split always is (Brain-Diffuser's
+    and Takagi & Nishimoto's choice). Voxel selection is on when
     ``select_top_k`` or ``select_min_ncsnr`` is set; it needs at least
     ``min_repeated_train_stimuli`` training stimuli shown twice or more.
     """
 
     val_fraction: float = 0.1
     zscore: Literal["session", "run", "none"] = "session"
+    train_repeats: Literal["trials", "average"] = "trials"
     select_top_k: int | None = None
     select_min_ncsnr: float | None = None
     min_repeated_train_stimuli: int = 10
@@ -78,6 +83,8 @@ class DatasetConfig:
             raise CortexflowInputError("dataset.val_fraction must lie in [0, 1)", fix=fix)
         if self.zscore not in ("session", "run", "none"):
             raise CortexflowInputError("dataset.zscore must be session, run or none", fix=fix)
+        if self.train_repeats not in ("trials", "average"):
+            raise CortexflowInputError("dataset.train_repeats must be trials or average", fix=fix)
         if self.select_top_k is not None and int(self.select_top_k) < 1:
             raise CortexflowInputError("dataset.select_top_k must be >= 1", fix=fix)
         if int(self.min_repeated_train_stimuli) < 2:
@@ -204,6 +211,17 @@ def _select(ncsnr_train: np.ndarray, cfg: DatasetConfig) -> np.ndarray:
     return keep
 
 
+def _average_repeats(table: pd.DataFrame, X: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
+    """Rows of the same stimulus averaged: the first presentation's table row with ``n_repeats``."""
+    ids = table["stimulus_id"].to_numpy(str)
+    order = pd.unique(ids)
+    grouped = pd.DataFrame(X).groupby(ids, sort=False)
+    averaged = grouped.mean().loc[order].to_numpy(np.float32)
+    first = table.drop_duplicates("stimulus_id").set_index("stimulus_id").loc[order].reset_index()
+    first["n_repeats"] = grouped.size().loc[order].to_numpy(np.int64)
+    return first, averaged
+
+
 # ----------------------------------------------------------------------------- assembly
 
 
@@ -267,6 +285,8 @@ def build_dataset(
     train["stimulus_id"] = train["stimulus_id"].astype(str)
     train["fold"] = fold[train_rows]
     X_train = z[train_rows].astype(np.float32)
+    if cfg.train_repeats == "average":  # one row per training stimulus, at its first presentation
+        train, X_train = _average_repeats(train, X_train)
 
     # test split: repeats averaged, one row per stimulus in order of first presentation
     test_ids_ordered = pd.unique(trials.loc[test_rows, "stimulus_id"].astype(str))
@@ -315,6 +335,7 @@ def build_dataset(
         "n_voxels": int(betas.shape[1]),
         "n_selected": int(out_voxels["selected"].sum()),
         "zscore": unit,
+        "train_repeats": cfg.train_repeats,
         "zscore_statistics": "train-fold trials of each group" if unit != "none" else None,
         "split_source": "stimuli.tsv split column" if stimuli is not None and "split" in stimuli.columns
         else "repeated stimuli are test",

@@ -14,7 +14,10 @@ STUDY = config["study"]
 RESULTS = f"results/{STUDY}"
 LOGS = f"{RESULTS}/logs"
 DATA = config["data"]
-BIDS_ROOT = DATA["bids_root"] or f"data/{STUDY}/bids"
+# data.source nsd: NSD's own betas and design (workflow/rules/nsd.smk), no BOLD runs; its
+# stimuli.tsv and images are written under data/<study>/nsd/stimuli/.
+NSD = DATA["source"] == "nsd"
+BIDS_ROOT = f"data/{STUDY}/nsd" if NSD else DATA["bids_root"] or f"data/{STUDY}/bids"
 FMRIPREP_DIR = DATA["fmriprep_dir"] or f"{BIDS_ROOT}/derivatives/fmriprep"
 STIMULI_TSV = f"{BIDS_ROOT}/stimuli/stimuli.tsv"
 STUDY_CHECK = f"{RESULTS}/study_check.txt"  # rule check_study's report (simulated study)
@@ -70,6 +73,8 @@ def find_study_runs():
     """
     tasks = set(TASK_OF.values())
     runs = {}  # in the order of the plan / of find_runs: subject, session, task, run
+    if NSD:  # single-trial betas already: no runs
+        return runs
     if SIMULATED:
         from cortexflow.data.simulate import SPACE, planned_runs
 
@@ -144,6 +149,11 @@ SUBJECTS = (
     if not DATA["subjects"]
     else list(DATA["subjects"])
 )
+if NSD:  # every file the nsd rules read, checked now: a missing one fails the dry run
+    from cortexflow.data.nsd import workflow_inputs
+
+    NSD_INPUTS = workflow_inputs(DATA)
+    SUBJECTS = NSD_INPUTS["subjects"]
 
 
 def _check_runs():
@@ -168,7 +178,8 @@ def betas_prefix(subject, ses, task, run):
     return f"{RESULTS}/betas/sub-{subject}/sub-{subject}{ses}_task-{task}_run-{run}"
 
 
-_check_runs()
+if not NSD:
+    _check_runs()
 
 
 # ---------------------------------------------------------------- parameters
@@ -374,6 +385,49 @@ def dataset_inputs(wildcards):
         "voxels": f"{prefix}_voxels.parquet",
         "stimuli": STIMULI_TSV,
     }
+
+
+# ---------------------------------------------------------------- data.source nsd (nsd.smk)
+def nsd_betas_inputs(wildcards):
+    files = NSD_INPUTS["per_subject"][wildcards.subject]
+    return {
+        "expdesign": NSD_INPUTS["expdesign"],
+        "betas": files["betas"],
+        "roi": files["roi"],
+        "regions": files["regions"],
+        "region_tables": files["region_tables"],
+    }
+
+
+def nsd_region_args(wildcards, input):
+    """`--regions ... --region-tables ...` when data.nsd.regions names label files."""
+    return " ".join(
+        optional_arg(f"--{key.replace('_', '-')}", " ".join(input[key]))
+        for key in ("regions", "region_tables")
+        if input[key]
+    )
+
+
+def nsd_section(*keys):
+    """data.nsd reduced to the keys one rule reads, so that e.g. image_size reruns no betas."""
+    return json.dumps({"nsd": {k: DATA["nsd"][k] for k in keys}}, sort_keys=True)
+
+
+def nsd_stimuli_inputs(wildcards):
+    inputs = {
+        "trials": [
+            f"{roi_prefix(subject, 'image')}_trials.parquet" for subject in SUBJECTS
+        ],
+        "expdesign": NSD_INPUTS["expdesign"],
+        "stimuli": NSD_INPUTS["stimuli"],
+    }
+    if NSD_INPUTS["stim_info"]:
+        inputs["stim_info"] = NSD_INPUTS["stim_info"]
+    return inputs
+
+
+def nsd_stim_info_arg(wildcards, input):
+    return optional_arg("--stim-info", input.get("stim_info"))
 
 
 # Each file between stages is named once, here: rules declare their outputs by calling
