@@ -91,7 +91,7 @@ def fake_complete_run(repo: Path, *configs: str) -> list[str]:
     Returns the outputs, relative to ``repo``.
     """
     args = ["--configfile", *configs]
-    summary = snakemake(repo, "--cores", "1", "--summary", *args).stdout
+    summary = snakemake(repo, "--cores", "1", "--summary", *args, timeout=600).stdout
     lines = [line for line in summary.splitlines() if "\t" in line][1:]
     for line in lines:
         path = repo / line.split("\t", 1)[0]
@@ -101,7 +101,7 @@ def fake_complete_run(repo: Path, *configs: str) -> list[str]:
         else:
             path.mkdir(parents=True, exist_ok=True)
     assert lines, summary
-    snakemake(repo, "--cores", "1", "--touch", "--forceall", *args)
+    snakemake(repo, "--cores", "1", "--touch", "--forceall", *args, timeout=600)
     return [line.split("\t", 1)[0] for line in lines]
 
 
