@@ -44,6 +44,13 @@ report: "workflow/report/workflow.rst"
 # `snakemake -n` rejects a bad value before any job runs.
 config.update(validate_config(config))
 
+# TF32 matrix products on CUDA (config cuda_tf32), read by cortexflow.devices in
+# every job; in the prefix, like PATH, so that switching it reruns nothing.
+shell.prefix(
+    f'set -euo pipefail; export PATH="$PATH{os.pathsep}{Path(sys.executable).parent}"; '
+    f'export CORTEXFLOW_CUDA_TF32={int(bool(config["cuda_tf32"]))}; '
+)
+
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/simulate.smk"

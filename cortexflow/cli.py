@@ -234,6 +234,11 @@ def main(argv: list[str] | None = None) -> int:
             f"the file {what.get(type(e), 'cannot be used')}", path=e.filename,
             fix="check the paths given on the command line (run the earlier stages first if it is one of their outputs)"))
     except Exception as e:  # noqa: BLE001 - anything else is reported, with its traceback, in the job's log
+        trainer = sys.modules.get("cortexflow.training.trainer")  # imported if a training stage ran
+        if trainer is not None and isinstance(e, trainer.TrainingInterrupted):
+            # a time limit's SIGTERM: the checkpoint is written, a rerun resumes; not a bug, no traceback
+            print(f"cortexflow {name.replace('_', '-')}: {e}", file=sys.stderr)
+            return 128 + 15  # what a process killed by SIGTERM reports
         return _unexpected_error(name, e, args.log, args.verbose)
     return 0
 

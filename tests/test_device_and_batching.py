@@ -174,3 +174,95 @@ def test_reconstruct_on_a_real_gpu_matches_the_cpu():
                                  precision="fp32", progress=False)
     assert gpu.device.type == "cpu"
     torch.testing.assert_close(gpu, cpu, rtol=0, atol=1e-3)
+
+
+# ---------------------------------------------------------------------- GPUs given to a job that cannot use them
+
+
+@pytest.fixture
+def no_usable_cuda(monkeypatch):
+    """A GPU node whose driver the CUDA build of torch cannot use: torch.cuda.is_available() is False
+    (and says why, as torch does); every scheduler variable cleared, for each test to set."""
+    import warnings
+
+    from cortexflow import devices
+
+    def unavailable():
+        warnings.warn("CUDA initialization: The NVIDIA driver on your system is too old (found version 12020).")
+        return False
+
+    monkeypatch.setattr(torch.cuda, "is_available", unavailable)
+    for name in devices.GPU_ENV:
+        monkeypatch.delenv(name, raising=False)
+    devices._said.clear()
+    return monkeypatch
+
+
+@pytest.mark.parametrize("env", [{"CUDA_VISIBLE_DEVICES": "0,1"}, {"SLURM_JOB_GPUS": "3"},
+                                 {"SLURM_GPUS_ON_NODE": "4"}, {"SLURM_STEP_GPUS": "0"}])
+def test_cuda_on_a_job_given_unusable_gpus_names_the_cause_and_the_fix(no_usable_cuda, env):
+    from cortexflow.devices import resolve_device
+
+    for k, v in env.items():
+        no_usable_cuda.setenv(k, v)
+    with pytest.raises(CortexflowInputError) as err:
+        resolve_device("cuda")
+    text = str(err.value)
+    name, value = next(iter(env.items()))
+    assert f"given GPUs ({name}={value})" in text
+    assert f"torch {torch.__version__}" in text and "driver on your system is too old" in text
+    if torch.version.cuda:
+        assert f"built for CUDA {torch.version.cuda}" in text
+    base = torch.__version__.split("+")[0]
+    assert f"pip install torch=={base} --index-url https://download.pytorch.org/whl/cu" in text
+
+
+def test_auto_on_a_job_given_unusable_gpus_warns_once_and_uses_the_cpu(no_usable_cuda, caplog):
+    from cortexflow.devices import resolve_device
+
+    no_usable_cuda.setenv("CUDA_VISIBLE_DEVICES", "0")
+    with caplog.at_level("WARNING", logger="cortexflow.devices"):
+        assert resolve_device("auto").type == "cpu"
+        assert resolve_device("auto").type == "cpu"
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1  # once per process, not once per stage call
+    assert "TRAINING ON THE CPU although this job was given GPUs (CUDA_VISIBLE_DEVICES=0)" in warnings[0].message
+    assert "pip install torch==" in warnings[0].message
+
+
+@pytest.mark.parametrize("env", [{}, {"CUDA_VISIBLE_DEVICES": ""}, {"CUDA_VISIBLE_DEVICES": "-1"},
+                                 {"CUDA_VISIBLE_DEVICES": "-1", "SLURM_JOB_GPUS": "0"},
+                                 {"SLURM_GPUS_ON_NODE": "0"}])
+def test_a_job_given_no_gpus_falls_back_to_the_cpu_quietly(no_usable_cuda, caplog, env):
+    from cortexflow.devices import assigned_gpus, resolve_device
+
+    for k, v in env.items():
+        no_usable_cuda.setenv(k, v)
+    assert assigned_gpus() is None
+    with caplog.at_level("WARNING", logger="cortexflow.devices"):
+        assert resolve_device("auto").type == "cpu"
+    assert not caplog.records
+    with pytest.raises(CortexflowInputError, match="CUDA is not available"):
+        resolve_device("cuda")
+
+
+@pytest.mark.parametrize("value, expected", [(None, True), ("1", True), ("0", False), ("false", False)])
+def test_tf32_follows_the_config_key_on_cuda_only(monkeypatch, caplog, value, expected):
+    from cortexflow import devices
+
+    if value is None:
+        monkeypatch.delenv("CORTEXFLOW_CUDA_TF32", raising=False)
+    else:
+        monkeypatch.setenv("CORTEXFLOW_CUDA_TF32", value)
+    devices._said.clear()
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = not expected
+        devices.configure_cuda(torch.device("cpu"))
+        assert torch.backends.cuda.matmul.allow_tf32 is (not expected)  # nothing on the CPU
+        with caplog.at_level("INFO", logger="cortexflow.devices"):
+            devices.configure_cuda(torch.device("cuda", 0))
+        assert torch.backends.cuda.matmul.allow_tf32 is expected and torch.backends.cudnn.allow_tf32 is expected
+        assert f"TF32 matrix products {'on' if expected else 'off'}" in caplog.text
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before

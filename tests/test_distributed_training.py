@@ -8,7 +8,9 @@ process group the way torchrun's environment makes them join
 from __future__ import annotations
 
 import os
+import signal
 import socket
+from datetime import timedelta
 
 import pytest
 import torch
@@ -16,7 +18,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn as nn
 
-from cortexflow.training.trainer import Trainer, TrainingConfig, batch_indices
+from cortexflow.training.trainer import Trainer, TrainingConfig, TrainingInterrupted, batch_indices
 
 N_ITEMS, N_FEATURES, BATCH = 48, 6, 8
 
@@ -44,7 +46,7 @@ def _data():
     return x, torch.sin(x.sum(1))
 
 
-def _run(steps: int, accum: int = 1, checkpoint_dir=None, seed: int = 0):
+def _run(steps: int, accum: int = 1, checkpoint_dir=None, seed: int = 0, sigterm_at: int | None = None):
     x, y = _data()
     torch.manual_seed(seed)
     model = Regression()
@@ -54,6 +56,8 @@ def _run(steps: int, accum: int = 1, checkpoint_dir=None, seed: int = 0):
     trainer = Trainer(model, cfg)
 
     def batch_fn(step, generator):
+        if step == sigterm_at:  # what a time limit does to this process, while it draws batch `step`
+            os.kill(os.getpid(), signal.SIGTERM)
         idx = batch_indices(step, N_ITEMS, BATCH, seed)
         return x[idx], y[idx]
 
@@ -79,6 +83,8 @@ def _worker(rank: int, world: int, port: int, out_dir: str, task: str):
             ckpt = os.path.join(out_dir, "ckpt")
             _run(6, checkpoint_dir=ckpt)  # stops at step 6 (a killed job)...
             losses, params = _run(10, checkpoint_dir=ckpt)  # ... and a rerun resumes
+        elif task == "no_cond_drop":
+            losses, params = _decoder_run(cond_drop_prob=0.0)
         else:
             losses, params = _decoder_run()
         torch.save({"losses": losses, "params": params}, os.path.join(out_dir, f"{task}-rank{rank}.pt"))
@@ -86,14 +92,14 @@ def _worker(rank: int, world: int, port: int, out_dir: str, task: str):
         dist.destroy_process_group()
 
 
-def _decoder_run():
+def _decoder_run(cond_drop_prob: float = 0.1):
     """The real image decoder under DDP (random times and noise in its loss, dropout, a frozen VAE)."""
     from cortexflow.models.brain2img import build_brain2img
     from cortexflow.models.types import BrainData
 
     torch.manual_seed(0)
     model = build_brain2img(n_voxels=20, img_size=16, hidden_dim=32, depth=1, num_heads=2, in_channels=1,
-                            vae_hidden_dims=(8, 8), prior_conditioning=True)
+                            vae_hidden_dims=(8, 8), prior_conditioning=True, cond_drop_prob=cond_drop_prob)
     g = torch.Generator().manual_seed(1)
     voxels, latents = torch.randn(32, 20, generator=g), torch.randn(32, 4, 4, 4, generator=g)
     cfg = TrainingConfig(learning_rate=1e-3, batch_size=8, warmup_steps=1, max_steps=4, device="cpu", log_every=2)
@@ -138,6 +144,53 @@ def test_the_image_decoder_trains_under_ddp(tmp_path):
     assert len(ranks[0]["losses"]) == 4 and all(torch.isfinite(torch.tensor(ranks[0]["losses"])))
     assert ranks[0]["losses"] == ranks[1]["losses"]  # the all-reduced loss
     assert torch.equal(ranks[0]["params"], ranks[1]["params"])  # DDP kept the replicas in step
+
+
+def test_without_condition_dropout_the_decoder_trains_under_ddp(tmp_path):
+    """cond_drop_prob: 0 left the null condition a trainable parameter that no loss reaches, and DDP
+    stopped at the second step ("Expected to have finished reduction ...")."""
+    ranks = _spawn(tmp_path, "no_cond_drop")
+    assert len(ranks[0]["losses"]) == 4 and all(torch.isfinite(torch.tensor(ranks[0]["losses"])))
+    assert torch.equal(ranks[0]["params"], ranks[1]["params"])
+
+
+def _sigterm_worker(rank: int, world: int, port: int, out_dir: str):
+    """Rank 1 gets SIGTERM while it draws batch 4, rank 0 would get it a step later (batch 5)."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    # a short timeout: ranks that fall out of step fail in seconds instead of hanging for 30 minutes
+    dist.init_process_group("gloo", timeout=timedelta(seconds=20))
+    try:
+        full_losses, full_params = _run(10)
+        ckpt = os.path.join(out_dir, "ckpt")
+        try:
+            _run(10, checkpoint_dir=ckpt, sigterm_at={0: 5, 1: 4}[rank])
+            stopped = "not stopped"
+        except TrainingInterrupted as e:
+            stopped = str(e)
+        written = torch.load(os.path.join(ckpt, "last.pt"), weights_only=True)["step"]
+        losses, params = _run(10, checkpoint_dir=ckpt)  # the rerun
+        torch.save({"stopped": stopped, "written": written, "losses": losses, "params": params,
+                    "full_losses": full_losses, "full_params": full_params},
+                   os.path.join(out_dir, f"sigterm-rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sigterm_one_step_apart_stops_every_rank_after_the_same_step_and_resumes_exactly(tmp_path):
+    """A time limit's SIGTERM reaches the processes at different steps. Each stopping on its own
+    entered other collectives than the rest (no checkpoint, a crash); they vote after every step,
+    so all stop after step 5 (the step during which rank 1 was signalled), rank 0 writes the
+    checkpoint off-schedule (checkpoint_every=3), and the rerun continues exactly."""
+    mp.start_processes(_sigterm_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True,
+                       start_method="spawn")
+    ranks = [torch.load(tmp_path / f"sigterm-rank{r}.pt") for r in range(2)]
+    for r in ranks:
+        assert "SIGTERM at step 5" in r["stopped"] and r["written"] == 5
+        assert r["losses"] == r["full_losses"][5:]
+        assert torch.equal(r["params"], r["full_params"])
+    assert torch.equal(ranks[0]["params"], ranks[1]["params"])
 
 
 def test_gradient_accumulation_follows_the_full_batch():
@@ -200,3 +253,20 @@ def test_torch_compile_option_trains_like_eager():
         losses[compiled] = trainer.fit(lambda s, g: (x[batch_indices(s, N_ITEMS, BATCH, 0)],
                                                      y[batch_indices(s, N_ITEMS, BATCH, 0)]), progress=False).losses
     torch.testing.assert_close(torch.tensor(losses[True]), torch.tensor(losses[False]), rtol=1e-4, atol=1e-5)
+
+
+def test_torchrun_passes_the_stage_options_of_the_workflow_s_launcher_to_the_stage():
+    """decoder_launcher's command, parsed by torchrun's own parser: without `--` after its options,
+    torchrun reads the stage's `--log` as one of its own and stops ("ambiguous option")."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    from torch.distributed.run import get_args_parser
+
+    common = (Path(__file__).resolve().parents[1] / "workflow" / "rules" / "common.smk").read_text()
+    launcher = re.search(r'return f"(torchrun [^"]+)"', common).group(1).replace("{n_gpus}", "2")
+    stage = ["train-decoder", "--dataset", "d", "--out", "o.pt", "--seed", "0", "--device", "cuda", "--log", "x.log"]
+    args = get_args_parser().parse_args(shlex.split(launcher)[1:] + stage)
+    assert args.nproc_per_node == "2" and args.no_python and args.training_script == "cortexflow"
+    assert args.training_script_args == stage

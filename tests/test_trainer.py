@@ -215,3 +215,50 @@ def test_batch_indices_shuffle_each_epoch_and_are_stateless():
     assert not torch.equal(batch_indices(0, n, bs, seed=7), batch_indices(0, n, bs, seed=8))
     assert sorted(batch_indices(5, 4, 16, seed=0).tolist()) == [0, 1, 2, 3]
     assert math.isclose(len(batch_indices(0, 100, 32, seed=0)), 32)
+
+
+@pytest.mark.filterwarnings("ignore:for .*copying from a non-meta parameter")
+def test_resume_onto_another_device_keeps_the_generator_states_on_the_cpu(tmp_path):
+    """A trainer on a GPU used to read its checkpoint with map_location=<its device>: the saved
+    generator states landed there, and torch.set_rng_state / Generator.set_state (CPU byte tensors
+    only) raised TypeError, so every resumed GPU job crashed. Here the trainer's device is torch's
+    ``meta`` device (tensors without data; another device type, as CUDA is): the checkpoint must
+    be read onto the CPU, the weights and optimizer moments moved to the model's device, the
+    generators restored as saved."""
+    config = TrainingConfig(**CONFIG)
+    Trainer(_model(), config).fit(_batch_fn, steps=6, checkpoint_dir=tmp_path, progress=False)
+    saved = torch.load(tmp_path / "last.pt", weights_only=True)
+    torch.manual_seed(999)
+    elsewhere = Trainer(_model().to("meta"), TrainingConfig(**{**CONFIG, "device": "meta"}))
+    assert elsewhere.device.type == "meta"
+    result = elsewhere.fit(_batch_fn, steps=6, checkpoint_dir=tmp_path, progress=False)  # resume, no new step
+    assert result.resumed and result.start_step == 6 and elsewhere.step == 6
+    assert torch.equal(torch.get_rng_state(), saved["rng"]["torch"])
+    assert torch.equal(elsewhere.data_generator.get_state(), saved["rng"]["generator"])
+    assert np.array_equal(np.random.get_state()[1], saved["rng"]["numpy"]["keys"].numpy().astype(np.uint32))
+    moments = [s["exp_avg"] for s in elsewhere.optimizer.state.values()]
+    assert moments and all(m.device.type == "meta" for m in moments)  # on the parameters' device
+    assert all(p.device.type == "meta" for p in elsewhere.model.parameters())
+    assert elsewhere.scheduler.last_epoch == 6
+
+    # and the same checkpoint, resumed on the CPU, still continues exactly
+    full = Trainer(_model(), config)
+    full.fit(_batch_fn, progress=False)
+    resumed = Trainer(_model(), config)
+    assert resumed.fit(_batch_fn, checkpoint_dir=tmp_path, progress=False).start_step == 6
+    assert _same_parameters(full.model, resumed.model)
+
+
+def test_generator_states_read_onto_another_device_are_brought_back(tmp_path):
+    """restore_rng_state itself brings generator states back to CPU byte tensors (a caller may
+    have read them with map_location=<a GPU>; here they are int64, which torch refuses too)."""
+    from cortexflow.training.checkpoint import capture_rng_state, restore_rng_state
+
+    g = torch.Generator().manual_seed(5)
+    state = capture_rng_state(g)
+    expected = (torch.rand(3), torch.rand(2, generator=g))
+    moved = {**state, "torch": state["torch"].to(torch.int64), "generator": state["generator"].to(torch.int64)}
+    torch.manual_seed(0)
+    g.manual_seed(0)
+    restore_rng_state(moved, g)  # int64 states are refused by torch; restore converts them back to bytes
+    assert torch.equal(torch.rand(3), expected[0]) and torch.equal(torch.rand(2, generator=g), expected[1])

@@ -133,3 +133,54 @@ def test_a_refitted_baseline_does_not_resume_the_old_prior_s_checkpoint(tmp_path
     assert "resumed" in train([1.0]).lower()  # same inputs: the finished checkpoint is reused
     log = train([1e4])  # another prior
     assert "not resuming" in log and "run tag" in log
+
+
+def test_pretrain_vae_interrupted_and_rerun_ends_with_the_uninterrupted_weights(tmp_path, monkeypatch):
+    """pretrain_vae checkpoints beside its output: a job stopped by a time limit (SIGTERM) after
+    step 3 of 6 resumes there on the rerun and ends with the weights of a run never stopped;
+    a changed setting trains from scratch."""
+    import os
+    import signal
+
+    import pytest
+
+    from cortexflow.training import TrainingInterrupted
+    from cortexflow.training import trainer as trainer_module
+
+    stimuli = _stimuli(tmp_path)
+    params = {"image": {"hidden_dims": [8, 16], "steps": 6, "batch_size": 4, "warmup_steps": 1}}
+    pretrain_vae_stage(stimuli=str(stimuli), modality="image", out=str(tmp_path / "full.pt"), params=params, seed=7)
+
+    ckpt = tmp_path / "checkpoints" / "vae_image"
+    real_step = trainer_module.Trainer._step
+
+    def step_then_sigterm_at_3(self, batch, loss_fn):
+        loss = real_step(self, batch, loss_fn)
+        if self.step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return loss
+
+    monkeypatch.setattr(trainer_module.Trainer, "_step", step_then_sigterm_at_3)
+    out = tmp_path / "resumed.pt"
+    with pytest.raises(TrainingInterrupted, match="step 3"):
+        pretrain_vae_stage(stimuli=str(stimuli), modality="image", out=str(out), params=params, seed=7,
+                           checkpoint_dir=str(ckpt))
+    assert not out.exists() and (ckpt / "last.pt").exists()  # the checkpoint, not the output
+    assert torch.load(ckpt / "last.pt", weights_only=True)["step"] == 3
+    monkeypatch.setattr(trainer_module.Trainer, "_step", real_step)
+
+    torch.manual_seed(123)  # a new process: another global seed
+    steps_run = []
+    monkeypatch.setattr(trainer_module.Trainer, "_step",
+                        lambda self, b, f: (steps_run.append(self.step), real_step(self, b, f))[1])
+    pretrain_vae_stage(stimuli=str(stimuli), modality="image", out=str(out), params=params, seed=7,
+                       checkpoint_dir=str(ckpt))
+    assert steps_run == [3, 4, 5]  # resumed at step 3
+    a, b = load_model(tmp_path / "full.pt").state_dict(), load_model(out).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    steps_run.clear()  # another learning rate: the checkpoint is stale, training starts afresh
+    other = {"image": {**params["image"], "learning_rate": 1e-3}}
+    pretrain_vae_stage(stimuli=str(stimuli), modality="image", out=str(tmp_path / "other.pt"), params=other, seed=7,
+                       checkpoint_dir=str(ckpt))
+    assert steps_run == list(range(6))

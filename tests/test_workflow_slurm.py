@@ -83,6 +83,7 @@ os.execvp(args[0], args)
 record("torchrun")
 args = sys.argv[1:]
 command = args[args.index("--no-python") + 1:]
+command = command[1:] if command[0] == "--" else command
 os.execvp(command[0], command)
 """,
     # the stage command: creates what it is asked to write
@@ -237,7 +238,8 @@ def test_a_multi_gpu_training_job_is_launched_by_torchrun_with_one_process_per_g
     assert len(launches) == 1, launches  # train_decoder only; the CPU job and the local rule run cortexflow
     argv = launches[0]
     assert _option(argv, "--nproc-per-node") == str(TRAIN_GPUS) and "--standalone" in argv
-    assert argv[argv.index("--no-python") + 1:][:2] == ["cortexflow", "train-decoder"]
+    # `--` ends torchrun's options (its parser refuses the stage's `--log` otherwise)
+    assert argv[argv.index("--no-python") + 1:][:3] == ["--", "cortexflow", "train-decoder"]
 
 
 def test_a_retried_job_gets_a_longer_time_limit(tmp_path):

@@ -215,8 +215,10 @@ def set_trainable(model: nn.Module, which: str) -> list[str]:
     if which not in TRAINABLE:
         raise CortexflowInputError(f"trainable must be one of {TRAINABLE}, got {which!r}")
     names = []
+    # the null condition trains only with condition dropout (LatentFlowDecoder._build)
+    frozen = ("vae.",) + (("uncond_",) if getattr(model.config, "cond_drop_prob", None) == 0 else ())
     for name, p in model.named_parameters():
-        train = not name.startswith("vae.") and (which == "all" or name.startswith(ADAPTER_PREFIX))
+        train = not name.startswith(frozen) and (which == "all" or name.startswith(ADAPTER_PREFIX))
         p.requires_grad_(train)
         if train:
             names.append(name)

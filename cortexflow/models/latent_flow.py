@@ -102,6 +102,12 @@ class LatentFlowDecoder(nn.Module):
         # Learned "no brain" condition for classifier-free guidance (the seed's names).
         self.uncond_global = nn.Parameter(torch.zeros(1, cond_dim))
         self.uncond_tokens = nn.Parameter(torch.zeros(1, n_tokens, cond_dim))
+        if self.config.cond_drop_prob == 0:
+            # Without condition dropout no loss reaches the null condition: frozen, so that it is
+            # no trainable parameter without a gradient, which DistributedDataParallel refuses
+            # ("Expected to have finished reduction"). It stays at its zero start either way.
+            self.uncond_global.requires_grad_(False)
+            self.uncond_tokens.requires_grad_(False)
         self.dit = DiffusionTransformer(dit_config)
         self.flow_matcher = RectifiedFlowMatcher(flow_config)
         stat_shape = (1, latent_shape[0], *([1] * (len(latent_shape) - 1)))
@@ -251,7 +257,9 @@ class LatentFlowDecoder(nn.Module):
         In training mode each row's condition is replaced by the learned null
         embedding (and its prior by zeros) with probability ``cfg_dropout``
         (default ``config.cond_drop_prob``), which trains the unconditional
-        velocity that guidance needs (Ho & Salimans 2022).
+        velocity that guidance needs (Ho & Salimans 2022). A model built with
+        ``cond_drop_prob=0`` has its null embedding frozen (at zero): a
+        ``cfg_dropout`` given here then drops rows to it but does not train it.
         """
         batch = brain_data.batch_size if isinstance(brain_data, BrainData) else None
         z = self.normalize_latents(self._check_latents(latents, "latents", batch))

@@ -149,7 +149,7 @@ def train_decoder_stage(*, dataset: str, modality: str, out: str, checkpoint_dir
     """Train one subject's brain decoder for one modality (resumes from ``checkpoint_dir``).
 
     Launched by torchrun with several processes (``torchrun --nproc-per-node N
-    --no-python cortexflow train-decoder ...``, what rule train_decoder runs when
+    --no-python -- cortexflow train-decoder ...``, what rule train_decoder runs when
     the profile gives it N GPUs), the processes train one model data-parallel
     (``cortexflow.training.distributed``); rank 0 writes ``out``.
     """

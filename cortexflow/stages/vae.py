@@ -41,9 +41,17 @@ def _build_vae(modality: str, p: VAEParams, in_channels: int):
 
 
 def pretrain_vae_stage(*, stimuli: str, modality: str, out: str, params: dict, seed: int = 0, threads: int = 1,
-                       device: str = "cpu") -> None:
-    """Train the autoencoder of one continuous modality on its training stimuli."""
+                       device: str = "cpu", checkpoint_dir: str | None = None) -> None:
+    """Train the autoencoder of one continuous modality on its training stimuli.
+
+    Resumable like train_decoder: with ``checkpoint_dir`` (a folder beside the
+    output, not the output) a checkpoint is written every twentieth of the run
+    and on SIGTERM (a time limit), and a rerun continues from it, to the same
+    weights as an uninterrupted run; a checkpoint of other settings or other
+    stimuli is not resumed.
+    """
     from cortexflow.models.io import save_model
+    from cortexflow.training.checkpoint import prune_stale_checkpoints
     from cortexflow.training.trainer import Trainer, TrainingConfig, batch_indices, seed_everything
 
     _io.set_threads(threads)
@@ -64,7 +72,7 @@ def pretrain_vae_stage(*, stimuli: str, modality: str, out: str, params: dict, s
     vae = _build_vae(modality, p, in_channels=data.shape[1])
     cfg = TrainingConfig(learning_rate=p.learning_rate, batch_size=p.batch_size, warmup_steps=p.warmup_steps,
                          max_steps=p.steps, use_ema=False, seed=seed, device=device, log_every=max(1, p.steps // 10),
-                         checkpoint_every=max(1, p.steps))
+                         checkpoint_every=max(1, p.steps // 20))
     trainer = Trainer(vae, cfg)
 
     def batch_fn(step: int, generator: torch.Generator) -> torch.Tensor:
@@ -78,7 +86,8 @@ def pretrain_vae_stage(*, stimuli: str, modality: str, out: str, params: dict, s
         recon, mu, logvar = model(xb)
         return model.loss(xb, recon, mu, logvar)[0]
 
-    trainer.fit(batch_fn, steps=p.steps, loss_fn=loss_fn)
+    trainer.fit(batch_fn, steps=p.steps, loss_fn=loss_fn, checkpoint_dir=checkpoint_dir,
+                run_tag=None if checkpoint_dir is None else _vae_run_tag(modality, p, ids, data))
     vae.eval()
     _, recon = _encode_decode(vae, data[:256], batch_size=256)
     mse = float(np.mean((recon - data[:256].numpy()) ** 2))
@@ -86,6 +95,19 @@ def pretrain_vae_stage(*, stimuli: str, modality: str, out: str, params: dict, s
     save_model(vae.cpu(), out, extra={"modality": modality, "norm": norm, "params": asdict(p),
                                       "train_recon_mse": mse})
     log.info("wrote %s", out)
+    if checkpoint_dir is not None:
+        prune_stale_checkpoints(checkpoint_dir)
+
+
+def _vae_run_tag(modality: str, p: VAEParams, ids, data: torch.Tensor) -> str:
+    """Identifies a VAE training run's inputs (settings, stimuli), so that a checkpoint of another is not resumed."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256(json.dumps({"modality": modality, **asdict(p)}, sort_keys=True, default=str).encode())
+    h.update("\n".join(map(str, ids)).encode())
+    h.update(np.ascontiguousarray(data.numpy()).data)  # no copy (gigabytes at NSD size)
+    return h.hexdigest()[:16]
 
 
 def _encode_decode(vae, x: torch.Tensor, batch_size: int) -> tuple[np.ndarray, np.ndarray]:

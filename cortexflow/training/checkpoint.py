@@ -57,13 +57,19 @@ def capture_rng_state(generator: torch.Generator | None = None) -> dict[str, Any
 
 
 def restore_rng_state(state: dict[str, Any], generator: torch.Generator | None = None) -> None:
-    """Inverse of :func:`capture_rng_state`."""
-    torch.set_rng_state(state["torch"])
+    """Inverse of :func:`capture_rng_state`.
+
+    Generator states are byte tensors that torch accepts on the CPU only; a
+    checkpoint read with ``map_location`` set to a GPU has them there, so they
+    are brought back first. The CUDA generators are restored only where CUDA
+    is in use.
+    """
+    torch.set_rng_state(_cpu_bytes(state["torch"]))
     np_state = state["numpy"]
     np.random.set_state(
         (
             np_state["kind"],
-            np_state["keys"].numpy().astype(np.uint32),
+            np_state["keys"].cpu().numpy().astype(np.uint32),
             np_state["pos"],
             np_state["has_gauss"],
             np_state["cached_gaussian"],
@@ -71,7 +77,7 @@ def restore_rng_state(state: dict[str, Any], generator: torch.Generator | None =
     )
     random.setstate(_python_state_from_tensors(state["python"]))
     if "cuda" in state and torch.cuda.is_available():
-        cuda_states = state["cuda"]
+        cuda_states = [_cpu_bytes(s) for s in state["cuda"]]
         if len(cuda_states) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda_states)
         else:
@@ -81,7 +87,12 @@ def restore_rng_state(state: dict[str, Any], generator: torch.Generator | None =
                 torch.cuda.device_count(),
             )
     if generator is not None and "generator" in state:
-        generator.set_state(state["generator"])
+        generator.set_state(_cpu_bytes(state["generator"]))
+
+
+def _cpu_bytes(tensor: torch.Tensor) -> torch.Tensor:
+    """A generator state as torch's setters want it: a CPU uint8 tensor."""
+    return tensor.detach().to("cpu", torch.uint8)
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:

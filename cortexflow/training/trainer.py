@@ -452,15 +452,18 @@ class Trainer:
             previous_handler = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
         show = progress and self.dist.is_main
         bar = tqdm(total=target, initial=self.step, desc="train", unit="step", disable=None if show else True)
+        stop = _StopVote(self.dist)
         try:
             while self.step < target:
                 window.append(self._step(next_batch(), loss_fn))
                 bar.update(1)
+                # every process stops after the same step, the first after which any was signalled
+                stopping = stop.agreed(bool(received))
                 log_now = self.step % cfg.log_every == 0 or self.step == target
                 checkpoint_now = ckpt_path is not None and (
-                    self.step % cfg.checkpoint_every == 0 or self.step == target or bool(received)
+                    self.step % cfg.checkpoint_every == 0 or self.step == target or stopping
                 )
-                if log_now or checkpoint_now or received:
+                if log_now or checkpoint_now or stopping:
                     # one host sync per interval: read back (and average over processes) the window's losses
                     values = self._read_losses(window, first_step=self.step - len(window))
                     result.losses.extend(values)
@@ -477,9 +480,13 @@ class Trainer:
                         )
                 if checkpoint_now and self.dist.is_main:
                     result.checkpoint = self.save_checkpoint(ckpt_path, run_tag=run_tag)
-                if received:
+                if stopping:
+                    if self.dist.enabled:
+                        # no process exits (and makes torchrun end the others) before rank 0 has written
+                        torch.distributed.barrier()
                     where = f"checkpoint {ckpt_path}; run again to resume" if ckpt_path else "no checkpoint_dir"
-                    log.warning("SIGTERM at step %d: stopping (%s)", self.step, where)
+                    who = "" if received else " (sent to another process)"
+                    log.warning("SIGTERM%s at step %d: stopping (%s)", who, self.step, where)
                     raise TrainingInterrupted(f"stopped by SIGTERM at step {self.step} ({where})")
         finally:
             bar.close()
@@ -564,11 +571,15 @@ class Trainer:
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore the trainer's full state from ``path``."""
-        self.load_state_dict(load_checkpoint(path, map_location=self.device))
+        self.load_state_dict(load_checkpoint(path))
 
     def _try_resume(self, path: Path, run_tag: str | None) -> bool:
         """Resume from ``path`` if it belongs to this run; warn and start afresh if it is stale."""
-        state = load_checkpoint(path, map_location=self.device)
+        # Read onto the CPU: the random-generator states must stay CPU byte tensors
+        # (torch.set_rng_state and Generator.set_state refuse CUDA ones), and
+        # load_state_dict copies the weights and optimizer moments to the device
+        # the model lives on.
+        state = load_checkpoint(path, map_location="cpu")
         reason = self._stale_reason(state, run_tag)
         if reason is None:
             try:
@@ -603,6 +614,32 @@ class Trainer:
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+class _StopVote:
+    """Whether any process of the run has been asked to stop (SIGTERM), agreed after every step.
+
+    Under torchrun the processes see a SLURM time limit's SIGTERM at different
+    steps; a process that stopped (and read back losses, wrote the checkpoint)
+    on its own would enter other collectives than the rest, and the run would
+    die without a checkpoint. So each step ends with an all-reduce (MAX) of the
+    local flags, and every process stops after the same step. The vote runs on
+    the CPU over gloo (a side group when the run itself uses NCCL), so it adds no
+    GPU synchronisation to the step, only a few bytes between processes.
+    """
+
+    def __init__(self, ctx: distributed.DistributedContext):
+        self.enabled = ctx.enabled
+        self.group = None
+        if self.enabled and torch.distributed.get_backend() != "gloo":
+            self.group = torch.distributed.new_group(backend="gloo")
+
+    def agreed(self, local: bool) -> bool:
+        if not self.enabled:
+            return local
+        flag = torch.tensor([1 if local else 0], dtype=torch.int32)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX, group=self.group)
+        return bool(flag.item())
 
 
 def _plain(value: Any) -> Any:

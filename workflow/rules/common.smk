@@ -244,7 +244,9 @@ def decoder_launcher(wildcards, resources):
     n_gpus = int(getattr(resources, "gpu", 0) or 0)
     if n_gpus <= 1:
         return "cortexflow"
-    return f"torchrun --standalone --nnodes 1 --nproc-per-node {n_gpus} --no-python cortexflow"
+    # `--` ends torchrun's options: without it, torchrun's parser also reads the stage's options
+    # after the command and stops at `--log` ("ambiguous option: --log could match --log-dir, ...")
+    return f"torchrun --standalone --nnodes 1 --nproc-per-node {n_gpus} --no-python -- cortexflow"
 
 
 def checkpoint_dir(wildcards):
@@ -259,6 +261,17 @@ def checkpoint_dir(wildcards):
         f"{decoder_params(wildcards)}|{train_seed(wildcards)}|{stage_fingerprint('train_decoder')}".encode()
     ).hexdigest()[:12]
     return f"{RESULTS}/checkpoints/sub-{wildcards.subject}_{wildcards.modality}_seed{wildcards.train_seed}/{key}"
+
+
+def vae_checkpoint_dir(wildcards):
+    """Where pretrain_vae keeps its resumable checkpoints (not a declared output),
+    keyed like checkpoint_dir by the VAE's settings, seed and code."""
+    import hashlib
+
+    key = hashlib.sha256(
+        f"{modality_section('vae', wildcards.modality)}|{config['seed']}|{stage_fingerprint('pretrain_vae')}".encode()
+    ).hexdigest()[:12]
+    return f"{RESULTS}/checkpoints/vae_{wildcards.modality}/{key}"
 
 
 def folder_of_description(wildcards, output):

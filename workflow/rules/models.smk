@@ -4,7 +4,10 @@
 
 
 rule pretrain_vae:
-    """One autoencoder per continuous modality, trained on the training stimuli."""
+    """One autoencoder per continuous modality, trained on the training stimuli.
+
+    Resumable like train_decoder: its checkpoints live beside the declared output.
+    """
     input:
         stimuli=STIMULI_TSV,
     output:
@@ -15,6 +18,7 @@ rule pretrain_vae:
         section=section_params("vae"),
         seed=config["seed"],
         device=config["device"],
+        checkpoints=vae_checkpoint_dir,
         code=stage_fingerprint("pretrain_vae"),
     log:
         f"{LOGS}/pretrain_vae/{{modality}}.log",
@@ -28,7 +32,7 @@ rule pretrain_vae:
     shell:
         "cortexflow pretrain-vae --stimuli {input.stimuli} --modality {wildcards.modality} --out {output}"
         " --params {params.section:q} --seed {params.seed} --threads {threads} --device {params.device}"
-        " --log {log}"
+        " --checkpoint-dir {params.checkpoints} --log {log}"
 
 
 rule encode_latents:
