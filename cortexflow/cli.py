@@ -47,7 +47,7 @@ from cortexflow.stages import STAGES
 # sentence (the workflow stages are found in cortexflow/stages/ by name).
 COMMANDS: dict[str, tuple[str, str, str | None]] = {}
 
-ALIASES = {"simulate": "simulate_study"}
+ALIASES = {"simulate": "simulate_study", "check": "check_study"}
 # Defaults of the command line that differ from the Python functions': like the
 # workflow (config `device: auto`), a command runs on CUDA when there is one;
 # Python callers keep the functions' explicit cpu.
@@ -80,6 +80,9 @@ OPTION_HELP = {
     "sidecar": "the BOLD run's JSON sidecar (RepetitionTime; default: beside --bold)",
     "stimuli_tsv": "the study's stimuli.tsv",
     "evaluation": "the config's evaluation section as JSON (the metrics' settings)",
+    "configfile": "workflow config file(s), applied over config.yaml in order, as snakemake --configfile",
+    "config": "KEY=VALUE overrides (YAML values, dotted keys nest), as snakemake --config",
+    "headers_only": "read headers and tables only, not the voxels (faster; misses NaN voxels and truncated files)",
     "expdesign": "NSD's nsddata/experiments/nsd/nsd_expdesign.mat",
     "roi": "NSD ROI file whose voxels (label >= 1) are decoded (roi/nsdgeneral.nii.gz)",
     "regions": "NSD ROI label files that split the ROI into regions (roi/streams.nii.gz ...)",
@@ -387,7 +390,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     _setup_logging(args.log, args.verbose)
     name = args._command
-    kwargs = {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in ("log", "verbose", "config")}
+    # --config is the workflow config file of a command with --params; check-study's own --config
+    # takes key=value overrides and is passed through
+    has_params = "params" in vars(args)
+    kwargs = {k: v for k, v in vars(args).items()
+              if not k.startswith("_") and k not in ("log", "verbose") and (k != "config" or not has_params)}
     try:
         if "params" in kwargs:
             params = kwargs["params"]

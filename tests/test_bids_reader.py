@@ -148,14 +148,48 @@ def test_empty_mask_fails(tmp_path):
         load_run(run)
 
 
-def test_events_must_fall_inside_the_run(tmp_path):
+def test_events_before_the_run_are_refused_those_after_it_clipped_with_the_lines(tmp_path, caplog):
+    """A final fixation that outlasts the scan is cut at the run's end, a trial that starts after
+    it dropped; both are warnings naming the file and its lines (nilearn too only warns)."""
     run = _only_run(make_dataset(tmp_path))  # 12 volumes x 2 s = 24 s
 
     def late(t):
-        t.loc[1, "onset"] = 22.0
+        extra = pd.DataFrame({"onset": [20.0, 25.0], "duration": [6.0, 1.0], "trial_type": ["fixation", "x"],
+                              "stimulus_id": [None, "a"]})
+        return pd.concat([t, extra], ignore_index=True)
     _edit_tsv(run.events, late)
-    with pytest.raises(CortexflowInputError, match=r"events\.tsv: 1 event\(s\) fall outside the run \(0 to 24 s"):
+    with caplog.at_level("WARNING", logger="cortexflow"):
+        loaded = load_run(run, stimulus_ids={"a", "b"})
+    assert loaded.events["onset"].tolist() == [2.0, 8.0, 20.0]  # the one at 25 s is gone
+    assert loaded.events["duration"].tolist() == [3.0, 3.0, 4.0]  # 20 + 6 s cut at 24 s
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(str(run.events) in m and "end after the run's end (24 s" in m and "line(s) 4" in m for m in messages)
+    assert any(str(run.events) in m and "are dropped: line(s) 5" in m and "stimuli a" in m for m in messages)
+
+    def early(t):
+        t.loc[1, "onset"] = -1.0
+    _edit_tsv(run.events, early)
+    with pytest.raises(CortexflowInputError, match=r"events\.tsv: 1 event\(s\) start before the first volume"):
         load_run(run)
+
+
+def test_events_as_bids_allows_them_n_a_extra_columns_and_rows_without_a_stimulus(tmp_path):
+    """n/a durations of non-stimulus rows are impulses, extra columns are kept, and ids that look like
+    numbers stay labels even in a column with n/a (0042 is not 42.0)."""
+    root = make_dataset(tmp_path)
+    run = _only_run(root)
+    run.events.write_text("onset\tduration\ttrial_type\tstimulus_id\tresponse_time\tnotes\n"
+                          "2.0\t3.0\timage\t0042\t0.61\tn/a\n"
+                          "5.5\tn/a\tbutton_press\tn/a\tn/a\tleft hand\n"
+                          "8.0\t3.0\timage\t0007\tn/a\tn/a\n"
+                          "11.0\t2.0\tfixation\tn/a\tn/a\tn/a\n")
+    loaded = load_run(run, stimulus_ids={"0042", "0007"})
+    ev = loaded.events
+    assert ev["stimulus_id"].tolist() == ["0042", None, "0007", None]
+    assert ev["duration"].tolist() == [3.0, 0.0, 3.0, 2.0]
+    assert ev["response_time"].iloc[0] == 0.61 and ev["notes"].iloc[1] == "left hand"
+    with pytest.raises(CortexflowInputError, match=r"not in the stimulus table: 0042"):
+        load_run(run, stimulus_ids={"42", "0007"})
 
 
 def test_events_must_name_known_stimuli(tmp_path):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -163,3 +165,76 @@ def test_a_strategy_with_confounds_elsewhere_is_refused(study, tmp_path):
                                                    r"nilearn.*found .*run-01_desc-confounds_timeseries.tsv"):
         glm_betas_stage(**{**files, "confounds": str(moved)}, **paths, params={"confounds_strategy": ["motion"]})
     assert not (tmp_path / "b.nii.gz").exists()
+
+
+# ----------------------------------------------------------------------------- load_confounds_strategy presets
+
+FULL_MOTION = [f"{m}{s}" for m in ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
+               for s in ("", "_derivative1", "_power2", "_derivative1_power2")]
+
+
+@pytest.fixture
+def real_confounds(study, tmp_path):
+    """The study's run 1 with fMRIPrep's own confounds columns and .json (tests/fmriprep_fixture.py)."""
+    from fmriprep_fixture import fmriprep_confounds, write_confounds
+
+    bids = tmp_path / "bids"
+    shutil.copytree(study["bids"], bids)
+    files = _files(bids, "01")
+    table, meta = fmriprep_confounds(pd.read_csv(files["confounds"], sep="\t", na_values="n/a"), tr=2.0)
+    write_confounds(Path(files["confounds"]), table, meta)
+    return files, table
+
+
+@pytest.mark.parametrize(("preset", "expected"), [
+    ("simple", FULL_MOTION + ["csf", "white_matter"]),
+    ("compcor", FULL_MOTION + [f"a_comp_cor_{i:02d}" for i in range(5)]),  # the 5 of the combined mask
+])
+def test_a_denoise_preset_picks_fmriprep_columns_and_gives_their_betas(real_confounds, tmp_path, preset, expected):
+    """nilearn's preset reads fMRIPrep's columns (the .json says which a_comp_cor are of the combined
+    mask); its cosine_XX are left out for the design's own drifts, and the non-steady-state volume
+    becomes a spike: the betas are those of listing exactly these columns in glm.confounds."""
+    from cortexflow.preprocess.glm import GLMConfig, strategy_confounds
+
+    files, table = real_confounds
+    picked = strategy_confounds(files["bold"], GLMConfig(denoise_strategy=preset), files["confounds"], len(table))
+    assert sorted(picked.columns) == sorted(expected + ["spike_0000"])
+    assert not any(c.startswith("cosine") for c in picked.columns)
+    paths = {"out_betas": str(tmp_path / "p.nii.gz"), "out_trials": str(tmp_path / "p.parquet")}
+    # 50 volumes are too few for 30 confounds and 18 trials in one fit (LSA): one trial at a time
+    glm_betas_stage(**files, **paths, params={"denoise_strategy": preset, "method": "lss"})
+    by_preset = np.asanyarray(nib.load(paths["out_betas"]).dataobj)
+    listed = {"out_betas": str(tmp_path / "l.nii.gz"), "out_trials": str(tmp_path / "l.parquet")}
+    glm_betas_stage(**files, **listed, params={"confounds": expected + ["non_steady_state_outlier_00"],
+                                                          "method": "lss"})
+    by_list = np.asanyarray(nib.load(listed["out_betas"]).dataobj)
+    np.testing.assert_allclose(by_preset, by_list, rtol=1e-4, atol=1e-4 * np.abs(by_list).max())
+
+
+def test_scrubbing_preset_censors_high_motion_volumes(real_confounds, tmp_path):
+    from cortexflow.preprocess.glm import GLMConfig, strategy_confounds
+
+    files, table = real_confounds
+    table["framewise_displacement"] = [None] + [0.1] * (len(table) - 1)
+    table["std_dvars"] = [None] + [1.0] * (len(table) - 1)
+    table.loc[40, "framewise_displacement"] = 1.2  # above the preset's 0.5 mm
+    from fmriprep_fixture import write_confounds
+
+    write_confounds(Path(files["confounds"]), table, json.loads(Path(files["confounds"]).with_suffix(".json").read_text()))
+    picked = strategy_confounds(files["bold"], GLMConfig(denoise_strategy="scrubbing",
+                                                         confounds_options={"scrub": 0}), files["confounds"], len(table))
+    assert [c for c in picked.columns if c.startswith("spike_")] == ["spike_0000", "spike_0040"]
+    assert {"csf_derivative1_power2", "white_matter_power2"} <= set(picked.columns)  # wm_csf: full
+
+
+def test_compcor_without_its_json_and_a_preset_with_a_list_are_refused(real_confounds, study, tmp_path):
+    files, _ = real_confounds
+    Path(files["confounds"]).with_suffix(".json").unlink()
+    paths = {"out_betas": str(tmp_path / "c.nii.gz"), "out_trials": str(tmp_path / "c.parquet")}
+    with pytest.raises(CortexflowInputError, match=r"desc-confounds_timeseries\.tsv: nilearn's load_confounds_strategy "
+                                                   r"cannot apply preset 'compcor'.*json"):
+        glm_betas_stage(**files, **paths, params={"denoise_strategy": "compcor"})
+    with pytest.raises(CortexflowInputError, match="either denoise_strategy"):
+        glm_betas_stage(**files, **paths, params={"denoise_strategy": "simple", "confounds_strategy": ["motion"]})
+    with pytest.raises(CortexflowInputError, match="glm.denoise_strategy' is 'aggressive'.*one of 'simple'"):
+        glm_betas_stage(**files, **paths, params={"denoise_strategy": "aggressive"})

@@ -167,11 +167,29 @@ def test_missing_confound_names_file_and_available_columns():
     assert "trans_x" in message and "Fix:" in message
 
 
-def test_events_outside_the_run_are_an_error():
+def test_events_past_the_run_are_clipped_and_earlier_ones_an_error(caplog):
+    """The design is that of the events as the run measured them: a trial starting after the
+    last volume is dropped (a warning names it), an event running on after it is cut."""
     bold, _, events, confounds = _run(n_vox=10)
-    events.loc[3, "onset"] = N_SCANS * TR + 10
-    with pytest.raises(CortexflowInputError, match=r"run_events\.tsv.*outside the run"):
-        single_trial_betas(bold, events, confounds, TR, {"confounds": CONFOUNDS}, sources={"events": "run_events.tsv"})
+    run_seconds = N_SCANS * TR
+    late = events.copy()
+    extra = pd.DataFrame({"onset": [run_seconds + 10, run_seconds - 4], "duration": [2.0, 10.0],
+                          "trial_type": ["stim", "fixation"], "stimulus_id": ["s_late", None]})
+    late = pd.concat([late, extra], ignore_index=True)
+    with caplog.at_level("WARNING", logger="cortexflow"):
+        betas, trials = single_trial_betas(bold, late, confounds, TR, {"confounds": CONFOUNDS},
+                                           sources={"events": "run_events.tsv"})
+    assert "s_late" not in set(trials["stimulus_id"]) and len(trials) == len(events)
+    text = " ".join(r.getMessage() for r in caplog.records)
+    assert "run_events.tsv: 1 event(s) start after the run's end" in text and "cut there" in text
+    # the fixation cut at the run's end models exactly what the run measured
+    cut = pd.concat([events, extra.iloc[[1]].assign(duration=4.0)], ignore_index=True)
+    same, _ = single_trial_betas(bold, cut, confounds, TR, {"confounds": CONFOUNDS})
+    np.testing.assert_array_equal(betas, same)
+    early = events.copy()
+    early.loc[3, "onset"] = -2.0
+    with pytest.raises(CortexflowInputError, match=r"run_events\.tsv.*start before the first volume"):
+        single_trial_betas(bold, early, confounds, TR, {"confounds": CONFOUNDS}, sources={"events": "run_events.tsv"})
 
 
 @pytest.mark.parametrize("corruption, pattern", [("nan", "2 of 10 voxels contain NaN"),

@@ -91,7 +91,7 @@ def fake_complete_run(repo: Path, *configs: str) -> list[str]:
     Returns the outputs, relative to ``repo``.
     """
     args = ["--configfile", *configs]
-    summary = snakemake(repo, "--cores", "1", "--summary", *args).stdout
+    summary = snakemake(repo, "--cores", "1", "--summary", *args, timeout=600).stdout
     lines = [line for line in summary.splitlines() if "\t" in line][1:]
     for line in lines:
         path = repo / line.split("\t", 1)[0]
@@ -101,7 +101,7 @@ def fake_complete_run(repo: Path, *configs: str) -> list[str]:
         else:
             path.mkdir(parents=True, exist_ok=True)
     assert lines, summary
-    snakemake(repo, "--cores", "1", "--touch", "--forceall", *args)
+    snakemake(repo, "--cores", "1", "--touch", "--forceall", *args, timeout=600)
     return [line.split("\t", 1)[0] for line in lines]
 
 
@@ -223,10 +223,11 @@ def test_editing_the_dit_source_reruns_decoders_and_downstream_only(finished):
 def test_bids_source_finds_on_disk_the_runs_the_simulator_planned(finished):
     """data.source: bids reads the runs from an fMRIPrep folder (here: the simulated one's files)."""
     planned = scheduled(snakemake(finished, "--cores", "1", "--dry-run", "--forceall", "--configfile", TINY).stdout)
-    real = overlay(finished, "bids_source.yaml", {"data": {"source": "bids", "bids_root": "data/tiny/bids"}})
+    # the files here are empty stand-ins: no study check while the DAG is built (data.check)
+    real = overlay(finished, "bids_source.yaml", {"data": {"source": "bids", "bids_root": "data/tiny/bids", "check": False}})
     found = scheduled(snakemake(finished, "--cores", "1", "--dry-run", "--forceall", "--configfile", TINY, real).stdout)
-    assert "simulate_study" not in found
-    assert {rule: n for rule, n in planned.items() if rule != "simulate_study"} == found
+    assert "simulate_study" not in found and "check_study" not in found  # a real study is checked at DAG time
+    assert {rule: n for rule, n in planned.items() if rule not in ("simulate_study", "check_study")} == found
 
 
 def test_glmsingle_option_feeds_glm_betas_its_file_and_the_runs_in_order(finished):
@@ -239,7 +240,7 @@ def test_glmsingle_option_feeds_glm_betas_its_file_and_the_runs_in_order(finishe
             target.parent.mkdir(parents=True, exist_ok=True)
             target.touch()
     real = overlay(finished, "glmsingle.yaml", {"data": {"source": "bids", "bids_root": "data/tiny/bids",
-                                                         "glmsingle": pattern}})
+                                                         "glmsingle": pattern, "check": False}})
     out = snakemake(finished, "--cores", "1", "--dry-run", "--forceall", "--printshellcmds", "--configfile", TINY, real).stdout
     commands = [line[line.index("cortexflow glm-betas"):] for line in out.splitlines() if "cortexflow glm-betas" in line]
     assert commands

@@ -22,7 +22,7 @@ whole tree on every workflow start; the few naming rules needed here are in
 
 and validated before anything is computed from them (``load_run``): the TR in
 the sidecar against the NIfTI header, a 4-D image, a mask on the BOLD grid,
-events inside the run with known stimulus ids, one confounds row per volume.
+events inside the run (clipped to it) with known stimulus ids, one confounds row per volume.
 Every failure raises ``CortexflowInputError`` naming the file and the fix.
 
 Decisions, following the conventions of the tools that write these files:
@@ -37,7 +37,14 @@ Decisions, following the conventions of the tools that write these files:
   (``framewise_displacement``, ``dvars``, ``*_derivative1``...): there is no
   previous volume. Those first-row gaps are set to 0; a missing value anywhere
   else is an error.
-- Events without a ``stimulus_id`` (e.g. fixation or response rows) are kept.
+- Events without a ``stimulus_id`` (``n/a``: fixation, responses) are kept (the
+  GLM models them as nuisance events, one regressor per ``trial_type``), and
+  their ``duration`` may be ``n/a`` (BIDS: unavailable): an impulse of 0 s.
+  Columns beyond those read here are kept and ignored.
+- Events that end after the run (volumes x TR) are cut at its end, and those
+  that start after it are dropped, with a warning naming the file and lines
+  (``clip_events_to_run``): a final fixation row that outlasts the scan is
+  common in real data. An onset before the first volume is still an error.
   The id may also be in a ``stim_id`` column (the name BIDS extension proposal
   BEP044, stimuli, gives it); when the events have neither but BIDS's
   ``stim_file``, the stimulus id is the file's name without its extension.
@@ -76,6 +83,8 @@ SPACE_ENTITIES = ("space", "cohort", "res", "den")
 # Entities of a raw run that its events file may leave out (BIDS inheritance).
 _EVENTS_OPTIONAL = (("echo", "part"), ("echo", "part", "rec", "ce", "dir", "acq"))
 _TR_TOLERANCE = 1e-3  # seconds
+# columns read as text whatever they hold (stimulus ids, BIDS labels)
+_LABEL_COLUMNS = ("stimulus_id", "stim_id", "stim_file", "trial_type", "modality", "split", "path", "text")
 
 
 @dataclass(frozen=True)
@@ -193,12 +202,15 @@ def _raw_func_dir(bids_root: Path, subject: str, session: str | None) -> Path:
 
 
 def find_runs(bids_root: str | Path, subject: str | None = None, task: str | None = None,
-              fmriprep_dir: str | Path | None = None, space: str = DEFAULT_SPACE) -> list[RunFiles]:
+              fmriprep_dir: str | Path | None = None, space: str = DEFAULT_SPACE,
+              skipped: list[CortexflowInputError] | None = None) -> list[RunFiles]:
     """Every preprocessed run in ``space``, with its mask, confounds, sidecar and events.
 
     ``subject`` and ``task`` filter (labels without the ``sub-``/``task-`` prefix).
     Runs are sorted by subject, session, task and run. A run whose companion
-    file is missing raises an error naming the file expected and what is there.
+    file is missing raises an error naming the file expected and what is there;
+    given a ``skipped`` list, that error is appended to it instead and the run
+    left out (``cortexflow check`` lists every such run at once).
     """
     bids_root = Path(bids_root)
     fmriprep = Path(fmriprep_dir) if fmriprep_dir is not None else bids_root / "derivatives" / "fmriprep"
@@ -243,7 +255,14 @@ def find_runs(bids_root: str | Path, subject: str | None = None, task: str | Non
             f"run {_prefix(several[0][0].name)} exists in several variants of space {space!r}: "
             + ", ".join(p.name for p in several[0]), path=several[0][0].parent,
             fix=f"pick one in data.space the way fMRIPrep names it, e.g. {space_name}:res-2")
-    runs = [_companions(p, bids_root, space) for p in bolds]
+    runs = []
+    for p in bolds:
+        try:
+            runs.append(_companions(p, bids_root, space))
+        except CortexflowInputError as e:
+            if skipped is None:
+                raise
+            skipped.append(e)
     runs.sort(key=lambda r: (r.subject, r.session or "", r.task, r.run))
     seen: dict[tuple, Path] = {}
     for r in runs:
@@ -327,7 +346,10 @@ def _read_tsv(path: Path, what: str) -> pd.DataFrame:
             log.warning("%s does not end with a newline: if it was cut off mid-line, its last row (line %d) is "
                         "incomplete", path, len(lines))
     try:
-        return pd.read_csv(io.StringIO(text), sep="\t", na_values=["n/a"], keep_default_na=False)
+        # ids are labels, not numbers: "0042" stays "0042", also in a column with n/a
+        header = lines[0].split("\t") if lines else []
+        labels = {c: str for c in header if c in _LABEL_COLUMNS}
+        return pd.read_csv(io.StringIO(text), sep="\t", na_values=["n/a"], keep_default_na=False, dtype=labels)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         raise CortexflowInputError(f"cannot read the {what} as a tab-separated table ({e})", path=path,
                                    fix="write it as TSV with a header row, tabs between columns, n/a for missing") from None
@@ -426,6 +448,15 @@ def check_events(events: pd.DataFrame, path: Path, run_seconds: float,
                                    path=path, fix="add onset, duration and stimulus_id (or stim_id, or stim_file) columns")
     if events.empty:
         raise CortexflowInputError("events file has no rows", path=path, fix="list the run's trials, one per row")
+    events = events.copy()
+    events["stimulus_id"] = events["stimulus_id"].astype(object).where(events["stimulus_id"].notna(), None)
+    # BIDS allows duration n/a ("unavailable"): an event without a stimulus (a response, a
+    # button press) is then an impulse; a trial needs its duration for its regressor.
+    impulse = events["duration"].isna() & events["stimulus_id"].isna()
+    if impulse.any():
+        log.info("%s: %d event(s) without a stimulus have duration n/a; modelled as impulses (0 s), line(s) %s",
+                 path, int(impulse.sum()), _lines(np.flatnonzero(impulse.to_numpy())))
+        events.loc[impulse, "duration"] = 0.0
     for col in EVENT_COLUMNS:
         values = pd.to_numeric(events[col], errors="coerce")
         bad = np.flatnonzero(~np.isfinite(values.to_numpy(float)))
@@ -437,14 +468,13 @@ def check_events(events: pd.DataFrame, path: Path, run_seconds: float,
     if bad_dur.size:
         raise CortexflowInputError(f"negative duration in line(s) {', '.join(str(i + 2) for i in bad_dur[:5])}",
                                    path=path, fix="durations are seconds >= 0")
-    end = events["onset"] + events["duration"]
-    outside = np.flatnonzero((events["onset"].to_numpy() < 0) | (end.to_numpy() > run_seconds + 1e-6))
-    if outside.size:
-        i = outside[0]
+    before = np.flatnonzero(events["onset"].to_numpy() < 0)
+    if before.size:
+        i = before[0]
         raise CortexflowInputError(
-            f"{outside.size} event(s) fall outside the run (0 to {run_seconds:g} s = volumes x TR); first at line {i + 2}: "
-            f"onset {events['onset'].iloc[i]:g} s, duration {events['duration'].iloc[i]:g} s",
+            f"{before.size} event(s) start before the first volume; first at line {i + 2}: onset {events['onset'].iloc[i]:g} s",
             path=path, fix="check that this events file belongs to this run and that onsets are in seconds from the first volume")
+    events = clip_events_to_run(events, run_seconds, path)
     if stimulus_ids is not None:
         known = set(stimulus_ids)
         named = events["stimulus_id"].dropna().astype(str)
@@ -453,8 +483,48 @@ def check_events(events: pd.DataFrame, path: Path, run_seconds: float,
             raise CortexflowInputError(
                 f"{len(unknown)} stimulus id(s) not in the stimulus table: {', '.join(unknown[:5])}" + (" ..." if len(unknown) > 5 else ""),
                 path=path, fix="correct the ids in this events file, or list those stimuli in the study's stimuli/stimuli.tsv")
-    events["stimulus_id"] = events["stimulus_id"].astype(object).where(events["stimulus_id"].notna(), None)
     return events.sort_values("onset", kind="stable").reset_index(drop=True)
+
+
+def _lines(rows: Sequence[int], most: int = 8) -> str:
+    """File line numbers of table rows (the header is line 1)."""
+    shown = ", ".join(str(int(i) + 2) for i in rows[:most])
+    return shown + (f" and {len(rows) - most} more" if len(rows) > most else "")
+
+
+def clip_events_to_run(events: pd.DataFrame, run_seconds: float, path: str | Path | None = None) -> pd.DataFrame:
+    """Events as far as the run measured them: those that start at or after its end
+    (``run_seconds`` = volumes x TR) are dropped, those that end after it are cut at
+    the end, with a warning naming the file and its lines.
+
+    Real event files often hold a final fixation or rest row that runs on after
+    the last volume (the scanner was stopped early, or the stimulus script logs
+    the planned end); nilearn only warns about it, and a model of the run has no
+    samples there anyway. Keeps the row order and index.
+    """
+    if not np.isfinite(run_seconds):
+        return events
+    onset = events["onset"].to_numpy(float)
+    end = onset + events["duration"].to_numpy(float)
+    late = onset >= run_seconds - 1e-6
+    over = ~late & (end > run_seconds + 1e-6)
+    where = f"{path}: " if path is not None else ""
+    if late.all():
+        raise CortexflowInputError(
+            f"all {len(events)} events fall outside the run: they start after its end ({run_seconds:g} s = "
+            f"volumes x TR; first onset {onset.min():g} s)", path=path,
+            fix="check that this events file belongs to this run and that onsets are in seconds from the first volume")
+    if late.any():
+        named = events.loc[late, "stimulus_id"].dropna().astype(str).tolist() if "stimulus_id" in events else []
+        log.warning("%s%d event(s) start after the run's end (%g s = volumes x TR) and are dropped: line(s) %s%s",
+                    where, int(late.sum()), run_seconds, _lines(np.flatnonzero(late)),
+                    f" (trials of stimuli {', '.join(named[:5])})" if named else "")
+    if over.any():
+        log.warning("%s%d event(s) end after the run's end (%g s = volumes x TR) and are cut there: line(s) %s",
+                    where, int(over.sum()), run_seconds, _lines(np.flatnonzero(over)))
+        events = events.copy()
+        events.loc[over, "duration"] = run_seconds - events.loc[over, "onset"]
+    return events[~late]
 
 
 def check_confounds(confounds: pd.DataFrame, path: Path, n_volumes: int) -> pd.DataFrame:

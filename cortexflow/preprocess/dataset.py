@@ -248,7 +248,10 @@ def build_dataset(
     else:
         use_session = cfg.zscore == "session" and "session" in trials.columns and trials["session"].notna().all()
         unit = "session" if use_session else "run"
-        groups = trials["session" if use_session else "run"].astype(str).to_numpy()
+        groups = trials["session" if use_session else "run"].astype(str)
+        if not use_session and "session" in trials.columns:  # run 1 of ses-01 and of ses-02 are two runs
+            groups = trials["session"].astype(str) + "/" + groups
+        groups = groups.to_numpy()
         z = zscore_by_group(betas.astype(np.float64), groups, fit_rows, source=betas_src)
 
     # training split (train + val folds), in trial order

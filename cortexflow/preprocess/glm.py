@@ -44,6 +44,7 @@ import pandas as pd
 
 from typing import Literal
 
+from cortexflow.data.bids import clip_events_to_run
 from cortexflow.errors import CortexflowInputError
 from cortexflow.sections import from_mapping
 from cortexflow.preprocess.hrf import HRF_MODELS, dct_basis, event_regressors, frame_times, gamma_difference_hrf
@@ -58,6 +59,8 @@ TRIAL_COLUMNS = ["trial", "onset", "duration", "stimulus_id", "modality"]
 # nilearn.interfaces.fmriprep.load_confounds' strategies (nilearn 0.13)
 CONFOUND_STRATEGIES = ("motion", "wm_csf", "global_signal", "compcor", "ica_aroma", "scrub", "high_pass",
                        "non_steady_state", "tedana")
+# nilearn.interfaces.fmriprep.load_confounds_strategy's presets (nilearn 0.13)
+DENOISE_STRATEGIES = ("simple", "scrubbing", "compcor", "ica_aroma")
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,12 @@ class GLMConfig:
     with ``confounds_options`` as its other arguments (``motion: full``,
     ``scrub: 5``, ...). Leave ``high_pass`` out of the strategy: the cosine
     drifts of ``drift_model`` are already in the design.
+    ``denoise_strategy`` (``simple``, ``scrubbing``, ``compcor``, ``ica_aroma``)
+    instead takes one of nilearn's presets, ``load_confounds_strategy``, with
+    ``confounds_options`` as its overrides (e.g. ``fd_threshold: 0.2``). Every
+    preset includes ``high_pass`` (fMRIPrep's ``cosine_XX`` columns); those are
+    left out of the design, whose own cosine drifts span the same slow
+    frequencies (two copies would make it rank-deficient).
     """
 
     method: Literal["lsa", "lss"] = "lsa"
@@ -90,6 +99,7 @@ class GLMConfig:
     voxel_chunk: int = 32768
     confounds_strategy: tuple[str, ...] | None = None
     confounds_options: Mapping = field(default_factory=dict)
+    denoise_strategy: Literal["simple", "scrubbing", "compcor", "ica_aroma"] | None = None
 
     def __post_init__(self) -> None:
         checks = [
@@ -105,7 +115,12 @@ class GLMConfig:
             (self.confounds_strategy is None or (len(self.confounds_strategy) > 0 and all(
                 s in CONFOUND_STRATEGIES for s in self.confounds_strategy)),
              f"confounds_strategy must be null or a list of {', '.join(CONFOUND_STRATEGIES)}"),
+            (self.denoise_strategy is None or self.denoise_strategy in DENOISE_STRATEGIES,
+             f"denoise_strategy must be null or one of {', '.join(DENOISE_STRATEGIES)}"),
+            (self.denoise_strategy is None or self.confounds_strategy is None,
+             "set either denoise_strategy (a preset) or confounds_strategy (a list), not both"),
             (isinstance(self.confounds_options, Mapping) and "strategy" not in self.confounds_options
+             and "denoise_strategy" not in self.confounds_options
              and "img_files" not in self.confounds_options,
              "confounds_options must map load_confounds' other arguments (motion, scrub, ...) to values"),
         ]
@@ -190,15 +205,13 @@ def _check_events(events: pd.DataFrame, n_scans: int, tr: float, sources) -> pd.
                                        fix="give every event a numeric onset and duration in seconds")
     if (ev["duration"] < 0).any():
         raise CortexflowInputError("events with negative duration", path=path, fix="durations must be >= 0 s")
-    run_length = n_scans * tr
-    outside = ev[(ev["onset"] < 0) | (ev["onset"] + ev["duration"] > run_length + 1e-6)]
-    if len(outside):
-        first = outside.iloc[0]
+    before = ev[ev["onset"] < 0]
+    if len(before):
         raise CortexflowInputError(
-            f"{len(outside)} event(s) fall outside the run, which lasts {run_length:g} s "
-            f"({n_scans} volumes x TR {tr:g} s); first: onset {first['onset']:g} s, duration {first['duration']:g} s",
+            f"{len(before)} event(s) start before the first volume; first: onset {before['onset'].iloc[0]:g} s",
             path=path, fix="check that the events file belongs to this BOLD run and that onsets are in seconds")
-    return ev
+    # what outlasts the run (n_scans x TR) is cut or dropped, with a warning (cortexflow.data.bids)
+    return clip_events_to_run(ev, n_scans * tr, path)
 
 
 def _select_confounds(confounds: pd.DataFrame | None, names: Sequence[str], n_scans: int, sources) -> np.ndarray:
@@ -308,8 +321,9 @@ def _check_design(design: Design, cfg: GLMConfig, sources) -> None:
     onsets = design.trials["onset"].to_numpy()
     late = onsets[onsets > design.matrix.index[-1] - 5.0]
     if late.size:
-        log.warning("%d trial(s) start less than 5 s before the last volume (onsets %s s): their response "
-                    "is barely sampled and their betas will be noisy", late.size, late.round(2).tolist())
+        log.warning("%s: %d trial(s) start less than 5 s before the last volume (onsets %s s): their response "
+                    "is barely sampled and their betas will be noisy", path or "events", late.size,
+                    late.round(2).tolist())
 
 
 def _check_bold(bold_2d: np.ndarray, sources) -> None:
@@ -410,13 +424,15 @@ def single_trial_betas(
 
 
 def strategy_confounds(bold: str | Path, cfg: GLMConfig, confounds_path: str | Path, n_scans: int) -> pd.DataFrame:
-    """The confounds nilearn's ``load_confounds`` selects for ``cfg.confounds_strategy``,
-    plus one spike column per volume its scrubbing leaves out (``spike_<volume>``).
+    """The confounds nilearn's ``load_confounds`` selects for ``cfg.confounds_strategy``
+    (or ``load_confounds_strategy`` for the preset ``cfg.denoise_strategy``, without
+    its ``cosine_XX`` columns: see ``GLMConfig``), plus one spike column per volume
+    its scrubbing leaves out (``spike_<volume>``).
 
     nilearn finds the confounds file from the BOLD file's fMRIPrep name (it must be
     the ``<run>_desc-confounds_timeseries.tsv`` beside it), so errors name that file.
     """
-    from nilearn.interfaces.fmriprep import load_confounds
+    from nilearn.interfaces.fmriprep import load_confounds, load_confounds_strategy
     from nilearn.interfaces.fmriprep.load_confounds_utils import get_confounds_file
 
     try:
@@ -430,16 +446,23 @@ def strategy_confounds(bold: str | Path, cfg: GLMConfig, confounds_path: str | P
             + (f"under fMRIPrep's name and found {found}" if found is not None else f"and did not find them ({reason})"),
             path=confounds_path, fix="keep fMRIPrep's <run>_desc-confounds_timeseries.tsv beside the BOLD run and pass "
                                      "that file, or list the columns in glm.confounds instead of a strategy")
+    preset = cfg.denoise_strategy
+    what = f"load_confounds_strategy cannot apply preset {preset!r}" if preset else \
+        f"load_confounds cannot apply strategy {list(cfg.confounds_strategy)}"
     try:
-        table, sample_mask = load_confounds(str(bold), strategy=cfg.confounds_strategy, **dict(cfg.confounds_options))
+        if preset:
+            table, sample_mask = load_confounds_strategy(str(bold), denoise_strategy=preset, **dict(cfg.confounds_options))
+        else:
+            table, sample_mask = load_confounds(str(bold), strategy=cfg.confounds_strategy, **dict(cfg.confounds_options))
     except (ValueError, KeyError, TypeError, FileNotFoundError) as e:  # missing columns, bad options, misnamed files
         raise CortexflowInputError(
-            f"nilearn's load_confounds cannot apply strategy {list(cfg.confounds_strategy)} "
-            f"({type(e).__name__}: {e})", path=confounds_path,
+            f"nilearn's {what} ({type(e).__name__}: {e})", path=confounds_path,
             fix="use fMRIPrep's own confounds file and sidecar beside the BOLD run, choose strategies whose columns "
                 "it has (scrub needs std_dvars and framewise_displacement, compcor its .json), or list columns in "
                 "glm.confounds instead") from None
     table = pd.DataFrame(table).reset_index(drop=True)
+    if preset:  # the design's own cosine drifts replace fMRIPrep's (GLMConfig)
+        table = table.drop(columns=[c for c in table.columns if str(c).startswith("cosine")])
     if len(table) != n_scans:
         raise CortexflowInputError(f"load_confounds returned {len(table)} rows for a run of {n_scans} volumes",
                                    path=confounds_path, fix="use the confounds file fMRIPrep wrote for this very run")
@@ -447,8 +470,9 @@ def strategy_confounds(bold: str | Path, cfg: GLMConfig, confounds_path: str | P
         censored = np.setdiff1d(np.arange(n_scans), np.asarray(sample_mask))
         for v in censored:
             table[f"spike_{v:04d}"] = (np.arange(n_scans) == v).astype(float)
-        log.info("%s: load_confounds %s kept %d columns and scrubbed %d volume(s) (spike regressors)",
-                 Path(bold).name, list(cfg.confounds_strategy), table.shape[1] - len(censored), len(censored))
+        log.info("%s: %s kept %d columns and scrubbed %d volume(s) (spike regressors)", Path(bold).name,
+                 f"preset {preset}" if preset else f"load_confounds {list(cfg.confounds_strategy)}",
+                 table.shape[1] - len(censored), len(censored))
     return table
 
 
@@ -533,7 +557,7 @@ def glm_betas_stage(
         del data
         bold_img.uncache()
         confound_table = loaded.confounds
-        if cfg.confounds_strategy is not None:
+        if cfg.confounds_strategy is not None or cfg.denoise_strategy is not None:
             confound_table = strategy_confounds(bold, cfg, confounds, bold_2d.shape[0])
             cfg = dataclasses.replace(cfg, confounds=tuple(confound_table.columns))
         betas, trials = single_trial_betas(bold_2d, loaded.events, confound_table, float(loaded.tr), cfg,

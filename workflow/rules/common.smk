@@ -3,6 +3,7 @@
 
 import json
 import os
+import sys
 
 from snakemake.exceptions import WorkflowError
 
@@ -22,6 +23,7 @@ NSD = DATA["source"] == "nsd"
 BIDS_ROOT = f"data/{STUDY}/nsd" if NSD else DATA["bids_root"] or f"data/{STUDY}/bids"
 FMRIPREP_DIR = DATA["fmriprep_dir"] or f"{BIDS_ROOT}/derivatives/fmriprep"
 STIMULI_TSV = f"{BIDS_ROOT}/stimuli/stimuli.tsv"
+STUDY_CHECK = f"{RESULTS}/study_check.txt"  # rule check_study's report (simulated study)
 SIMULATED = DATA["source"] == "simulate"
 
 MODALITIES = list(DATA["modalities"])
@@ -32,20 +34,22 @@ LATENT_MODALITIES = [m for m in MODALITIES if m in ("image", "audio")]
 
 wildcard_constraints:
     subject="[A-Za-z0-9]+",
+    ses="(_ses-[A-Za-z0-9]+)?",
     task="[A-Za-z0-9]+",
     run="[A-Za-z0-9]+",
     modality="image|audio|text",
     train_seed="[0-9]+",
 
 
-def run_label(run, session=None):
-    """The label of a run in cortexflow's file names: "01", or "2r01" for run 1 of ses-2.
+def run_label(run):
+    """The run- label in cortexflow's file names: "01"; a run without a run- entity is run 1."""
+    return f"{int(run if run is not None else 1):02d}"
 
-    A run without a run- entity is run 1. The session goes into the label so that
-    runs with the same index in different sessions stay apart.
-    """
-    label = f"{int(run if run is not None else 1):02d}"
-    return f"{session}r{label}" if session else label
+
+def session_part(session):
+    """The ses- entity of a run's derived file names, with its leading "_" ("_ses-02"),
+    or "" for a study without sessions, whose names stay sub-01_task-x_run-01."""
+    return f"_ses-{session}" if session else ""
 
 
 def bids_run_files(subject, task, run):
@@ -62,7 +66,9 @@ def bids_run_files(subject, task, run):
 
 
 def find_study_runs():
-    """{(subject, task, run label): {bold, mask, confounds, sidecar, events}} for the study.
+    """{(subject, ses, task, run label): {bold, mask, confounds, sidecar, events}} for the study,
+    ``ses`` being session_part(session): derived files keep the BIDS entities
+    (sub-01_ses-02_task-images_run-01_betas.nii.gz).
 
     The simulated study's runs are known before it is written (the simulator's
     plan), so the whole DAG exists from the start; a real dataset is read from
@@ -83,7 +89,7 @@ def find_study_runs():
 
         for subject, task, run in planned_runs(config["simulate"]):
             if task in tasks:
-                runs[(subject, task, run_label(run))] = bids_run_files(
+                runs[(subject, "", task, run_label(run))] = bids_run_files(
                     subject, task, run_label(run)
                 )
     else:
@@ -98,7 +104,12 @@ def find_study_runs():
                     for key in ("bold", "mask", "confounds", "sidecar", "events")
                 }
                 runs[
-                    (found.subject, found.task, run_label(found.run, found.session))
+                    (
+                        found.subject,
+                        session_part(found.session),
+                        found.task,
+                        run_label(found.run),
+                    )
                 ] = {
                     key: None if value is None else str(value)
                     for key, value in files.items()
@@ -108,9 +119,36 @@ def find_study_runs():
     return runs
 
 
+def check_study_before_the_dag():
+    """data.source bids: `cortexflow check --headers-only` while the DAG is built, so a problem
+    in any run, the atlas or the split stops the dry run, all listed at once, before any
+    job. Only in the main Snakemake process (not again in each cluster job), and not for
+    the simulated study: its files do not exist before rule simulate_study writes them,
+    so rule check_study checks them after it (workflow/rules/simulate.smk)."""
+    if DATA["source"] != "bids" or not DATA["check"] or not workflow.is_main_process:
+        return
+    from cortexflow.data.study_check import check_study
+
+    result = check_study(config, read_data=False)
+    if result.problems:
+        print(result.problems_text(), file=sys.stderr)
+    if result.errors:
+        raise CortexflowInputError(
+            f"the study has {len(result.errors)} error(s), listed above ({len(result.runs)} runs checked "
+            f"in {result.seconds:.1f} s)",
+            fix="correct each file named; `cortexflow check --configfile <your config>` prints the whole report",
+        )
+    print(
+        f"cortexflow check: {len(result.runs)} runs of the study checked in {result.seconds:.1f} s, "
+        f"{len(result.warnings)} warning(s)",
+        file=sys.stderr,
+    )
+
+
+check_study_before_the_dag()
 RUNS = find_study_runs()
 SUBJECTS = (
-    sorted({subject for subject, _, _ in RUNS})
+    sorted({subject for subject, _, _, _ in RUNS})
     if not DATA["subjects"]
     else list(DATA["subjects"])
 )
@@ -134,8 +172,13 @@ def _check_runs():
 
 
 def runs_of(subject, task):
-    """Run labels of one subject and task, in run order (sessions first, then runs)."""
-    return [run for s, t, run in RUNS if s == subject and t == task]
+    """(ses, run label) of each run of one subject and task, in run order (sessions first, then runs)."""
+    return [(ses, run) for s, ses, t, run in RUNS if s == subject and t == task]
+
+
+def betas_prefix(subject, ses, task, run):
+    """glm_betas' outputs of one run, without their suffix (rule glm_betas's output pattern)."""
+    return f"{RESULTS}/betas/sub-{subject}/sub-{subject}{ses}_task-{task}_run-{run}"
 
 
 if not NSD:
@@ -276,19 +319,20 @@ def optional_arg(flag, paths):
 
 # ---------------------------------------------------------------- paths
 def glm_inputs(wildcards):
-    files = RUNS[(wildcards.subject, wildcards.task, wildcards.run)]
+    files = RUNS[(wildcards.subject, wildcards.ses, wildcards.task, wildcards.run)]
     inputs = {key: files[key] for key in ("bold", "events", "confounds", "mask")}
     if files.get("sidecar"):
         inputs["sidecar"] = files["sidecar"]
     if DATA[
         "glmsingle"
     ]:  # betas from GLMsingle: its file and every run's events, in run order
-        inputs["glmsingle"] = DATA["glmsingle"].format(
-            subject=wildcards.subject, task=wildcards.task
+        inputs["glmsingle"] = existing_file(
+            "data.glmsingle",
+            DATA["glmsingle"].format(subject=wildcards.subject, task=wildcards.task),
         )
         inputs["glmsingle_events"] = [
-            RUNS[(wildcards.subject, wildcards.task, run)]["events"]
-            for run in runs_of(wildcards.subject, wildcards.task)
+            RUNS[(wildcards.subject, ses, wildcards.task, run)]["events"]
+            for ses, run in runs_of(wildcards.subject, wildcards.task)
         ]
     return inputs
 
@@ -305,16 +349,48 @@ def glmsingle_arg(wildcards, input):
 
 def run_betas(wildcards):
     return [
-        f"{RESULTS}/betas/sub-{wildcards.subject}/sub-{wildcards.subject}_task-{wildcards.task}_run-{run}_betas.nii.gz"
-        for run in runs_of(wildcards.subject, wildcards.task)
+        betas_prefix(wildcards.subject, ses, wildcards.task, run) + "_betas.nii.gz"
+        for ses, run in runs_of(wildcards.subject, wildcards.task)
     ]
 
 
 def run_trials(wildcards):
     return [
-        f"{RESULTS}/betas/sub-{wildcards.subject}/sub-{wildcards.subject}_task-{wildcards.task}_run-{run}_trials.parquet"
-        for run in runs_of(wildcards.subject, wildcards.task)
+        betas_prefix(wildcards.subject, ses, wildcards.task, run) + "_trials.parquet"
+        for ses, run in runs_of(wildcards.subject, wildcards.task)
     ]
+
+
+def existing_file(key, path):
+    """``path`` (the value of config key ``key``), which must exist: files the study brings
+    are rule inputs, so a missing one stops the dry run, named with its key."""
+    if not os.path.isfile(path):
+        raise CortexflowInputError(
+            f"the file that config key {key} names does not exist",
+            path=path,
+            fix=f"correct {key} in your config file (docs/real-data.md)",
+        )
+    return path
+
+
+def roi_inputs(wildcards):
+    """The atlas (labels image and table) or the modality's mask that extract_rois reads:
+    inputs, so that a missing file stops the dry run and an edited one reruns the
+    ROI extraction and what follows. The coordinate atlas ships with nilearn."""
+    rois = config["rois"]
+    if rois["source"] == "labels":
+        return {
+            "labels_img": existing_file("rois.labels_img", rois["labels_img"]),
+            "labels_table": existing_file("rois.labels_table", rois["labels_table"]),
+        }
+    if rois["source"] == "mask":
+        modalities = [m for m, task in TASK_OF.items() if task == wildcards.task]
+        return {
+            f"mask_{m}": existing_file(f"rois.mask_img.{m}", rois["mask_img"][m])
+            for m in modalities
+            if m in (rois["mask_img"] or {})
+        }
+    return {}
 
 
 def roi_prefix(subject, modality):
@@ -532,6 +608,7 @@ def recon_figures():
 
 def final_outputs():
     return [
+        *([STUDY_CHECK] if SIMULATED else []),  # rule check_study's report of the simulated study
         f"{RESULTS}/summary.parquet",
         f"{RESULTS}/comparisons.parquet",
         f"{RESULTS}/summary.md",

@@ -8,15 +8,15 @@ rule glm_betas:
         unpack(glm_inputs),
         stimuli=STIMULI_TSV,
     output:
-        betas=f"{RESULTS}/betas/sub-{{subject}}/sub-{{subject}}_task-{{task}}_run-{{run}}_betas.nii.gz",
-        trials=f"{RESULTS}/betas/sub-{{subject}}/sub-{{subject}}_task-{{task}}_run-{{run}}_trials.parquet",
+        betas=betas_prefix("{subject}", "{ses}", "{task}", "{run}") + "_betas.nii.gz",
+        trials=betas_prefix("{subject}", "{ses}", "{task}", "{run}") + "_trials.parquet",
     params:
         section=section_params("glm"),
         sidecar=sidecar_arg,
         glmsingle=glmsingle_arg,
         code=stage_fingerprint("glm_betas"),
     log:
-        f"{LOGS}/glm_betas/sub-{{subject}}_task-{{task}}_run-{{run}}.log",
+        f"{LOGS}/glm_betas/sub-{{subject}}{{ses}}_task-{{task}}_run-{{run}}.log",
     priority: modality_priority
     threads: 1
     resources:
@@ -34,6 +34,7 @@ rule glm_betas:
 rule extract_rois:
     """One subject and task: the voxels of each ROI, all runs stacked in run order."""
     input:
+        unpack(roi_inputs),
         betas=run_betas,
         trials=run_trials,
     output:

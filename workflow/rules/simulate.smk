@@ -30,3 +30,30 @@ if SIMULATED:
         shell:
             "cortexflow simulate-study --out {params.out} --params {params.section:q}"
             " --seed {params.seed} --log {log}"
+
+    rule check_study:
+        """The simulated study, read as a user's is (`cortexflow check`), once written."""
+        input:
+            rules.simulate_study.output,
+        output:
+            STUDY_CHECK,
+        params:
+            study=STUDY,
+            seed=config["seed"],
+            data=section("data"),
+            glm=section("glm"),
+            rois=section("rois"),
+            dataset=section("dataset"),
+            code=stage_fingerprint("check_study"),
+        log:
+            f"{LOGS}/check_study.log",
+        threads: 1
+        resources:
+            mem_mb=2000,
+            runtime=10,
+        conda:
+            "../envs/cortexflow.yml"
+        shell:
+            "cortexflow check --headers-only --out {output} --log {log} --config study={params.study}"
+            " seed={params.seed} data={params.data:q} glm={params.glm:q} rois={params.rois:q}"
+            " dataset={params.dataset:q} > /dev/null"
