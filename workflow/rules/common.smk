@@ -630,16 +630,19 @@ def qc_figure(subject, kind):
     return f"{QC_DIR}/sub-{subject}_{kind}.png"
 
 
-def design_figure(subject, task, run):
-    return f"{QC_DIR}/sub-{subject}_task-{task}_run-{run}_design.png"
+def design_figure(subject, ses, task, run):
+    """One run's design matrix figure, named with the run's BIDS entities (ses: session_part)."""
+    return f"{QC_DIR}/sub-{subject}{ses}_task-{task}_run-{run}_design.png"
 
 
 def qc_figures():
     """Every QC figure: per subject, the design matrix of the study's first run, the loss curves."""
-    subject, task, run = next(iter(RUNS))
+    if not RUNS:  # data.source nsd: betas without BOLD runs, so no motion, design or run grid to show
+        return [*(qc_figure(s, "ncsnr") for s in SUBJECTS), TRAINING_CURVES_FIGURE]
+    subject, ses, task, run = next(iter(RUNS))
     return [
         *(qc_figure(s, kind) for s in SUBJECTS for kind in ("rois", "ncsnr", "motion")),
-        design_figure(subject, task, run),
+        design_figure(subject, ses, task, run),
         TRAINING_CURVES_FIGURE,
     ]
 
@@ -673,7 +676,7 @@ def qc_datasets(wildcards):
 def qc_runs(subject):
     """The files of a subject's runs of the study's tasks, in run order."""
     tasks = study_tasks()
-    return [files for (s, t, _), files in RUNS.items() if s == subject and t in tasks]
+    return [files for (s, _, t, _), files in RUNS.items() if s == subject and t in tasks]
 
 
 def qc_motion_inputs(wildcards):
@@ -689,7 +692,7 @@ def qc_sidecars_arg(wildcards, input):
 
 
 def qc_design_inputs(wildcards):
-    files = RUNS[(wildcards.subject, wildcards.task, wildcards.run)]
+    files = RUNS[(wildcards.subject, wildcards.ses, wildcards.task, wildcards.run)]
     inputs = {key: files[key] for key in ("bold", "events", "confounds", "mask")}
     if files.get("sidecar"):
         inputs["sidecar"] = files["sidecar"]

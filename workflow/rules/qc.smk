@@ -85,7 +85,7 @@ rule qc_design:
         unpack(qc_design_inputs),
     output:
         report(
-            design_figure("{subject}", "{task}", "{run}"),
+            design_figure("{subject}", "{ses}", "{task}", "{run}"),
             caption="../report/qc_design.rst",
             category="Quality control",
             subcategory="Design matrix",
@@ -95,7 +95,7 @@ rule qc_design:
         sidecar=sidecar_arg,
         code=stage_fingerprint("qc_design"),
     log:
-        f"{LOGS}/qc/sub-{{subject}}_task-{{task}}_run-{{run}}_design.log",
+        f"{LOGS}/qc/sub-{{subject}}{{ses}}_task-{{task}}_run-{{run}}_design.log",
     threads: 1
     resources:
         mem_mb=2000,
