@@ -23,7 +23,9 @@ NSD = DATA["source"] == "nsd"
 BIDS_ROOT = f"data/{STUDY}/nsd" if NSD else DATA["bids_root"] or f"data/{STUDY}/bids"
 FMRIPREP_DIR = DATA["fmriprep_dir"] or f"{BIDS_ROOT}/derivatives/fmriprep"
 STIMULI_TSV = f"{BIDS_ROOT}/stimuli/stimuli.tsv"
-STUDY_CHECK = f"{RESULTS}/study_check.txt"  # rule check_study's report (simulated study)
+STUDY_CHECK = (
+    f"{RESULTS}/study_check.txt"  # rule check_study's report (simulated study)
+)
 SIMULATED = DATA["source"] == "simulate"
 
 MODALITIES = list(DATA["modalities"])
@@ -608,7 +610,9 @@ def recon_figures():
 
 def final_outputs():
     return [
-        *([STUDY_CHECK] if SIMULATED else []),  # rule check_study's report of the simulated study
+        *(
+            [STUDY_CHECK] if SIMULATED else []
+        ),  # rule check_study's report of the simulated study
         f"{RESULTS}/summary.parquet",
         f"{RESULTS}/comparisons.parquet",
         f"{RESULTS}/summary.md",
@@ -637,7 +641,9 @@ def design_figure(subject, ses, task, run):
 
 def qc_figures():
     """Every QC figure: per subject, the design matrix of the study's first run, the loss curves."""
-    if not RUNS:  # data.source nsd: betas without BOLD runs, so no motion, design or run grid to show
+    if (
+        not RUNS
+    ):  # data.source nsd: betas without BOLD runs, so no motion, design or run grid to show
         return [*(qc_figure(s, "ncsnr") for s in SUBJECTS), TRAINING_CURVES_FIGURE]
     subject, ses, task, run = next(iter(RUNS))
     return [
@@ -676,7 +682,9 @@ def qc_datasets(wildcards):
 def qc_runs(subject):
     """The files of a subject's runs of the study's tasks, in run order."""
     tasks = study_tasks()
-    return [files for (s, _, t, _), files in RUNS.items() if s == subject and t in tasks]
+    return [
+        files for (s, _, t, _), files in RUNS.items() if s == subject and t in tasks
+    ]
 
 
 def qc_motion_inputs(wildcards):
