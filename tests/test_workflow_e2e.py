@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cortexflow.data.stimuli import FAMILIES
+
 from test_workflow_dag import TINY, copy_repo, scheduled, snakemake
 
 pytestmark = pytest.mark.slow
@@ -85,8 +87,12 @@ def test_image_decoder_has_two_training_seeds_and_categories(tiny_run):
     stimuli = pd.read_csv(tiny_run / "data/tiny/bids/stimuli/stimuli.tsv", sep="\t")
     test_ids = set(np.load(results / "recon/sub-01_image_seed0.npz")["ids"].astype(str))
     expected = set(stimuli.loc[stimuli["stimulus_id"].isin(test_ids), "category"])
-    image = by_category[by_category["modality"] == "image"]
+    image = by_category[(by_category["modality"] == "image") & (by_category["grouping"] == "category")]
     assert set(image["category"]) == expected
+    # the per-family rows (docs/analysis-plan.md) name the families of the test images
+    families = by_category[(by_category["modality"] == "image") & (by_category["grouping"] == "family")]
+    sources = stimuli.loc[stimuli["stimulus_id"].isin(test_ids), "source"].str.split(":").str[0]
+    assert set(families["category"]) == {FAMILIES[s] for s in sources}
     assert (image.loc[image["baseline"] != "", "method"].isin(["dit", "dit_mean2"])).all()
     markdown = (results / "summary.md").read_text()
     for section in ("## Training seeds", "## By stimulus category", "## Noise ceiling (NSD's definition)"):

@@ -340,8 +340,9 @@ def test_a_retried_job_gets_a_longer_time_limit(tmp_path):
     (repo / decoder).unlink()
     env = workflow_env(repo, path_prefix=[bin_dir])
     env.update(STANDIN_LOG=str(log), STANDIN_ACCOUNT=ACCOUNT, STANDIN_FAIL_ONCE="train-decoder")
+    # two submissions of a tiny decoder's training (the first fails): minutes on a loaded 2-core machine
     proc = snakemake(repo, decoder, "--workflow-profile", str(profile), "--configfile", TINY,
-                     env=env, timeout=120, check=False)
+                     env=env, timeout=600, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     submissions = [r for r in _records(log, "sbatch") if "rule_train_decoder" in (_option(r["argv"], "--comment") or "")]
     assert [r["state"] for r in submissions] == ["FAILED", "COMPLETED"]

@@ -23,7 +23,7 @@ rule qc_rois:
         mem_mb=2000,
         runtime=10,
     conda:
-        "../envs/cortexflow.yml"
+        RULE_ENV
     shell:
         "cortexflow qc-rois --voxels {input.voxels} --betas {input.betas} --out {output} --log {log}"
 
@@ -48,7 +48,7 @@ rule qc_ncsnr:
         mem_mb=2000,
         runtime=10,
     conda:
-        "../envs/cortexflow.yml"
+        RULE_ENV
     shell:
         "cortexflow qc-ncsnr --datasets {input.datasets} --out {output} --log {log}"
 
@@ -74,7 +74,7 @@ rule qc_motion:
         mem_mb=2000,
         runtime=10,
     conda:
-        "../envs/cortexflow.yml"
+        RULE_ENV
     shell:
         "cortexflow qc-motion --confounds {input.confounds} {params.sidecars} --out {output} --log {log}"
 
@@ -101,7 +101,7 @@ rule qc_design:
         mem_mb=2000,
         runtime=10,
     conda:
-        "../envs/cortexflow.yml"
+        RULE_ENV
     shell:
         "cortexflow qc-design --bold {input.bold} --events {input.events} --confounds {input.confounds}"
         " --mask {input.mask} {params.sidecar} --stimuli {input.stimuli} --out {output}"
@@ -127,6 +127,6 @@ rule training_curves:
         mem_mb=2000,
         runtime=10,
     conda:
-        "../envs/cortexflow.yml"
+        RULE_ENV
     shell:
         "cortexflow training-curves --curves {input.curves} --out {output} --log {log}"

@@ -52,7 +52,7 @@ if SIMULATED:
             mem_mb=2000,
             runtime=10,
         conda:
-            "../envs/cortexflow.yml"
+            RULE_ENV
         shell:
             "cortexflow check --headers-only --out {output} --log {log} --config study={params.study}"
             " seed={params.seed} data={params.data:q} glm={params.glm:q} rois={params.rois:q}"
