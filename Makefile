@@ -36,7 +36,7 @@ run: $(STAMP)
 	@echo "Report:   $(BIN)/snakemake --report report.html   (a self-contained HTML report)"
 
 test: $(DEV_STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
 
 clean-venv:
 	rm -rf $(VENV)
