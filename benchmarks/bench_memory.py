@@ -101,15 +101,17 @@ def _write_latents(path: Path, n_train: int, n_test: int) -> list[str]:
     return list(ids)
 
 
-def _write_dataset(folder: Path, train_ids: list[str], test_ids: list[str]) -> Path:
-    """A make_dataset folder: one trial per training stimulus, every voxel selected."""
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(2)
-    np.save(folder / "X_train.npy", rng.normal(size=(len(train_ids), N_VOXELS)).astype(np.float32))
-    np.save(folder / "X_test.npy", rng.normal(size=(len(test_ids), N_VOXELS)).astype(np.float32))
+def write_random_dataset(folder: Path, train_ids: list[str], test_ids: list[str], *, n_voxels: int = N_VOXELS,
+                         n_repeats: int = 1, seed: int = 2) -> Path:
+    """A make_dataset folder of random voxels: one trial per training stimulus, every voxel selected
+    (also the GPU check's dataset, benchmarks/gpu_checks.py)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    np.save(folder / "X_train.npy", rng.normal(size=(len(train_ids), n_voxels)).astype(np.float32))
+    np.save(folder / "X_test.npy", rng.normal(size=(len(test_ids), n_voxels)).astype(np.float32))
     pd.DataFrame({"stimulus_id": train_ids, "run": 1, "fold": "train"}).to_parquet(folder / "train.parquet")
-    pd.DataFrame({"stimulus_id": test_ids, "n_repeats": 1}).to_parquet(folder / "test.parquet")
-    pd.DataFrame({"region": "V1", "selected": [True] * N_VOXELS}).to_parquet(folder / "voxels.parquet")
+    pd.DataFrame({"stimulus_id": test_ids, "n_repeats": n_repeats}).to_parquet(folder / "test.parquet")
+    pd.DataFrame({"region": "V1", "selected": [True] * n_voxels}).to_parquet(folder / "voxels.parquet")
     (folder / "dataset.json").write_text("{}")
     return folder
 
@@ -144,10 +146,10 @@ def setup(work: Path) -> dict:
     pretrain_vae_stage(stimuli=str(stimuli), modality="image", out=inputs["vae"], params=VAE)
     for n in TRAIN_SIZES:
         ids = _write_latents(Path(inputs["train"][n]["latents"]), n, 8)
-        _write_dataset(Path(inputs["train"][n]["dataset"]), ids[:n], ids[n:])
+        write_random_dataset(Path(inputs["train"][n]["dataset"]), ids[:n], ids[n:])
     for n_test in inputs["sample"]:
         ids = _write_latents(Path(inputs["sample"][n_test]["latents"]), SAMPLE_CACHE, n_test)
-        _write_dataset(Path(inputs["sample"][n_test]["dataset"]), ids[:SAMPLE_CACHE], ids[SAMPLE_CACHE:])
+        write_random_dataset(Path(inputs["sample"][n_test]["dataset"]), ids[:SAMPLE_CACHE], ids[SAMPLE_CACHE:])
     # one decoder for every sample run (sampling does not depend on how the decoder was trained)
     first = inputs["train"][TRAIN_SIZES[0]]
     _measure(REPO, "train", dataset=first["dataset"], modality="image", out=inputs["decoder"],

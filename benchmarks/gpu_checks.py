@@ -94,16 +94,11 @@ def prepare(work: Path, n_images: int = 48, size: int = 16, n_voxels: int = 40) 
     stimuli = work / "stimuli" / "stimuli.tsv"
     pd.DataFrame(rows).to_csv(stimuli, sep="\t", index=False)
 
-    dataset = work / "dataset"
-    dataset.mkdir(exist_ok=True)
-    train_ids = [r["stimulus_id"] for r in rows if r["split"] == "train"]
-    test_ids = [r["stimulus_id"] for r in rows if r["split"] == "test"]
-    np.save(dataset / "X_train.npy", rng.normal(size=(len(train_ids), n_voxels)).astype(np.float32))
-    np.save(dataset / "X_test.npy", rng.normal(size=(len(test_ids), n_voxels)).astype(np.float32))
-    pd.DataFrame({"stimulus_id": train_ids, "run": 1, "fold": "train"}).to_parquet(dataset / "train.parquet")
-    pd.DataFrame({"stimulus_id": test_ids, "n_repeats": 2}).to_parquet(dataset / "test.parquet")
-    pd.DataFrame({"region": "V1", "selected": [True] * n_voxels}).to_parquet(dataset / "voxels.parquet")
-    (dataset / "dataset.json").write_text("{}")
+    from bench_memory import write_random_dataset  # benchmarks/ is on sys.path: scripts run from there
+
+    dataset = write_random_dataset(work / "dataset", [r["stimulus_id"] for r in rows if r["split"] == "train"],
+                                   [r["stimulus_id"] for r in rows if r["split"] == "test"], n_voxels=n_voxels,
+                                   n_repeats=2, seed=1)
 
     vae_params = {"image": {"hidden_dims": [8, 16], "steps": 20, "batch_size": 8, "warmup_steps": 2}}
     vae, latents = work / "vae_image.pt", work / "latents_image.npz"
