@@ -97,7 +97,7 @@ def test_fit_baseline_stage_writes_every_baseline(tmp_path):
     fitted = load_baselines(tmp_path / "baselines.npz")
     assert sorted(fitted.training_ids) == sorted(stim)
     # nn_mean<k>: k and source chosen on the out-of-fold predictions, the whole table kept
-    assert fitted.nn_tuning is not None and len(fitted.nn_tuning) == 6 * 2
+    assert fitted.nn_tuning is not None and len(fitted.nn_tuning) == 7 * 2  # the plan's grid: k = 1 .. 64
     best = fitted.nn_tuning.sort_values("score", ascending=False, kind="stable").iloc[0]
     assert (fitted.nn_k, fitted.nn_source) == (best["k"], best["source"]) and set(fitted.nn_tuning["n_trials"]) == {120}
     fit_baseline_stage(dataset=str(tmp_path / "ds"), out=str(tmp_path / "ridge2.npz"),

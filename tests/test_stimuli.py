@@ -204,7 +204,7 @@ def test_trial_regressors_and_beta_noise_match_direct_computation():
     assert np.allclose(betas.std(1), beta_noise_sd(design, 0.4), rtol=0.03)
 
 
-def test_default_study_keeps_the_measured_design_and_the_plan_config_is_the_plans():
+def test_schema_defaults_keep_the_first_design_and_config_yaml_is_the_plans():
     import yaml
     from pathlib import Path
 
@@ -216,7 +216,8 @@ def test_default_study_keeps_the_measured_design_and_the_plan_config_is_the_plan
     assert tuple(default.image_test_photos) == LEGACY_DESIGN["test_photos"]
     assert dict(default.image_train_shares) == LEGACY_DESIGN["train_shares"] == dict(default.image_test_shares)
     assert default.image_categories == IMAGE_CATEGORIES
-    path = Path(__file__).resolve().parents[1] / "docs" / "configs" / "analysis-plan.yaml"
+    # the default study (config.yaml) is the study of docs/analysis-plan.md
+    path = Path(__file__).resolve().parents[1] / "config.yaml"
     plan = yaml.safe_load(path.read_text())
     cfg = SimulationConfig.from_params(plan["simulate"])
     assert set(cfg.image_photos) == set(PHOTOS) and tuple(cfg.image_test_photos) == TEST_PHOTOS

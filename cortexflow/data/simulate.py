@@ -115,8 +115,8 @@ class SimulationConfig:
     image_size: int = 32
     # which source photos are used, which are held out for test, and each split's share of every
     # kind of source (lfw_face, lfw_nonface, digit, deadleaves, photo). The defaults are the design
-    # of the studies measured so far (stimuli.LEGACY_DESIGN); docs/configs/analysis-plan.yaml holds
-    # the design of docs/analysis-plan.md (12 held-out photos, dead leaves, 300 test images)
+    # of the first studies (stimuli.LEGACY_DESIGN); config.yaml, the default study, sets the design
+    # of docs/analysis-plan.md (12 held-out photos, dead leaves, 300 test images)
     image_photos: tuple[str, ...] = LEGACY_DESIGN["photos"]
     image_test_photos: tuple[str, ...] = LEGACY_DESIGN["test_photos"]
     image_train_shares: Mapping[str, float] = field(default_factory=lambda: dict(LEGACY_DESIGN["train_shares"]))
