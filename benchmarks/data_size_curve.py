@@ -55,13 +55,15 @@ Writes, under ``--out`` (default ``<results>/data_size``), atomically:
 - ``sub-<s>_fit_order.parquet``: each subject's permutation of the fit trials
   (``rank``, ``train_row``: the row in the study's train.parquet, ``stimulus_id``);
   subset N is ``rank < N``;
-- ``work/sub-<s>_n<N>_<key>/``: each run's dataset folder, models, recon and
+- ``work/sub-<s>_validation/``: the validation dataset (rebuilt on every run);
+  ``work/sub-<s>_n<N>_<key>/``: each run's dataset folder, models, recon and
   evaluation files, and its ``rows.parquet``. ``<key>`` hashes everything the
   run depends on (the subset's trials, the config sections, the overrides and
-  seeds), so a killed run resumes: a finished (subject, size) is read back from
-  its rows.parquet, a half-finished one reuses every stage output it already has
-  (and the decoder resumes from its checkpoints), and a changed setting gets a
-  new folder instead of stale files.
+  seeds, the validation items, and the path, size and time of the study's
+  X_train, latents and VAE), so a killed run resumes: a finished (subject, size)
+  is read back from its rows.parquet, a half-finished one reuses every stage
+  output it already has (and the decoder resumes from its checkpoints), and a
+  changed setting gets a new folder instead of stale files.
 
 Decisions the plan leaves open (section 7):
 
@@ -186,6 +188,13 @@ def stimuli_table(results: Path, cfg: dict) -> Path:
     return root / "stimuli" / "stimuli.tsv" if root.is_absolute() else repo / root / "stimuli" / "stimuli.tsv"
 
 
+def _identity(path: Path) -> list:
+    """A study input as the cache key sees it: where it is, its size and when it was written (a retrained
+    VAE or a rebuilt dataset gets new folders)."""
+    stat = path.stat()
+    return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+
+
 def run_key(**facts) -> str:
     return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
@@ -234,7 +243,7 @@ def run_one(*, subject: str, size: int, order: pd.DataFrame, dataset: Path, vali
     key = run_key(trials=order["stimulus_id"].to_numpy()[:size].tolist(), rows=rows.tolist(),
                   baseline=cfg["baseline"], decoder=decoder_section, sampling=sampling, evaluation=cfg["evaluation"],
                   study_seed=cfg["seed"], seed=seed, validation=pd.read_parquet(validation / "test.parquet")
-                  ["stimulus_id"].tolist(), latents=str(latents.resolve()), vae=str(vae.resolve()))
+                  ["stimulus_id"].tolist(), inputs=[_identity(p) for p in (dataset / "X_train.npy", latents, vae)])
     work = work_root / f"sub-{subject}_n{size:04d}_{key}"
     done = work / "rows.parquet"
     if done.is_file():
@@ -332,6 +341,10 @@ def markdown(table: pd.DataFrame, statement: str, *, study: str, evaluation: dic
         name = f"**{family}**" if family == POOLED else family
         lines.append(f"| sub-{subject} | {size} | {first.n_trials} | {name} | {first.n} | {first.resample_unit} | "
                      f"nn_mean{first.nn_k} ({first.nn_source}) | " + " | ".join(cells) + " |")
+    short = table.drop_duplicates(["subject", "size"]).query("n_trials < size")
+    if len(short):
+        lines += ["", "Sizes above a subject's fit-fold trials used all of them: "
+                  + ", ".join(f"sub-{r.subject} {r.size} -> {r.n_trials}" for r in short.itertuples()) + "."]
     lines += ["", f"**Statement.** {statement}", "", EARLIER_STUDY, ""]
     return "\n".join(lines)
 
@@ -384,8 +397,7 @@ def main(argv=None) -> pd.DataFrame:
     for subject in subjects:
         dataset = results / "dataset" / f"sub-{subject}" / MODALITY
         validation = out / "work" / f"sub-{subject}_validation"
-        if not (validation / "dataset.json").is_file():
-            validation_dataset(dataset, validation)
+        validation_dataset(dataset, validation)  # rebuilt every time (cheap): it follows the study's dataset
         order = fit_order(pd.read_parquet(dataset / "train.parquet"), subset_seed)
         _io.save_parquet(out / f"sub-{subject}_fit_order.parquet", order)
         log.info("sub-%s: %d fit-fold trials, %d validation items", subject, len(order),
