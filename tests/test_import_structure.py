@@ -143,3 +143,25 @@ def test_the_config_sections_registry_names_no_stage_module():
     modules = {target.split(":")[0] for target in registry.values()}
     assert modules and all(m in import_graph() for m in modules), modules
     assert not [m for m in modules if _in(m, TOP)], modules
+
+
+def test_what_the_workflow_imports_to_build_its_dag_imports_neither_torch_nor_scipy_stats():
+    """Every ``snakemake`` start (dry runs, each test's workflow, a cluster's driver) runs the
+    Snakefile's module-level ``cortexflow`` imports and checks the config; torch and scipy.stats
+    cost seconds of CPU there (measured: 6.4 s and 2.4 s of import time under load) and are
+    needed only inside the jobs. The imports are read from the workflow's files, so a new one
+    is covered too."""
+    import re
+    import subprocess
+    import sys
+
+    repo = PACKAGE.parent
+    files = [repo / "Snakefile", *sorted((repo / "workflow").rglob("*.smk"))]
+    lines = sorted({m.group(0).strip() for f in files
+                    for m in re.finditer(r"^from cortexflow[.\w]* import [^\n(]+$", f.read_text(), re.M)})
+    assert any("validate_config" in line for line in lines) and any("curve_path" in line for line in lines)
+    code = "\n".join([*lines, "import sys, yaml",
+                      "validate_config(yaml.safe_load(open('config.yaml')))",
+                      "print(sorted(m for m in ('torch', 'scipy.stats', 'nilearn') if m in sys.modules))"])
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

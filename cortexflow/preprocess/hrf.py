@@ -19,7 +19,6 @@ regressor is two look-ups into one cumulative HRF, for all trials at once.
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import gamma
 
 # (delay, undershoot, dispersion, undershoot dispersion, ratio): nilearn's parameters.
 _HRF_SHAPES: dict[str, tuple[float, float, float, float, float]] = {
@@ -40,6 +39,8 @@ def gamma_difference_hrf(tr: float, oversampling: int = 50, time_length: float =
     delay, undershoot, dispersion, u_dispersion, ratio = _HRF_SHAPES[model]
     dt = tr / oversampling
     t = np.linspace(0, time_length, int(np.rint(time_length / dt)))
+    from scipy.stats import gamma  # here, not at import: scipy.stats costs ~1-3 s and every snakemake start imports this module
+
     peak = gamma.pdf(t, delay / dispersion, loc=dt, scale=dispersion)
     under = gamma.pdf(t, undershoot / u_dispersion, loc=dt, scale=u_dispersion)
     hrf = peak - ratio * under
