@@ -51,11 +51,11 @@ def _build(seed: int, Y: torch.Tensor):
     return model
 
 
-def _single(seed: int, X, Y, prior):
+def _single(seed: int, X, Y, prior, steps=STEPS):
     model = _build(seed, Y)
     batch_fn, loss_fn = latent_flow_batches(X, Y, PARAMS.batch_size, seed, prior=prior)
     trainer = Trainer(model, _training_config(PARAMS, seed, "cpu"))
-    trainer.fit(batch_fn, steps=STEPS, loss_fn=loss_fn, progress=False)
+    trainer.fit(batch_fn, steps=steps, loss_fn=loss_fn, progress=False)
     return model, trainer
 
 
@@ -99,10 +99,10 @@ def test_shared_data_order_or_initialisation_would_be_caught():
     """Negative controls: the comparison above fails when a member gets another seed's batches
     or another seed's initial weights (so it checks what it claims to)."""
     X, Y, prior = _data()
-    single, _ = _single(SEEDS[1], X, Y, prior)
+    single, _ = _single(SEEDS[1], X, Y, prior, steps=10)
     reference = _weights(single)
-    same_data, _ = _ensemble(X, Y, prior, batch_seeds=[SEEDS[0]] * 3)
-    same_init, _ = _ensemble(X, Y, prior, init_seeds=[SEEDS[0]] * 3)
+    same_data, _ = _ensemble(X, Y, prior, batch_seeds=[SEEDS[0]] * 3, steps=10)
+    same_init, _ = _ensemble(X, Y, prior, init_seeds=[SEEDS[0]] * 3, steps=10)
     for ens in (same_data, same_init):
         assert _max_diff(_weights(ens.member(1)), reference) > 100 * ATOL
 
@@ -129,3 +129,43 @@ def test_members_must_share_settings():
     configs[1].learning_rate = 2e-3
     with pytest.raises(CortexflowInputError, match="learning_rate"):
         EnsembleTrainer(models, configs)
+
+
+def test_stage_level_ensemble_writes_each_seed_s_train_decoder_model(tmp_path):
+    """train_decoder_ensemble writes, per seed, the model train_decoder writes for that seed (to tolerance)."""
+    from test_training_stages import _dataset, _stimuli
+
+    from cortexflow.models.io import load_model
+    from cortexflow.stages.baseline import fit_baseline_stage
+    from cortexflow.stages.decoder import train_decoder_stage
+    from cortexflow.stages.vae import encode_latents_stage, pretrain_vae_stage
+    from cortexflow.training.ensemble import train_decoder_ensemble
+
+    stimuli = _stimuli(tmp_path)
+    vae_params = {"image": {"hidden_dims": [8, 16], "steps": 2, "batch_size": 4, "warmup_steps": 1}}
+    pretrain_vae_stage(stimuli=str(stimuli), modality="image", out=str(tmp_path / "vae.pt"), params=vae_params)
+    encode_latents_stage(stimuli=str(stimuli), modality="image", vae=str(tmp_path / "vae.pt"),
+                         out=str(tmp_path / "latents.npz"), params=vae_params)
+    dataset = _dataset(tmp_path / "ds", [f"img-{n}" for n in range(10)] * 2, ["img-10", "img-11"])
+    ridge = tmp_path / "ridge.npz"
+    fit_baseline_stage(dataset=str(dataset), out=str(ridge), params={"cv_folds": 3, "alphas": [1.0, 10.0]},
+                       latents=str(tmp_path / "latents.npz"))
+    params = {"image": {"hidden_dim": 32, "depth": 1, "num_heads": 2, "n_tokens": 2, "steps": 12,
+                        "batch_size": 4, "warmup_steps": 2}}
+    common = dict(dataset=str(dataset), modality="image", params=params, latents=str(tmp_path / "latents.npz"),
+                  vae=str(tmp_path / "vae.pt"), ridge=str(ridge))
+    seeds = [0, 1]
+    outs = [str(tmp_path / f"ens{s}.pt") for s in seeds]
+    torch.manual_seed(123)  # a process's random start must not matter
+    train_decoder_ensemble(outs=outs, seeds=seeds, checkpoint_dir=str(tmp_path / "ens_ckpt"), **common)
+    for seed, out in zip(seeds, outs):
+        single = tmp_path / f"single{seed}.pt"
+        train_decoder_stage(out=str(single), seed=seed, checkpoint_dir=str(tmp_path / f"ckpt{seed}"),
+                            stimuli=str(stimuli), **common)
+        a, b = load_model(out).state_dict(), load_model(single).state_dict()
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=RTOL, atol=ATOL, msg=f"seed {seed}: {k}")
+        assert (tmp_path / f"ens{seed}_curve.parquet").is_file()
+    a, b = (load_model(o).state_dict() for o in outs)
+    assert max((a[k] - b[k]).abs().max().item() for k in a if k.startswith("dit.")) > 1e-2
