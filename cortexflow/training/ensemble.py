@@ -291,7 +291,8 @@ class EnsembleTrainer:
             brain_global = torch.where(drop[..., None], P["uncond_global"], brain_global)
             brain_tokens = torch.where(drop[..., None, None], P["uncond_tokens"], brain_tokens)
             if prior is not None:
-                prior = prior.masked_fill(drop.view(m, b, *([1] * (prior.ndim - 2))), 0.0)
+                # masked_fill's value, with where (a broadcast masked_fill over (M, B, ...) is slow on the CPU)
+                prior = torch.where(drop.view(m, b, *([1] * (prior.ndim - 2))), 0.0, prior)
         if fc.logit_normal:
             u = self._draw(lambda g: torch.randn((b,), generator=g))
             t = torch.sigmoid(u * fc.logit_normal_std + fc.logit_normal_mean)
