@@ -18,11 +18,13 @@ random data of the default study's shapes). Variants:
   apart and not counted in the rate.
 - ``ensemble2`` / ``ensemble3``: :class:`cortexflow.training.ensemble.EnsembleTrainer`
   with 2 / 3 seeds stacked; per-seed rate = M x ensemble steps/s.
+  ``ensemble3-compile``: the same with its stacked loss through ``torch.compile``.
 
 Each variant: ``--warmup`` steps, then the median of ``--steps`` step times
 (step = forward, backward, clipping, AdamW, schedule, EMA; batches drawn
-outside the timer), wall clock and the process's CPU time. Variants alternate over ``--rounds`` rounds and each keeps
-its best round (a shared machine's load comes and goes). Every table says the
+outside the timer), wall clock and the process's CPU time. The variants take
+their steps in turn (one step each, then again) over ``--rounds`` rounds, and
+each keeps its best round (a shared machine's load comes and goes). Every table says the
 load average before and after, and the CPU count: numbers taken beside other
 jobs are not the machine's speed.
 """
@@ -41,7 +43,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _decoders  # noqa: E402
 
-VARIANTS = ("single", "single-foreach", "single-fused", "single-compile", "ensemble2", "ensemble3")
+VARIANTS = ("single", "single-foreach", "single-fused", "single-compile", "ensemble2", "ensemble3",
+            "ensemble3-compile")
 SEEDS = (0, 1, 2)
 
 
@@ -73,12 +76,13 @@ def _single_runner(variant: str):
     return run, 1
 
 
-def _ensemble_runner(m: int):
+def _ensemble_runner(m: int, compile: bool = False):
     from cortexflow.training.ensemble import EnsembleTrainer
 
     models, configs, fns = [], [], []
     for seed in SEEDS[:m]:
         model, cfg, batch_fn, _, _ = _decoders.flow_setup("image", seed)
+        cfg.compile = compile
         models.append(model)
         configs.append(cfg)
         fns.append(batch_fn)
@@ -96,7 +100,8 @@ def _ensemble_runner(m: int):
 
 def make_runner(variant: str):
     if variant.startswith("ensemble"):
-        return _ensemble_runner(int(variant[len("ensemble"):]))
+        m, _, compiled = variant[len("ensemble"):].partition("-")
+        return _ensemble_runner(int(m), compile=compiled == "compile")
     return _single_runner(variant)
 
 
@@ -109,7 +114,7 @@ def measure(threads: int, variants: list[str], steps: int, warmup: int, rounds: 
         t0 = time.perf_counter()
         for _ in range(warmup):
             run()
-        if v == "single-compile":
+        if v.endswith("-compile"):
             compile_s[v] = time.perf_counter() - t0
         runners[v] = (run, members)
     best: dict[str, float] = {}

@@ -43,6 +43,10 @@ audio) with the global :class:`~cortexflow.models.brain_encoder.BrainEncoder`
 and the :class:`~cortexflow.models.dit.DiffusionTransformer`, fp32 on the CPU,
 one process, no gradient accumulation (what the default study trains). Anything
 else is refused with :class:`~cortexflow.errors.CortexflowInputError`.
+``TrainingConfig.compile`` runs the stacked loss (forward and backward) through
+``torch.compile``; a step's random tensors are drawn before it, outside the
+compiled code, so they stay the single runs' (inductor's own random streams
+would not be), and only the arithmetic is compiled.
 """
 
 from __future__ import annotations
@@ -130,8 +134,8 @@ class EnsembleTrainer:
         for m in models:
             _check_supported(m)
         cfg = configs[0]
-        if cfg.grad_accum_steps != 1 or cfg.compile:
-            raise CortexflowInputError("the ensemble trainer supports grad_accum_steps=1 and compile=False only")
+        if cfg.grad_accum_steps != 1:
+            raise CortexflowInputError("the ensemble trainer supports grad_accum_steps=1 only")
         if cfg.mixed_precision == "bf16" or (cfg.device not in ("cpu", "auto")):
             raise CortexflowInputError("the ensemble trainer trains fp32 on the CPU only")
         self.config = cfg
@@ -178,6 +182,9 @@ class EnsembleTrainer:
         self.ema_shadow = {n: p.detach().clone() for n, p in self.params.items()} if self.use_ema else {}
         # each member's own stream: the global generator a single run re-seeds in fit()
         self.generators = [torch.Generator().manual_seed(s) for s in self.seeds]
+        # compile=True: the stacked loss (forward and backward) through torch.compile; its random
+        # tensors are drawn outside it, so the members' random numbers stay their single runs'
+        self._loss_fn = torch.compile(self._loss) if cfg.compile else self._loss
         self.step = 0
         self.curves = [LossCurve() for _ in range(self.n)]
         self.last_grad_norms: torch.Tensor | None = None
@@ -187,29 +194,48 @@ class EnsembleTrainer:
     def _draw(self, fn: Callable[[torch.Generator], torch.Tensor]) -> torch.Tensor:
         return torch.stack([fn(g) for g in self.generators])
 
-    def _dropout(self, x: torch.Tensor, p: float) -> torch.Tensor:
-        """nn.Dropout in training mode, member by member: ATen's CPU dropout draws
-        ``empty_like(x).bernoulli_(1 - p)``, divides it by ``1 - p`` and multiplies."""
+    def _dropout_noise(self, shape: tuple[int, ...], p: float) -> torch.Tensor | None:
+        """nn.Dropout's noise in training mode, member by member: ATen's CPU dropout draws
+        ``empty_like(x).bernoulli_(1 - p)`` and divides it by ``1 - p`` (then multiplies x by it);
+        p = 0 draws nothing."""
         if p == 0:
-            return x
-        shape = x.shape[1:]
-        noise = self._draw(lambda g: torch.empty(shape, dtype=x.dtype).bernoulli_(1 - p, generator=g))
-        return x * noise.div_(1 - p)
+            return None
+        return self._draw(lambda g: torch.empty(shape).bernoulli_(1 - p, generator=g)).div_(1 - p)
+
+    def _draw_randoms(self, b: int, n_voxels: int) -> dict[str, Any]:
+        """Every random tensor one step of the members' losses uses, (M, ...) each, drawn in the order
+        a single run draws them (computation draws nothing, so they can be drawn first): voxel dropout,
+        projector dropout, each residual block's dropout, condition-drop uniforms, time normals, x_0."""
+        c = self.enc_cfg
+        hidden = c.hidden_dim or c.cond_dim
+        r: dict[str, Any] = {"input_drop": self._dropout_noise((b, n_voxels), c.input_dropout),
+                             "proj_drop": self._dropout_noise((b, hidden), c.dropout),
+                             "block_drop": [self._dropout_noise((b, 2 * hidden), c.dropout)
+                                            for _ in range(self.n_blocks)]}
+        r["cond"] = self._draw(lambda g: torch.rand((b,), generator=g)) if self.cond_drop_prob > 0 else None
+        if self.flow_cfg.logit_normal:
+            r["time"] = self._draw(lambda g: torch.randn((b,), generator=g))
+        else:
+            r["time"] = self._draw(lambda g: torch.rand((b,), generator=g))
+        shape = (b, *self.templates[0].latent_shape)
+        r["x0"] = self._draw(lambda g: torch.randn(shape, generator=g))
+        return r
 
     # ── the stacked loss ──
 
-    def _encoder(self, voxels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        P, c = self.params, self.enc_cfg
+    def _encoder(self, P: dict[str, torch.Tensor], voxels: torch.Tensor,
+                 r: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        c = self.enc_cfg
         pre = "brain_encoder."
         h = F.layer_norm(voxels, voxels.shape[-1:], eps=1e-5) if self.input_norm else voxels
-        h = self._dropout(h, c.input_dropout)
+        h = h if r["input_drop"] is None else h * r["input_drop"]
         h = _linear(h, P[pre + "projector.proj.weight"], P[pre + "projector.proj.bias"])
-        h = self._dropout(h, c.dropout)
+        h = h if r["proj_drop"] is None else h * r["proj_drop"]
         for i in range(self.n_blocks):
             b = f"{pre}projector.blocks.{i}."
             u = _layer_norm(h, P[b + "norm.weight"], P[b + "norm.bias"], 1e-5)
             u = F.gelu(_linear(u, P[b + "fc1.weight"], P[b + "fc1.bias"]))
-            u = self._dropout(u, c.dropout)
+            u = u if r["block_drop"][i] is None else u * r["block_drop"][i]
             h = h + _linear(u, P[b + "fc2.weight"], P[b + "fc2.bias"])
         h = _layer_norm(h, P[pre + "projector.out_norm.weight"], P[pre + "projector.out_norm.bias"], 1e-5)
         g = _linear(h, P[pre + "global_head.weight"], P[pre + "global_head.bias"])
@@ -219,15 +245,15 @@ class EnsembleTrainer:
         tok = _layer_norm(tok, P[pre + "token_head.norm.weight"], P[pre + "token_head.norm.bias"], 1e-5)
         return g, tok
 
-    def _qk_norm(self, x: torch.Tensor, name: str) -> torch.Tensor:
+    def _qk_norm(self, P: dict[str, torch.Tensor], x: torch.Tensor, name: str) -> torch.Tensor:
         if not self.dit_cfg.qk_norm:
             return x
-        return _layer_norm(x, self.params[name + ".weight"], self.params[name + ".bias"], 1e-6)
+        return _layer_norm(x, P[name + ".weight"], P[name + ".bias"], 1e-6)
 
-    def _dit(self, x: torch.Tensor, t: torch.Tensor, brain_global: torch.Tensor,
+    def _dit(self, P: dict[str, torch.Tensor], x: torch.Tensor, t: torch.Tensor, brain_global: torch.Tensor,
              brain_tokens: torch.Tensor) -> torch.Tensor:
         """x (M, B, C, *S), t (M, B) -> velocity (M, B, C_out, *S)."""
-        P, cfg, dit = self.params, self.dit_cfg, self.templates[0].dit
+        cfg, dit = self.dit_cfg, self.templates[0].dit
         m, b = x.shape[:2]
         heads, d = cfg.num_heads, cfg.hidden_dim
         hd = d // heads
@@ -257,15 +283,15 @@ class EnsembleTrainer:
             shift, scale, gate = mod[0], mod[1] + 1, mod[2]
             u = torch.addcmul(shift, F.layer_norm(h, (d,), eps=1e-6), scale)
             q, k, v = lin(u, pre + "attn.qkv").view(m, b, n, 3, heads, hd).unbind(3)
-            q, k = self._qk_norm(q, f"dit.{pre}attn.q_norm"), self._qk_norm(k, f"dit.{pre}attn.k_norm")
+            q, k = self._qk_norm(P, q, f"dit.{pre}attn.q_norm"), self._qk_norm(P, k, f"dit.{pre}attn.k_norm")
             h = torch.addcmul(h, gate, lin(attention(q, k, v), pre + "attn.proj"))
             if cfg.use_cross_attn:
                 shift, scale, gate = mod[3], mod[4] + 1, mod[5]
                 t_count = brain_tokens.shape[2]
                 ck, cv = lin(brain_tokens, pre + "cross_attn.kv").view(m, b, t_count, 2, heads, hd).unbind(3)
-                ck = self._qk_norm(ck, f"dit.{pre}cross_attn.k_norm")
+                ck = self._qk_norm(P, ck, f"dit.{pre}cross_attn.k_norm")
                 u = torch.addcmul(shift, F.layer_norm(h, (d,), eps=1e-6), scale)
-                q = self._qk_norm(lin(u, pre + "cross_attn.q").view(m, b, n, heads, hd), f"dit.{pre}cross_attn.q_norm")
+                q = self._qk_norm(P, lin(u, pre + "cross_attn.q").view(m, b, n, heads, hd), f"dit.{pre}cross_attn.q_norm")
                 h = torch.addcmul(h, gate, lin(attention(q, ck, cv), pre + "cross_attn.proj"))
             shift, scale, gate = mod[-3], mod[-2] + 1, mod[-1]
             u = torch.addcmul(shift, F.layer_norm(h, (d,), eps=1e-6), scale)
@@ -276,35 +302,32 @@ class EnsembleTrainer:
         v = dit.unpatchify(out.reshape(m * b, n, -1))
         return v.view(m, b, *v.shape[1:])
 
-    def _loss(self, latents: torch.Tensor, voxels: torch.Tensor, prior: torch.Tensor | None) -> torch.Tensor:
-        """Per-member flow-matching losses (M,), as LatentFlowDecoder.training_loss_latents computes each."""
-        P, fc = self.params, self.flow_cfg
+    def _loss(self, P: dict[str, torch.Tensor], latents: torch.Tensor, voxels: torch.Tensor,
+              prior: torch.Tensor | None, r: dict[str, Any]) -> torch.Tensor:
+        """Per-member flow-matching losses (M,), as LatentFlowDecoder.training_loss_latents computes each,
+        with the step's random tensors ``r`` (:meth:`_draw_randoms`); a pure function of its inputs."""
+        fc = self.flow_cfg
         mean, std = self.buffers["latent_mean"], self.buffers["latent_std"]
         z = (latents - mean) / std
-        brain_global, brain_tokens = self._encoder(voxels)
+        brain_global, brain_tokens = self._encoder(P, voxels, r)
         if self.prior_conditioning:
             prior = (prior - mean) / std
         m, b = z.shape[:2]
         p = self.cond_drop_prob
         if p > 0:
-            drop = self._draw(lambda g: torch.rand((b,), generator=g)) < p  # (M, B)
+            drop = r["cond"] < p  # (M, B)
             brain_global = torch.where(drop[..., None], P["uncond_global"], brain_global)
             brain_tokens = torch.where(drop[..., None, None], P["uncond_tokens"], brain_tokens)
             if prior is not None:
                 # masked_fill's value, with where (a broadcast masked_fill over (M, B, ...) is slow on the CPU)
                 prior = torch.where(drop.view(m, b, *([1] * (prior.ndim - 2))), 0.0, prior)
-        if fc.logit_normal:
-            u = self._draw(lambda g: torch.randn((b,), generator=g))
-            t = torch.sigmoid(u * fc.logit_normal_std + fc.logit_normal_mean)
-        else:
-            t = self._draw(lambda g: torch.rand((b,), generator=g))
+        t = torch.sigmoid(r["time"] * fc.logit_normal_std + fc.logit_normal_mean) if fc.logit_normal else r["time"]
         t = t.clamp(fc.sigma_min, 1.0 - fc.sigma_min)
-        shape = z.shape[1:]
-        x0 = self._draw(lambda g: torch.randn(shape, generator=g, dtype=z.dtype))
+        x0 = r["x0"]
         x_t = torch.lerp(x0, z, t.view(m, b, *([1] * (z.ndim - 2))))
         if prior is not None:
             x_t = torch.cat([x_t, prior], dim=2)
-        v = self._dit(x_t, t, brain_global, brain_tokens)
+        v = self._dit(P, x_t, t, brain_global, brain_tokens)
         return (v - (z - x0)).square().flatten(1).mean(dim=1)
 
     # ── one step ──
@@ -319,7 +342,8 @@ class EnsembleTrainer:
         prior = None if priors[0] is None else torch.stack(priors)
         for p in self.params.values():
             p.grad = None
-        losses = self._loss(latents, voxels, prior)
+        randoms = self._draw_randoms(latents.shape[1], voxels.shape[2])
+        losses = self._loss_fn(self.params, latents, voxels, prior, randoms)
         losses.sum().backward()
         if self.config.grad_clip:
             self.last_grad_norms = self._clip(self.config.grad_clip)
