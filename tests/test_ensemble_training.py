@@ -132,14 +132,17 @@ def test_members_must_share_settings():
 
 
 def test_stage_level_ensemble_writes_each_seed_s_train_decoder_model(tmp_path):
-    """train_decoder_ensemble writes, per seed, the model train_decoder writes for that seed (to tolerance)."""
+    """train_decoder_ensemble (here through its command line) writes, per seed, the model train_decoder
+    writes for that seed (to tolerance)."""
+    import json
+
     from test_training_stages import _dataset, _stimuli
 
     from cortexflow.models.io import load_model
     from cortexflow.stages.baseline import fit_baseline_stage
     from cortexflow.stages.decoder import train_decoder_stage
     from cortexflow.stages.vae import encode_latents_stage, pretrain_vae_stage
-    from cortexflow.training.ensemble import train_decoder_ensemble
+    from cortexflow.training.ensemble import main
 
     stimuli = _stimuli(tmp_path)
     vae_params = {"image": {"hidden_dims": [8, 16], "steps": 2, "batch_size": 4, "warmup_steps": 1}}
@@ -157,7 +160,9 @@ def test_stage_level_ensemble_writes_each_seed_s_train_decoder_model(tmp_path):
     seeds = [0, 1]
     outs = [str(tmp_path / f"ens{s}.pt") for s in seeds]
     torch.manual_seed(123)  # a process's random start must not matter
-    train_decoder_ensemble(outs=outs, seeds=seeds, checkpoint_dir=str(tmp_path / "ens_ckpt"), **common)
+    main(["--dataset", str(dataset), "--modality", "image", "--latents", str(tmp_path / "latents.npz"),
+          "--vae", str(tmp_path / "vae.pt"), "--ridge", str(ridge), "--seeds", *map(str, seeds), "--outs", *outs,
+          "--checkpoint-dir", str(tmp_path / "ens_ckpt"), "--params", json.dumps(params)])
     for seed, out in zip(seeds, outs):
         single = tmp_path / f"single{seed}.pt"
         train_decoder_stage(out=str(single), seed=seed, checkpoint_dir=str(tmp_path / f"ckpt{seed}"),

@@ -592,3 +592,44 @@ def train_decoder_ensemble(*, dataset: str, modality: str, outs: Sequence[str], 
                    extra={"modality": modality, "params": asdict(p), "vae_extra": extras[m], "final_loss": final})
         trainer.curves[m].save(out_curves[m] if out_curves else curve_path(out))
         log.info("wrote %s (seed %d)", out, seeds[m])
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m cortexflow.training.ensemble``: :func:`train_decoder_ensemble` from the command line,
+    with the train-decoder command's inputs and one ``--out`` per ``--seeds`` entry, e.g.
+
+        python -m cortexflow.training.ensemble --dataset D --modality image --latents L --vae V --ridge R \\
+            --seeds 0 1 2 --outs s0.pt s1.pt s2.pt --checkpoint-dir ckpt --config config.yaml --threads 1
+    """
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(prog="python -m cortexflow.training.ensemble",
+                                 description="train several seeds of one decoder as one stacked model")
+    for name in ("dataset", "modality", "latents", "vae"):
+        ap.add_argument(f"--{name}", required=True)
+    ap.add_argument("--ridge")
+    ap.add_argument("--seeds", type=int, nargs="+", required=True)
+    ap.add_argument("--outs", nargs="+", required=True)
+    ap.add_argument("--out-curves", nargs="+")
+    ap.add_argument("--checkpoint-dir")
+    ap.add_argument("--threads", type=int, default=1)
+    group = ap.add_mutually_exclusive_group()
+    group.add_argument("--params", help="the decoder section as JSON")
+    group.add_argument("--config", help="a workflow config file; its decoder section")
+    args = ap.parse_args(argv)
+    if args.config:
+        import yaml
+
+        with open(args.config) as fh:
+            params = (yaml.safe_load(fh) or {}).get("decoder", {})
+    else:
+        params = json.loads(args.params) if args.params else {}
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    train_decoder_ensemble(dataset=args.dataset, modality=args.modality, outs=args.outs, seeds=args.seeds,
+                           checkpoint_dir=args.checkpoint_dir, params=params, threads=args.threads,
+                           latents=args.latents, vae=args.vae, ridge=args.ridge, out_curves=args.out_curves)
+
+
+if __name__ == "__main__":
+    main()
