@@ -142,7 +142,7 @@ def test_stage_level_ensemble_writes_each_seed_s_train_decoder_model(tmp_path):
     from cortexflow.stages.baseline import fit_baseline_stage
     from cortexflow.stages.decoder import train_decoder_stage
     from cortexflow.stages.vae import encode_latents_stage, pretrain_vae_stage
-    from cortexflow.training.ensemble import main
+    from cortexflow.ensemble_decoder import main
 
     stimuli = _stimuli(tmp_path)
     vae_params = {"image": {"hidden_dims": [8, 16], "steps": 2, "batch_size": 4, "warmup_steps": 1}}
