@@ -113,27 +113,14 @@ def text_setup(seed: int = 0, n_voxels: int = N_VOXELS, n_trials: int = N_TRIALS
 
 def vae_setup(seed: int = 0, n_images: int = N_TRIALS, config: dict | None = None):
     """The image VAE as pretrain_vae trains it (no EMA, its own schedule), on random images."""
-    from cortexflow.training.trainer import TrainingConfig, batch_indices, seed_everything
+    from cortexflow.stages.vae import vae_batch_fn, vae_loss, vae_training_config
+    from cortexflow.training.trainer import seed_everything
 
     seed_everything(seed)
     vae, vp = build_vae("image", config)
     data = torch.rand(n_images, 1, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(1234))
-    cfg = TrainingConfig(learning_rate=vp.learning_rate, batch_size=vp.batch_size, warmup_steps=vp.warmup_steps,
-                         max_steps=vp.steps, use_ema=False, seed=seed, device="cpu", log_every=max(1, vp.steps // 50),
-                         checkpoint_every=max(1, vp.steps // 20))
-
-    def batch_fn(step, generator):
-        xb = data[batch_indices(step, len(data), vp.batch_size, seed)]
-        if vp.augment_flips:
-            flip = torch.rand(len(xb), generator=generator) < 0.5
-            xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
-        return xb
-
-    def loss_fn(model, xb):
-        recon, mu, logvar = model(xb)
-        return model.loss(xb, recon, mu, logvar)[0]
-
-    return vae, cfg, batch_fn, loss_fn, {"p": vp}
+    batch_fn = vae_batch_fn(data, vp, seed, flips=vp.augment_flips)
+    return vae, vae_training_config(vp, seed, "cpu"), batch_fn, vae_loss, {"p": vp}
 
 
 SETUPS = {

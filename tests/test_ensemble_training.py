@@ -136,19 +136,14 @@ def test_stage_level_ensemble_writes_each_seed_s_train_decoder_model(tmp_path):
     writes for that seed (to tolerance)."""
     import json
 
-    from test_training_stages import _dataset, _stimuli
+    from test_training_stages import _dataset, _vae_and_latents
 
     from cortexflow.models.io import load_model
     from cortexflow.stages.baseline import fit_baseline_stage
     from cortexflow.stages.decoder import train_decoder_stage
-    from cortexflow.stages.vae import encode_latents_stage, pretrain_vae_stage
     from cortexflow.ensemble_decoder import main
 
-    stimuli = _stimuli(tmp_path)
-    vae_params = {"image": {"hidden_dims": [8, 16], "steps": 2, "batch_size": 4, "warmup_steps": 1}}
-    pretrain_vae_stage(stimuli=str(stimuli), modality="image", out=str(tmp_path / "vae.pt"), params=vae_params)
-    encode_latents_stage(stimuli=str(stimuli), modality="image", vae=str(tmp_path / "vae.pt"),
-                         out=str(tmp_path / "latents.npz"), params=vae_params)
+    stimuli = _vae_and_latents(tmp_path)
     dataset = _dataset(tmp_path / "ds", [f"img-{n}" for n in range(10)] * 2, ["img-10", "img-11"])
     ridge = tmp_path / "ridge.npz"
     fit_baseline_stage(dataset=str(dataset), out=str(ridge), params={"cv_folds": 3, "alphas": [1.0, 10.0]},

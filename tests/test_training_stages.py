@@ -41,6 +41,19 @@ def test_pretrain_vae_with_the_same_seed_gives_the_same_weights(tmp_path):
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
+def _vae_and_latents(root):
+    """A tiny image stimulus set with its VAE (``root/vae.pt``) and latents (``root/latents.npz``), made by the
+    stages themselves; returns the stimuli folder."""
+    from cortexflow.stages.vae import encode_latents_stage
+
+    stimuli = _stimuli(root)
+    vae_params = {"image": {"hidden_dims": [8, 16], "steps": 2, "batch_size": 4, "warmup_steps": 1}}
+    pretrain_vae_stage(stimuli=str(stimuli), modality="image", out=str(root / "vae.pt"), params=vae_params)
+    encode_latents_stage(stimuli=str(stimuli), modality="image", vae=str(root / "vae.pt"),
+                         out=str(root / "latents.npz"), params=vae_params)
+    return stimuli
+
+
 def _dataset(folder, train_ids, test_ids, n_voxels=30, seed=0):
     """A make_dataset folder: every voxel selected, 2 repeats of each training stimulus."""
     folder.mkdir(parents=True)
@@ -63,13 +76,8 @@ def test_train_decoder_takes_its_prior_from_the_baseline_file(tmp_path):
     from cortexflow.models.ridge import load_ridge
     from cortexflow.stages.baseline import fit_baseline_stage
     from cortexflow.stages.decoder import train_decoder_stage
-    from cortexflow.stages.vae import encode_latents_stage
 
-    stimuli = _stimuli(tmp_path)
-    vae_params = {"image": {"hidden_dims": [8, 16], "steps": 2, "batch_size": 4, "warmup_steps": 1}}
-    pretrain_vae_stage(stimuli=str(stimuli), modality="image", out=str(tmp_path / "vae.pt"), params=vae_params)
-    encode_latents_stage(stimuli=str(stimuli), modality="image", vae=str(tmp_path / "vae.pt"),
-                         out=str(tmp_path / "latents.npz"), params=vae_params)
+    stimuli = _vae_and_latents(tmp_path)
     train_ids = [f"img-{n}" for n in range(10)] * 2
     dataset = _dataset(tmp_path / "ds", train_ids, ["img-10", "img-11"])
     ridge = tmp_path / "ridge.npz"
@@ -108,13 +116,8 @@ def test_a_refitted_baseline_does_not_resume_the_old_prior_s_checkpoint(tmp_path
 
     from cortexflow.stages.baseline import fit_baseline_stage
     from cortexflow.stages.decoder import train_decoder_stage
-    from cortexflow.stages.vae import encode_latents_stage
 
-    stimuli = _stimuli(tmp_path)
-    vae_params = {"image": {"hidden_dims": [8, 16], "steps": 2, "batch_size": 4, "warmup_steps": 1}}
-    pretrain_vae_stage(stimuli=str(stimuli), modality="image", out=str(tmp_path / "vae.pt"), params=vae_params)
-    encode_latents_stage(stimuli=str(stimuli), modality="image", vae=str(tmp_path / "vae.pt"),
-                         out=str(tmp_path / "latents.npz"), params=vae_params)
+    stimuli = _vae_and_latents(tmp_path)
     dataset = _dataset(tmp_path / "ds", [f"img-{n}" for n in range(10)] * 2, ["img-10", "img-11"])
     common = dict(dataset=str(dataset), modality="image", latents=str(tmp_path / "latents.npz"),
                   vae=str(tmp_path / "vae.pt"), stimuli=str(stimuli), checkpoint_dir=str(tmp_path / "ckpt"),

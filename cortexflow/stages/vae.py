@@ -57,7 +57,7 @@ def pretrain_vae_stage(*, stimuli: str, modality: str, out: str, params: dict, s
     from cortexflow.models.io import save_model
     from cortexflow.training.checkpoint import prune_stale_checkpoints
     from cortexflow.training.history import curve_path
-    from cortexflow.training.trainer import Trainer, TrainingConfig, batch_indices, seed_everything
+    from cortexflow.training.trainer import Trainer, seed_everything
 
     _io.set_threads(threads)
     # torch seeds each new process at random: seed before the model draws its initial weights
@@ -75,24 +75,10 @@ def pretrain_vae_stage(*, stimuli: str, modality: str, out: str, params: dict, s
     log.info("pretrain_vae %s: %d training stimuli of shape %s", modality, len(data), tuple(data.shape[1:]))
 
     vae = _build_vae(modality, p, in_channels=data.shape[1])
-    cfg = TrainingConfig(learning_rate=p.learning_rate, batch_size=p.batch_size, warmup_steps=p.warmup_steps,
-                         max_steps=p.steps, use_ema=False, seed=seed, device=device, log_every=max(1, p.steps // 50),
-                         checkpoint_every=max(1, p.steps // 20))
-    trainer = Trainer(vae, cfg)
+    trainer = Trainer(vae, vae_training_config(p, seed, device))
     trainer.name = Path(out).stem
-
-    def batch_fn(step: int, generator: torch.Generator) -> torch.Tensor:
-        xb = data[batch_indices(step, len(data), p.batch_size, seed)]
-        if p.augment_flips and modality == "image":
-            flip = torch.rand(len(xb), generator=generator) < 0.5
-            xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
-        return xb
-
-    def loss_fn(model, xb):
-        recon, mu, logvar = model(xb)
-        return model.loss(xb, recon, mu, logvar)[0]
-
-    trainer.fit(batch_fn, steps=p.steps, loss_fn=loss_fn, checkpoint_dir=checkpoint_dir,
+    batch_fn = vae_batch_fn(data, p, seed, flips=p.augment_flips and modality == "image")
+    trainer.fit(batch_fn, steps=p.steps, loss_fn=vae_loss, checkpoint_dir=checkpoint_dir,
                 run_tag=None if checkpoint_dir is None else _vae_run_tag(modality, p, ids, data))
     vae.eval()
     _, recon = _encode_decode(vae, data[:256], batch_size=256)
@@ -104,6 +90,36 @@ def pretrain_vae_stage(*, stimuli: str, modality: str, out: str, params: dict, s
     log.info("wrote %s and its loss curve %s", out, out_curve or curve_path(out))
     if checkpoint_dir is not None:
         prune_stale_checkpoints(checkpoint_dir)
+
+
+def vae_training_config(p: VAEParams, seed: int, device: str):
+    """pretrain_vae's training schedule: no EMA, ~50 log lines and ~20 checkpoints a run."""
+    from cortexflow.training.trainer import TrainingConfig
+
+    return TrainingConfig(learning_rate=p.learning_rate, batch_size=p.batch_size, warmup_steps=p.warmup_steps,
+                          max_steps=p.steps, use_ema=False, seed=seed, device=device,
+                          log_every=max(1, p.steps // 50), checkpoint_every=max(1, p.steps // 20))
+
+
+def vae_batch_fn(data: torch.Tensor, p: VAEParams, seed: int, flips: bool):
+    """The ``batch_fn`` of pretrain_vae: the seeded batch order over ``data``, each image mirrored
+    left-right with probability 1/2 (drawn from the trainer's generator) when ``flips``."""
+    from cortexflow.training.trainer import batch_indices
+
+    def batch_fn(step: int, generator: torch.Generator) -> torch.Tensor:
+        xb = data[batch_indices(step, len(data), p.batch_size, seed)]
+        if flips:
+            flip = torch.rand(len(xb), generator=generator) < 0.5
+            xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
+        return xb
+
+    return batch_fn
+
+
+def vae_loss(model, xb: torch.Tensor) -> torch.Tensor:
+    """The VAE's training loss on a batch (reconstruction + KL, as ``model.loss`` weighs them)."""
+    recon, mu, logvar = model(xb)
+    return model.loss(xb, recon, mu, logvar)[0]
 
 
 def _vae_run_tag(modality: str, p: VAEParams, ids, data: torch.Tensor) -> str:
