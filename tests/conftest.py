@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import collections
+import os
 import sys
+from pathlib import Path
 
 import pytest
+
+
+def pytest_configure(config):
+    """One disk cache of parsed sources (cortexflow.fingerprint) for the whole run, shared by the xdist
+    workers and every Snakemake the tests start (they inherit the environment), kept in the run's own
+    cache folder instead of the user's ~/.cache. A test that needs another sets its own."""
+    os.environ.setdefault("CORTEXFLOW_CACHE_DIR", str(Path(config.rootpath) / ".pytest_cache" / "cortexflow"))
 
 
 @pytest.fixture(autouse=True)
