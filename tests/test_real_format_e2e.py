@@ -29,13 +29,17 @@ def rehearsal(tmp_path_factory):
     repo = copy_repo(base / "repo")
     sim = simulate_study(base / "sim", load_config(repo / TINY)["simulate"], seed=0)
     bids = real_format_study(sim, base / "bids", {("images", 1): ("01", 1), ("images", 2): ("02", 1)})
+    # one image decoder (the tiny config trains two): the seeds' aggregation is tested end to end
+    # in test_workflow_e2e.py, this run tests the formats
     real = overlay(repo, "real_format.yaml", {"study": "rehearsal", "data": {
-        "source": "bids", "bids_root": str(bids), "space": "MNI152NLin2009cAsym:res-2"}})
-    check = snakemake(repo, "--cores", "1", "--dry-run", "--configfile", TINY, real, timeout=600)  # the DAG-time check
+        "source": "bids", "bids_root": str(bids), "space": "MNI152NLin2009cAsym:res-2"},
+        "decoder": {"image": {"seeds": 1}}})
     proc = snakemake(repo, "--cores", "2", "--configfile", TINY, real, "--workflow-profile", "workflow/profiles/default",
                      timeout=1800, check=False)
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
-    return repo, bids, check.stdout + check.stderr, real
+    # the study check runs while the DAG is built, before any job, in a run as in a dry run (whose
+    # output test_study_inputs_dag.py checks): its report is in the run's output
+    return repo, bids, proc.stdout + proc.stderr, real
 
 
 def test_the_real_format_study_runs_end_to_end(rehearsal):

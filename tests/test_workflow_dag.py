@@ -13,6 +13,8 @@ test_workflow_slurm.py and test_workflow_e2e.py.
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import re
 import shutil
@@ -105,6 +107,45 @@ def fake_complete_run(repo: Path, *configs: str) -> list[str]:
     return [line.split("\t", 1)[0] for line in lines]
 
 
+def shared_build(tmp_path_factory, name: str, build) -> Path:
+    """The folder ``build(folder)`` fills, built once per test session and shared.
+
+    Under pytest-xdist the workers share the session's temporary folder (the parent
+    of each worker's own), so a file lock lets the first worker build it and the others
+    wait for it; without xdist it is built in the session's folder. Callers that change
+    what they get copy it first (:func:`finished_copy`), so tests stay independent.
+    """
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder, done = root / f"shared-{name}", root / f"shared-{name}.done"
+    with open(root / f"shared-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # a build that failed in another worker
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
+
+
+def finished_copy(tmp_path_factory, dest: Path) -> tuple[Path, list[str]]:
+    """A copy at ``dest`` of the repository where the tiny study's workflow looks complete
+    (:func:`fake_complete_run`), and the outputs made to look complete (relative to it).
+
+    The complete-looking repository is made once per test session (two Snakemake runs
+    over the whole DAG) and copied with its timestamps and Snakemake's metadata, so
+    each copy looks complete to Snakemake as the original does.
+    """
+
+    def build(folder: Path) -> None:
+        outputs = fake_complete_run(copy_repo(folder / "repo"), TINY)
+        (folder / "outputs.json").write_text(json.dumps(outputs))
+
+    shared = shared_build(tmp_path_factory, "tiny-complete", build)
+    shutil.copytree(shared / "repo", dest, symlinks=True)  # copy2: modification times kept
+    return dest, json.loads((shared / "outputs.json").read_text())
+
+
 def dry_run(repo: Path, *configs: str) -> dict[str, int]:
     args = ["--configfile", *configs]
     return scheduled(snakemake(repo, "--cores", "1", "--dry-run", *args).stdout)
@@ -113,9 +154,14 @@ def dry_run(repo: Path, *configs: str) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
     """A copy of the repository where the tiny study's workflow looks complete."""
-    repo = copy_repo(tmp_path_factory.mktemp("dag") / "repo")
-    fake_complete_run(repo, TINY)
-    return repo
+    return finished_copy(tmp_path_factory, tmp_path_factory.mktemp("dag") / "repo")[0]
+
+
+@pytest.fixture(scope="module")
+def forceall_plan(finished) -> dict[str, int]:
+    """The jobs of a dry run with --forceall on the tiny config: the whole DAG (one Snakemake run,
+    read by two tests)."""
+    return scheduled(snakemake(finished, "--cores", "1", "--dry-run", "--forceall", "--configfile", TINY).stdout)
 
 
 @pytest.fixture(scope="module")
@@ -141,10 +187,9 @@ def test_complete_run_schedules_nothing(finished, tiny):
     assert dry_run(finished, TINY) == {}
 
 
-def test_tiny_dag_has_every_rule_once_per_unit(finished, tiny):
+def test_tiny_dag_has_every_rule_once_per_unit(forceall_plan, tiny):
     """Removing the final summary shows the expected fan-out of the DAG."""
-    proc = snakemake(finished, "--cores", "1", "--dry-run", "--forceall", "--configfile", TINY)
-    jobs = scheduled(proc.stdout)
+    jobs = dict(forceall_plan)
     modalities = tiny["data"]["modalities"]
     continuous = [m for m in modalities if m != "text"]
     n_subjects = jobs["make_dataset"] // len(modalities)
@@ -220,9 +265,9 @@ def test_editing_the_dit_source_reruns_decoders_and_downstream_only(finished):
     assert dry_run(finished, TINY) == {}  # restoring the file restores the fingerprint
 
 
-def test_bids_source_finds_on_disk_the_runs_the_simulator_planned(finished):
+def test_bids_source_finds_on_disk_the_runs_the_simulator_planned(finished, forceall_plan):
     """data.source: bids reads the runs from an fMRIPrep folder (here: the simulated one's files)."""
-    planned = scheduled(snakemake(finished, "--cores", "1", "--dry-run", "--forceall", "--configfile", TINY).stdout)
+    planned = forceall_plan
     # the files here are empty stand-ins: no study check while the DAG is built (data.check)
     real = overlay(finished, "bids_source.yaml", {"data": {"source": "bids", "bids_root": "data/tiny/bids", "check": False}})
     found = scheduled(snakemake(finished, "--cores", "1", "--dry-run", "--forceall", "--configfile", TINY, real).stdout)

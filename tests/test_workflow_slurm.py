@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_workflow_dag import TINY, copy_repo, fake_complete_run, snakemake, workflow_env
+from test_workflow_dag import TINY, copy_repo, finished_copy, snakemake, workflow_env
 
 ACCOUNT = "testacct"
 
@@ -180,24 +180,6 @@ TORCH_RULES = {"pretrain_vae", "encode_latents", "train_decoder", "sample", "tra
                "cross_subject_fit"}
 
 
-def _fake_complete(repo: Path, *configs: str) -> list[str]:
-    """test_workflow_dag.fake_complete_run with a longer limit: on a busy 2-core machine Snakemake's
-    summary of the tiny study alone took 3.5 minutes."""
-    args = ["--configfile", *configs]
-    summary = snakemake(repo, "--cores", "1", "--summary", *args, timeout=600).stdout
-    lines = [line.split("\t", 1)[0] for line in summary.splitlines() if "\t" in line][1:]
-    assert lines, summary
-    for line in lines:
-        path = repo / line
-        if path.suffix:  # the only extension-less outputs are make_dataset's folders
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.touch()
-        else:
-            path.mkdir(parents=True, exist_ok=True)
-    snakemake(repo, "--cores", "1", "--touch", "--forceall", *args, timeout=600)
-    return lines
-
-
 def _two_subject_config(repo: Path) -> str:
     (repo / "two_subjects.yaml").write_text(yaml.safe_dump(TWO_SUBJECTS))
     return "two_subjects.yaml"
@@ -206,9 +188,9 @@ def _two_subject_config(repo: Path) -> str:
 @pytest.fixture(scope="module")
 def slurm_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("slurm")
-    repo = copy_repo(root / "repo")
+    # the tiny study made to look complete, shared with test_workflow_dag.py (made once per session)
+    repo, outputs = finished_copy(tmp_path_factory, root / "repo")
     configs = [TINY]
-    outputs = _fake_complete(repo, *configs)
     shipped = yaml.safe_load((repo / "workflow/profiles/slurm/config.yaml").read_text())
     profile = _test_profile(repo, root / "profile")
     bin_dir, log = root / "bin", root / "log"
@@ -326,10 +308,9 @@ def test_a_multi_gpu_training_job_is_launched_by_torchrun_with_one_process_per_g
     assert argv[argv.index("--no-python") + 1:][:3] == ["--", "cortexflow", "train-decoder"]
 
 
-def test_a_retried_job_gets_a_longer_time_limit(tmp_path):
+def test_a_retried_job_gets_a_longer_time_limit(tmp_path, tmp_path_factory):
     """A job that fails (e.g. killed at its time limit) is resubmitted with runtime x attempt."""
-    repo = copy_repo(tmp_path / "repo")
-    outputs = fake_complete_run(repo, TINY)
+    repo, outputs = finished_copy(tmp_path_factory, tmp_path / "repo")
     shipped = yaml.safe_load((repo / "workflow/profiles/slurm/config.yaml").read_text())
     assert shipped["retries"] >= 1
     profile = _test_profile(repo, tmp_path / "profile", retries=1)
