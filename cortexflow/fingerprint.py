@@ -46,7 +46,13 @@ def cache_dir() -> Path | None:
     env = os.environ.get("CORTEXFLOW_CACHE_DIR")
     if env == "":
         return None
-    base = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cortexflow"
+    if env:
+        base = Path(env)
+    else:
+        try:  # no home directory (a bare batch environment): no disk cache
+            base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cortexflow"
+        except RuntimeError:
+            return None
     return base / f"fingerprint-v{_CACHE_FORMAT}-{sys.implementation.cache_tag}-{platform.python_version()}"
 
 
