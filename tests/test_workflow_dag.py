@@ -13,11 +13,13 @@ test_workflow_slurm.py and test_workflow_e2e.py.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -62,11 +64,21 @@ def workflow_env(repo: Path, path_prefix: list[Path] | None = None) -> dict[str,
 
 
 def snakemake(repo: Path, *args: str, env: dict | None = None, timeout: float = 120, check: bool = True):
-    """Run ``python -m snakemake ARGS`` in ``repo``; return the completed process."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", *args],
-        cwd=repo, env=env or workflow_env(repo), capture_output=True, text=True, timeout=timeout,
-    )
+    """Run ``python -m snakemake ARGS`` in ``repo``; return the completed process.
+
+    Snakemake runs in a session of its own: on a timeout the whole group is killed, its jobs too
+    (``subprocess.run`` would kill Snakemake alone and leave its trainings running into later tests).
+    """
+    with subprocess.Popen([sys.executable, "-m", "snakemake", *args], cwd=repo, env=env or workflow_env(repo),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True) as popen:
+        try:
+            stdout, stderr = popen.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(popen.pid, signal.SIGKILL)
+            popen.communicate()
+            raise
+    proc = subprocess.CompletedProcess(popen.args, popen.returncode, stdout, stderr)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc
