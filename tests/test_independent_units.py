@@ -145,3 +145,33 @@ def test_closeness_is_one_for_the_simulators_own_space_and_near_zero_for_an_unre
     assert representational_closeness(code, code) == pytest.approx(1.0)
     assert representational_closeness(code @ rng.normal(size=(30, 30)) * 0.1 + code, code) > 0.5
     assert abs(representational_closeness(rng.normal(size=(40, 30)), code)) < 0.15
+
+
+def test_the_replication_count_finds_the_statement_that_changed():
+    """benchmarks/family_headline.py --replication: two runs' verdicts side by side, per statement."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "family_headline.py"
+    spec = importlib.util.spec_from_file_location("family_headline", path)
+    headline = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(headline)
+
+    stimuli = _stimuli()
+    units = item_units_from_table(stimuli, np.sort(stimuli["stimulus_id"]))
+    families = dict(zip(units.items, units.family))
+    best = pd.DataFrame({"subject": ["01"], "modality": ["image"], "metric": ["ssim"], "baseline": ["nn_mean8"]})
+
+    def run(gains, seed):
+        return category_table(_items(stimuli, gains, seed=seed), families, best, subject="01", modality="image",
+                              config=EvaluationConfig(n_boot=500), units=units, grouping="family")
+
+    study = run({"digit": 0.08, "photo": 0.0}, seed=0)
+    same = headline.statement_agreement(study, run({"digit": 0.08, "photo": 0.0}, seed=1))
+    assert len(same) == 2 and same["agrees"].all()  # digit leads, photo ties, in both
+    changed = headline.statement_agreement(study, run({"digit": 0.08, "photo": -0.08}, seed=1))
+    differ = changed[~changed["agrees"]]
+    assert list(differ["family"]) == ["photo"]
+    assert (differ["statement_study"].item(), differ["statement_replication"].item()) == ("ties", "trails")
+    lines = headline.agreement_lines(changed)
+    assert "| all | 2 | 1 |" in lines and any(line.startswith("- photo, ssim") for line in lines)
