@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from cortexflow.models.io import load_model
-from cortexflow.stages.vae import pretrain_vae_stage
+from cortexflow.stages.vae import encode_latents_stage, pretrain_vae_stage
 
 
 def _stimuli(root):
@@ -44,8 +44,6 @@ def test_pretrain_vae_with_the_same_seed_gives_the_same_weights(tmp_path):
 def _vae_and_latents(root):
     """A tiny image stimulus set with its VAE (``root/vae.pt``) and latents (``root/latents.npz``), made by the
     stages themselves; returns the stimuli folder."""
-    from cortexflow.stages.vae import encode_latents_stage
-
     stimuli = _stimuli(root)
     vae_params = {"image": {"hidden_dims": [8, 16], "steps": 2, "batch_size": 4, "warmup_steps": 1}}
     pretrain_vae_stage(stimuli=str(stimuli), modality="image", out=str(root / "vae.pt"), params=vae_params)
