@@ -163,6 +163,31 @@ def test_comparisons_are_paired_differences_of_the_item_scores(evaluated):
     assert row["diff"] == pytest.approx(value(summary, "dit", "pixcorr").value - value(summary, "nn", "pixcorr").value)
 
 
+def test_score_tables_are_pandas_pivot_tables_in_numpy():
+    """_scores_by builds each (method, metric)'s seeds x items table without pandas' pivot (it took most
+    of summarize's time): the same table as pivot_table(aggfunc="first") with sorted items, including
+    NaN scores (missing), a seed or item with none left out, repeated pairs (first counts) and no seed."""
+    from cortexflow.evaluation.evaluate import _scores_by, _with_seed
+
+    rng = np.random.default_rng(3)
+    n = 400
+    items = pd.DataFrame({"method": rng.choice(["dit", "ridge", "nn"], n), "metric": rng.choice(["ssim", "cer"], n),
+                          "item": rng.choice([f"img{k:02d}" for k in range(17)] + ["b", "a10", "a9"], n),
+                          "score": rng.normal(size=n),
+                          "seed": pd.array(rng.choice([0, 1, 2, None], n), dtype="Int64")})
+    items.loc[rng.random(n) < 0.15, "score"] = np.nan
+    items.loc[(items["method"] == "nn") & (items["item"] == "b"), "score"] = np.nan  # an item with no score
+    got = _scores_by(items)
+    expected = {key: group.pivot_table(index="seed_key", columns="item", values="score", aggfunc="first")
+                .sort_index(axis=1).to_numpy() for key, group in _with_seed(items).groupby(["method", "metric"])}
+    assert got.keys() == expected.keys()
+    for key in expected:
+        np.testing.assert_array_equal(got[key], expected[key], err_msg=str(key))
+    # repeated (seed, item) pairs: the first score counts, as pandas' "first"
+    repeated = pd.DataFrame({"method": "dit", "metric": "ssim", "item": ["x", "x", "y"], "score": [1.0, 2.0, 3.0]})
+    np.testing.assert_array_equal(_scores_by(repeated)[("dit", "ssim")], [[1.0, 3.0]])
+
+
 def test_comparison_pairs():
     assert comparison_pairs(["decoder", "retrieval", "ngram_lm"]) == [("decoder", "retrieval"), ("decoder", "ngram_lm")]
     assert comparison_pairs(["ridge", "chance", "dit_mean8", "dit", "nn_mean8", "ridge_pt", "noise_free_linear"]) == [

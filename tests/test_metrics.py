@@ -162,6 +162,50 @@ def test_char_ngram_features_are_deterministic_unit_vectors():
     assert np.count_nonzero(one) == 7
 
 
+def _features_as_first_written(texts, config):
+    """char_ngram_features as it was first written (one float32 += per n-gram, text normalised by
+    NFKD + combining-mark filter + two regex passes on every string): the reference the memoised,
+    counted version must equal bit for bit, or the text baseline's decodes and the summaries move."""
+    import re
+    import unicodedata
+    import zlib
+
+    def normalize(text):
+        text = unicodedata.normalize("NFKD", str(text))
+        text = "".join(ch for ch in text if not unicodedata.combining(ch)).lower()
+        return re.sub(r"\s+", " ", re.sub(r"[^\w\s']", " ", text)).strip()
+
+    lo, hi = config.ngram_range
+    out = np.zeros((len(texts), config.n_features), dtype=np.float32)
+    for row, text in enumerate(texts):
+        s = normalize(text) if config.normalize else str(text)
+        if not s:
+            continue
+        s = f" {s} "
+        for n in range(lo, hi + 1):
+            for i in range(len(s) - n + 1):
+                out[row, zlib.crc32(s[i:i + n].encode("utf-8")) % config.n_features] += 1.0
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    np.divide(out, norms, out=out, where=norms > 0)
+    return out, [normalize(t) for t in texts]
+
+
+def test_char_ngram_features_equal_the_first_implementation_bit_for_bit():
+    rng = np.random.default_rng(0)
+    alphabet = list("abcdeé ,.'!?-\tXYZ") + ["\u0301", "ß", "İ", "ﬁ", "²", "日"]
+    texts = ["".join(rng.choice(alphabet, size=rng.integers(0, 60))) for _ in range(300)]
+    texts += ["", "   ", "Café au lait.", "a" * 500, "the the the the"]
+    for config in (CharNgramConfig(), CharNgramConfig(ngram_range=(1, 4), n_features=97),
+                   CharNgramConfig(normalize=False, n_features=4096)):
+        expected, normalized = _features_as_first_written(texts, config)
+        got = char_ngram_features(texts, config)
+        assert got.dtype == np.float32 and np.array_equal(got, expected), config
+        # a second call hits the memo of n-gram buckets: still the same
+        assert np.array_equal(char_ngram_features(np.array(texts, dtype=object), config), expected)
+    assert [normalize_text(t) for t in texts] == normalized
+    assert char_ngram_features([], CharNgramConfig()).shape == (0, 2048)
+
+
 # -------------------------------------------------------- feature extractors
 
 

@@ -347,9 +347,24 @@ def _scores_by(items: pd.DataFrame) -> dict[tuple[str, str], np.ndarray]:
     items = _with_seed(items)
     out = {}
     for (method, metric), group in items.groupby(["method", "metric"], sort=False):
-        table = group.pivot_table(index="seed_key", columns="item", values="score", aggfunc="first")
-        out[(method, metric)] = table.sort_index(axis=1).to_numpy()
+        out[(method, metric)] = _seed_by_item(group["seed_key"].to_numpy(), group["item"].to_numpy(),
+                                              group["score"].to_numpy(dtype=np.float64))
     return out
+
+
+def _seed_by_item(seeds: np.ndarray, items: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """``pivot_table(index=seed, columns=item, values=score, aggfunc="first").sort_index(axis=1)``, as
+    numpy: rows by seed and columns by item, both sorted; NaN scores count as missing, a seed or an
+    item with no score is left out, and where a pair repeats, its first score counts. (The summary
+    builds hundreds of these tables; pandas' pivot took most of its time.)"""
+    keep = ~np.isnan(scores)
+    seeds, items, scores = seeds[keep], items[keep], scores[keep]
+    seed_keys, seed_rows = np.unique(seeds, return_inverse=True)
+    item_keys, item_cols = np.unique(items, return_inverse=True)
+    cells, first = np.unique(seed_rows * len(item_keys) + item_cols, return_index=True)
+    table = np.full((len(seed_keys), len(item_keys)), np.nan)
+    table.flat[cells] = scores[first]
+    return table
 
 
 def _with_seed(items: pd.DataFrame) -> pd.DataFrame:
