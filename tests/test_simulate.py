@@ -33,7 +33,8 @@ def _digests(root: Path) -> dict[str, str]:
 
 
 def test_same_seed_gives_byte_identical_files_and_another_seed_does_not(study, tmp_path):
-    again = _digests(simulate_study(tmp_path / "again", SMALL, seed=7))
+    # the two subjects in two processes this time (the fixture simulated them one after the other)
+    again = _digests(simulate_study(tmp_path / "again", SMALL, seed=7, workers=2))
     assert again == _digests(study)
     other = _digests(simulate_study(tmp_path / "other", SMALL, seed=8))
     assert other.keys() == again.keys()

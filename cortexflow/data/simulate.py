@@ -45,7 +45,7 @@ import logging
 import time
 import zlib
 from collections.abc import Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -901,11 +901,13 @@ def _region_labels(regions: pd.DataFrame, brain_index: np.ndarray, n_brain: int)
     return labels
 
 
-def simulate_study(out_dir: str | Path, config: SimulationConfig | Mapping[str, Any] | None = None, seed: int = 0) -> Path:
+def simulate_study(out_dir: str | Path, config: SimulationConfig | Mapping[str, Any] | None = None, seed: int = 0,
+                   workers: int = 1) -> Path:
     """Write the simulated study to ``out_dir`` (replaced atomically) and return its path.
 
     ``config`` is a SimulationConfig or the ``simulate:`` config section (a dict).
-    The same config and seed give byte-identical files.
+    The same config and seed give byte-identical files, with any number of ``workers``
+    (processes simulating subjects side by side).
     """
     from threadpoolctl import threadpool_limits
 
@@ -913,10 +915,10 @@ def simulate_study(out_dir: str | Path, config: SimulationConfig | Mapping[str, 
     # one BLAS thread: the matrices here are small, and on a loaded machine OpenBLAS's
     # spinning threads made a 264 x 130 pseudo-inverse take seconds instead of milliseconds
     with threadpool_limits(limits=1, user_api="blas"):
-        return _simulate_study(Path(out_dir), cfg, seed)
+        return _simulate_study(Path(out_dir), cfg, seed, workers)
 
 
-def _simulate_study(out_dir: Path, cfg: SimulationConfig, seed: int) -> Path:
+def _simulate_study(out_dir: Path, cfg: SimulationConfig, seed: int, workers: int = 1) -> Path:
     start = time.perf_counter()
     grid = build_grid(cfg.voxel_size_mm, cfg.baseline)
     rois = seitzman_rois(cfg)
@@ -955,31 +957,63 @@ def _simulate_study(out_dir: Path, cfg: SimulationConfig, seed: int) -> Path:
         beta_sd = beta_noise_factors(designs, cfg)
         log.info("single-trial beta noise sd per unit time-series noise: %s", {m: round(v, 3) for m, v in beta_sd.items()})
 
-        jobs = [(s, m, r) for s in cfg.subject_labels for m in cfg.modalities for r in range(cfg.runs[m])]
-        models: dict[str, SubjectModel] = {}
         mask_bytes = nifti_gz_bytes(np.ones(int(grid.mask.sum()), np.uint8), grid)
-        # compress and write each BOLD run on a second thread while the next run is simulated
-        # (zlib releases the GIL); the bytes do not depend on the order of the writes
-        with ThreadPoolExecutor(max_workers=1) as writer:
-            pending: list[Future] = []
-            for s, m, r in tqdm(jobs, desc="simulate runs", unit="run", disable=None):
-                if s not in models:
-                    models[s] = build_subject(s, regions, brain_index, grid, stim, feats, beta_sd, cfg, seed)
-                design = designs[(s, m)][r]
-                bold, confounds = simulate_run(design, models[s], m, grid, cfg, _rng(seed, "run", s, m, r))
-                while pending and (pending[0].done() or len(pending) >= 2):  # at most 2 runs wait in memory
-                    pending.pop(0).result()  # re-raises a failed write here
-                pending.append(_write_run(root, s, m, r + 1, design, _quantize(bold, bold_quantum(cfg)), confounds, mask_bytes,
-                                          stim.table, grid, cfg, writer))
-                del bold
-                if r == cfg.runs[m] - 1 and m == cfg.modalities[-1]:
-                    _write_subject_truth(truth / f"sub-{s}", s, models.pop(s))
-            for f in pending:
-                f.result()
+        subject_args = [(root, s, {m: designs[(s, m)] for m in cfg.modalities}, regions, brain_index, grid, stim, feats,
+                         beta_sd, cfg, seed, mask_bytes) for s in cfg.subject_labels]
+        workers = max(1, min(int(workers), len(subject_args)))
+        if workers == 1:
+            for args in tqdm(subject_args, desc="simulate subjects", unit="subject", disable=None):
+                log.info("sub-%s: %d runs written in %.1f s", args[1], *_simulate_subject(*args))
+        else:
+            # subjects in parallel processes: each draws from its own streams (_rng(seed, ..., subject, ...)),
+            # so the files are the same bytes whatever the number of workers (tests/test_simulate.py)
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                futures = {pool.submit(_simulate_subject, *args): args[1] for args in subject_args}
+                for future in tqdm(as_completed(futures), total=len(futures), desc="simulate subjects",
+                                   unit="subject", disable=None):
+                    log.info("sub-%s: %d runs written in %.1f s", futures[future], *future.result())
 
         _write_study_truth(truth, regions, brain_index, grid, stim, feats, beta_sd, cfg, seed)
     log.info("wrote %s in %.1f s", out_dir, time.perf_counter() - start)
     return out_dir
+
+
+def _simulate_subject(root: Path, subject: str, designs: Mapping[str, list[RunDesign]], regions: pd.DataFrame,
+                      brain_index: np.ndarray, grid: BrainGrid, stim: StudyStimuli, feats: StimulusFeatures,
+                      beta_sd: Mapping[str, float], cfg: SimulationConfig, seed: int,
+                      mask_bytes: bytes) -> tuple[int, float]:
+    """One subject's runs and ground truth into ``root``; returns (runs written, seconds). Its random
+    numbers come from streams of its own, so subjects can be simulated in any order or in parallel."""
+    from threadpoolctl import threadpool_limits
+
+    start = time.perf_counter()
+    with threadpool_limits(limits=1, user_api="blas"):  # as simulate_study, also in a worker process
+        return _simulate_subject_runs(root, subject, designs, regions, brain_index, grid, stim, feats, beta_sd, cfg,
+                                      seed, mask_bytes, start)
+
+
+def _simulate_subject_runs(root: Path, subject: str, designs: Mapping[str, list[RunDesign]], regions: pd.DataFrame,
+                           brain_index: np.ndarray, grid: BrainGrid, stim: StudyStimuli, feats: StimulusFeatures,
+                           beta_sd: Mapping[str, float], cfg: SimulationConfig, seed: int, mask_bytes: bytes,
+                           start: float) -> tuple[int, float]:
+    model = build_subject(subject, regions, brain_index, grid, stim, feats, beta_sd, cfg, seed)
+    jobs = [(m, r) for m in cfg.modalities for r in range(cfg.runs[m])]
+    # compress and write each BOLD run on a second thread while the next run is simulated
+    # (zlib releases the GIL); the bytes do not depend on the order of the writes
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        pending: list[Future] = []
+        for m, r in jobs:
+            design = designs[m][r]
+            bold, confounds = simulate_run(design, model, m, grid, cfg, _rng(seed, "run", subject, m, r))
+            while pending and (pending[0].done() or len(pending) >= 2):  # at most 2 runs wait in memory
+                pending.pop(0).result()  # re-raises a failed write here
+            pending.append(_write_run(root, subject, m, r + 1, design, _quantize(bold, bold_quantum(cfg)), confounds,
+                                      mask_bytes, stim.table, grid, cfg, writer))
+            del bold
+        for f in pending:
+            f.result()
+    _write_subject_truth(root / "derivatives" / "ground_truth" / f"sub-{subject}", subject, model)
+    return len(jobs), time.perf_counter() - start
 
 
 def plan_designs(stimuli: pd.DataFrame, cfg: SimulationConfig, seed: int) -> dict[tuple[str, str], list[RunDesign]]:
@@ -1098,10 +1132,11 @@ def _write_subject_truth(folder: Path, subject: str, model: SubjectModel) -> Non
     _save_npz(folder / f"sub-{subject}_responses.npz", arrays)
 
 
-def simulate_study_stage(*, out: str, params: dict, seed: int = 0) -> None:
+def simulate_study_stage(*, out: str, params: dict, seed: int = 0, threads: int = 1) -> None:
     """Simulate the default study: a BIDS dataset with fMRIPrep derivatives, stimuli and ground truth.
 
     ``params`` is the ``simulate:`` section of the workflow config (see
-    cortexflow.data.simulate.SimulationConfig for every key and its default).
+    cortexflow.data.simulate.SimulationConfig for every key and its default). With ``threads`` > 1,
+    that many processes simulate subjects side by side (the same files).
     """
-    simulate_study(out, SimulationConfig.from_params(params), seed)
+    simulate_study(out, SimulationConfig.from_params(params), seed, workers=threads)

@@ -21,7 +21,9 @@ if SIMULATED:
             code=stage_fingerprint("simulate_study"),
         log:
             f"{LOGS}/simulate_study.log",
-        threads: 1
+        # one process per subject, side by side (the same files with any number); nothing else
+        # can run until the study exists, so on a small machine this uses the idle cores
+        threads: max(1, len(SUBJECTS))
         resources:
             mem_mb=4000,
             runtime=30,
@@ -29,7 +31,7 @@ if SIMULATED:
             RULE_ENV
         shell:
             "cortexflow simulate-study --out {params.out} --params {params.section:q}"
-            " --seed {params.seed} --log {log}"
+            " --seed {params.seed} --threads {threads} --log {log}"
 
     rule check_study:
         """The simulated study, read as a user's is (`cortexflow check`), once written."""
