@@ -194,8 +194,8 @@ def test_char_ngram_features_equal_the_first_implementation_bit_for_bit():
     rng = np.random.default_rng(0)
     alphabet = list("abcdeé ,.'!?-\tXYZ") + ["\u0301", "ß", "İ", "ﬁ", "²", "日"]
     texts = ["".join(rng.choice(alphabet, size=rng.integers(0, 60))) for _ in range(300)]
-    texts += ["", "   ", "Café au lait.", "a" * 500, "the the the the"]
-    for config in (CharNgramConfig(), CharNgramConfig(ngram_range=(1, 4), n_features=97),
+    texts += ["", "   ", "Café au lait.", "a" * 500, "the the the the", "a", "ab", "!"]  # shorter than 6 padded
+    for config in (CharNgramConfig(), CharNgramConfig(ngram_range=(1, 6), n_features=97),
                    CharNgramConfig(normalize=False, n_features=4096)):
         expected, normalized = _features_as_first_written(texts, config)
         got = char_ngram_features(texts, config)

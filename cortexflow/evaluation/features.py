@@ -120,6 +120,8 @@ def _ngrams(s: str, n: int):
     """The n-grams of ``s`` in order, ``s[i:i + n]`` for each i, concatenated by C-level ``map``s
     (several times faster than slicing in a Python loop)."""
     last = len(s) - n + 1
+    if last <= 0:  # shorter than n: none (s[:last] would count from the end)
+        return ()
     grams = s[:last]
     for k in range(1, n):
         grams = map(str.__add__, grams, s[k:k + last])
