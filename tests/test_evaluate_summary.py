@@ -188,6 +188,22 @@ def test_score_tables_are_pandas_pivot_tables_in_numpy():
     np.testing.assert_array_equal(_scores_by(repeated)[("dit", "ssim")], [[1.0, 3.0]])
 
 
+def test_image_mosaic_puts_each_image_in_its_tile_and_white_between():
+    from cortexflow.evaluation.figures import image_mosaic
+
+    rng = np.random.default_rng(0)
+    gray = rng.random((3, 1, 4, 5))
+    rgb = rng.random((3, 3, 4, 5))
+    canvas = image_mosaic([gray, rgb * 2 - 0.5], n=2, gap=1)  # the second row outside [0, 1]: clipped
+    assert canvas.shape == (2 * 5 - 1, 2 * 6 - 1, 3)  # 2 rows x n=2 columns: the third image is left out
+    for c in range(2):
+        tile = canvas[0:4, c * 6: c * 6 + 5]
+        np.testing.assert_allclose(tile, np.repeat(gray[c, 0][..., None], 3, axis=2), atol=1e-6)  # grey on all 3
+        np.testing.assert_allclose(canvas[5:9, c * 6: c * 6 + 5], np.clip(rgb[c] * 2 - 0.5, 0, 1).transpose(1, 2, 0),
+                                   atol=1e-6)
+    assert (canvas[4] == 1).all() and (canvas[:, 5] == 1).all()  # the gaps are white
+
+
 def test_comparison_pairs():
     assert comparison_pairs(["decoder", "retrieval", "ngram_lm"]) == [("decoder", "retrieval"), ("decoder", "ngram_lm")]
     assert comparison_pairs(["ridge", "chance", "dit_mean8", "dit", "nn_mean8", "ridge_pt", "noise_free_linear"]) == [

@@ -93,22 +93,37 @@ def _image_for_display(image: np.ndarray) -> np.ndarray:
     return image[0] if image.shape[0] == 1 else np.transpose(image, (1, 2, 0))
 
 
+def image_mosaic(rows: list[np.ndarray], n: int, gap: int = 2) -> np.ndarray:
+    """The first ``n`` images of each row ((N, C, H, W) in [0, 1]) tiled into one RGB canvas, rows
+    top to bottom, ``gap`` white pixels between tiles: (rows x (H + gap) - gap, n x (W + gap) - gap, 3)."""
+    h, w = rows[0].shape[-2:]
+    canvas = np.ones((len(rows) * (h + gap) - gap, n * (w + gap) - gap, 3), dtype=np.float32)
+    for r, images in enumerate(rows):
+        for c in range(n):
+            tile = _image_for_display(images[c])
+            canvas[r * (h + gap): r * (h + gap) + h, c * (w + gap): c * (w + gap) + w] = (
+                tile[..., None] if tile.ndim == 2 else tile)
+    return canvas
+
+
 def plot_image_grid(recon: Recon, path: str | Path, n_items: int = 10, title: str = "") -> Path:
-    """Rows: truth, then each method (decoder, its variants, ridge, ceiling); columns: test items."""
+    """Rows: truth, then each method (decoder, its variants, ridge, ceiling); columns: test items.
+
+    Drawn as one image (``image_mosaic``) on one axes: a grid of one axes per image took most of
+    the summary's figure time (~90 axes per subject at the default study's 9 rows x 10 items)."""
     rows = [("truth", recon.truth)] + [(m, recon.methods[m]) for m in method_order(recon.methods)]
     n = min(n_items, len(recon.ids))
+    h, w = recon.truth.shape[-2:]
+    gap = max(1, round(0.06 * max(h, w)))
     fig = Figure(figsize=(1.1 * n + 0.8, 1.15 * len(rows)))
-    axes = fig.subplots(len(rows), n, squeeze=False)
-    for r, (name, images) in enumerate(rows):
-        for c in range(n):
-            ax = axes[r, c]
-            ax.imshow(_image_for_display(images[c]), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c == 0:
-                ax.set_ylabel(name, fontsize=8)
-            if r == 0:
-                ax.set_title(str(recon.ids[c]), fontsize=6)
+    ax = fig.subplots()
+    ax.imshow(image_mosaic([images for _, images in rows], n, gap), vmin=0, vmax=1, interpolation="nearest")
+    ax.set_yticks([r * (h + gap) + (h - 1) / 2 for r in range(len(rows))], [name for name, _ in rows], fontsize=8)
+    ax.set_xticks([c * (w + gap) + (w - 1) / 2 for c in range(n)], [str(i) for i in recon.ids[:n]], fontsize=6)
+    ax.xaxis.tick_top()
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
     fig.suptitle(_title(title, "true images (top row) and reconstructions, first test items"), fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
