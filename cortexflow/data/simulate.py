@@ -988,21 +988,21 @@ def _simulate_subject(root: Path, subject: str, designs: Mapping[str, list[RunDe
 
     start = time.perf_counter()
     with threadpool_limits(limits=1, user_api="blas"):  # as simulate_study, also in a worker process
-        return _simulate_subject_runs(root, subject, designs, regions, brain_index, grid, stim, feats, beta_sd, cfg,
-                                      seed, mask_bytes, start)
+        runs = _simulate_subject_runs(root, subject, designs, regions, brain_index, grid, stim, feats, beta_sd, cfg,
+                                      seed, mask_bytes)
+    return runs, time.perf_counter() - start
 
 
 def _simulate_subject_runs(root: Path, subject: str, designs: Mapping[str, list[RunDesign]], regions: pd.DataFrame,
                            brain_index: np.ndarray, grid: BrainGrid, stim: StudyStimuli, feats: StimulusFeatures,
-                           beta_sd: Mapping[str, float], cfg: SimulationConfig, seed: int, mask_bytes: bytes,
-                           start: float) -> tuple[int, float]:
+                           beta_sd: Mapping[str, float], cfg: SimulationConfig, seed: int, mask_bytes: bytes) -> int:
     model = build_subject(subject, regions, brain_index, grid, stim, feats, beta_sd, cfg, seed)
     jobs = [(m, r) for m in cfg.modalities for r in range(cfg.runs[m])]
     # compress and write each BOLD run on a second thread while the next run is simulated
     # (zlib releases the GIL); the bytes do not depend on the order of the writes
     with ThreadPoolExecutor(max_workers=1) as writer:
         pending: list[Future] = []
-        for m, r in jobs:
+        for done, (m, r) in enumerate(jobs):
             design = designs[m][r]
             bold, confounds = simulate_run(design, model, m, grid, cfg, _rng(seed, "run", subject, m, r))
             while pending and (pending[0].done() or len(pending) >= 2):  # at most 2 runs wait in memory
@@ -1010,10 +1010,12 @@ def _simulate_subject_runs(root: Path, subject: str, designs: Mapping[str, list[
             pending.append(_write_run(root, subject, m, r + 1, design, _quantize(bold, bold_quantum(cfg)), confounds,
                                       mask_bytes, stim.table, grid, cfg, writer))
             del bold
+            # progress (a worker process forked on Linux logs to the stage's log as the parent does)
+            log.info("sub-%s: run %d/%d simulated (%s run-%02d)", subject, done + 1, len(jobs), cfg.tasks[m], r + 1)
         for f in pending:
             f.result()
     _write_subject_truth(root / "derivatives" / "ground_truth" / f"sub-{subject}", subject, model)
-    return len(jobs), time.perf_counter() - start
+    return len(jobs)
 
 
 def plan_designs(stimuli: pd.DataFrame, cfg: SimulationConfig, seed: int) -> dict[tuple[str, str], list[RunDesign]]:
