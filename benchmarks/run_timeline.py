@@ -104,7 +104,10 @@ def summarize(jobs: list[Job], cores: int) -> dict:
         active = [j for j in jobs if j.start <= t < j.end]
         running[len(active)] += 1
         busy += min(cores, sum(j.threads for j in active))
-    minutes = lambda t: (t - first).total_seconds() / 60  # noqa: E731
+
+    def minutes(t: dt.datetime) -> float:
+        return (t - first).total_seconds() / 60
+
     trainings = [j for j in jobs if j.rule == "train_decoder"]
     milestones = {}
     for rule, label in (("simulate_study", "study written (simulate_study ends)"),
@@ -143,7 +146,7 @@ def report(s: dict, source: str) -> str:
     lines += [f"| {k} | {v / 60:.1f} |" for k, v in s["running"].items()]
     if s["milestones"]:
         lines += ["", "| milestone | minutes from the first job's start |", "|---|---:|"]
-        lines += [f"| {k} | {v:.1f} |" for k, v in s["milestones"].items()]
+        lines += [f"| {k} | {v:.1f} |" for k, v in sorted(s["milestones"].items(), key=lambda kv: kv[1])]
     lines += ["", "| longest jobs | wildcards | s |", "|---|---|---:|"]
     lines += [f"| {rule} | {wc} | {sec:.0f} |" for rule, wc, sec in s["longest"]]
     return "\n".join(lines) + "\n"

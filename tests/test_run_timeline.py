@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-spec = importlib.util.spec_from_file_location("run_timeline", Path(__file__).resolve().parents[1] / "benchmarks" / "run_timeline.py")
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "run_timeline.py"
+spec = importlib.util.spec_from_file_location("run_timeline", SCRIPT)
 timeline = importlib.util.module_from_spec(spec)
 sys.modules["run_timeline"] = timeline  # its dataclass looks its module up while being defined
 spec.loader.exec_module(timeline)
