@@ -69,6 +69,7 @@ include: "workflow/rules/models.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/qc.smk"
 include: "workflow/rules/cross_subject.smk"  # its own target, `snakemake cross_subject`; not in rule all
+include: "workflow/rules/exit.smk"  # onsuccess / onerror: exit at once when done
 
 
 # The target rules and the summary's tables run on the submitting host; evaluate
