@@ -50,6 +50,20 @@ def test_spheres_hold_voxels_within_radius_once_each_nearest_centre():
     assert np.all(xyz[labels == 1][:, 0] <= 13) and np.all(xyz[labels == 2][:, 0] >= 13)
 
 
+def test_the_coordinates_are_nilearn_s_seitzman_2018_in_its_order():
+    """atlas_coordinates reads nilearn's bundled file itself (importing nilearn.datasets cost every
+    ROI job 2 s): the same 300 centres, networks, order and row numbers as nilearn's fetcher."""
+    from nilearn.datasets import fetch_coords_seitzman_2018
+
+    bunch = fetch_coords_seitzman_2018()
+    ours = atlas_coordinates()
+    assert len(ours) == 300 and {"Visual", "Auditory"} <= set(ours["network"])
+    np.testing.assert_array_equal(ours[["x", "y", "z"]].to_numpy(), bunch.rois[["x", "y", "z"]].to_numpy(float))
+    np.testing.assert_array_equal(ours["network"].to_numpy(), np.asarray(bunch.networks).astype(str))
+    assert list(ours["region"]) == [f"{n}_{int(i):03d}" for n, i in zip(bunch.networks, bunch.rois.index)]
+    assert ours["region"].is_unique
+
+
 def test_coordinate_regions_follow_the_modality_networks():
     cfg = ROIConfig(radius_mm=6.0)
     atlas = atlas_coordinates().set_index("region")
