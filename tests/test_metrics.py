@@ -200,8 +200,13 @@ def test_char_ngram_features_equal_the_first_implementation_bit_for_bit():
         expected, normalized = _features_as_first_written(texts, config)
         got = char_ngram_features(texts, config)
         assert got.dtype == np.float32 and np.array_equal(got, expected), config
-        # a second call hits the memo of n-gram buckets: still the same
+        # a second call hits the memos of n-gram buckets and of texts: still the same
         assert np.array_equal(char_ngram_features(np.array(texts, dtype=object), config), expected)
+        # a batch of remembered and new texts, in another order, one row or many
+        order = rng.permutation(len(texts))[:40]
+        mixed = [texts[i] for i in order] + ["never seen before", "ab"]
+        assert np.array_equal(char_ngram_features(mixed, config), _features_as_first_written(mixed, config)[0])
+        assert np.array_equal(char_ngram_features(texts[5:6], config), expected[5:6])
     assert [normalize_text(t) for t in texts] == normalized
     assert char_ngram_features([], CharNgramConfig()).shape == (0, 2048)
 

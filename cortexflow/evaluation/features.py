@@ -96,6 +96,10 @@ def normalize_text(text: str) -> str:
 # n-gram -> hash bucket, per feature width: the text baseline's beam search hashes the same few
 # thousand n-grams millions of times (cortexflow.models.baselines.conditioned_decode)
 _NGRAM_BUCKETS: dict[int, dict[str, int]] = {}
+# text -> its n-grams' buckets, per feature config: the beam search also scores the same prefixes
+# over and over (each guidance weight, each beam); the rows it builds from them are the same bits
+_TEXT_BUCKETS: dict[tuple, dict[str, np.ndarray]] = {}
+_TEXT_MEMO_SIZE = 200_000
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,23 @@ def _ngrams(s: str, n: int):
     return grams
 
 
+def _bucket_ids(text: str, lo: int, hi: int, width: int, normalize: bool) -> np.ndarray:
+    """The hash bucket of each of ``text``'s character n-grams (lo..hi), as int32."""
+    s = normalize_text(text) if normalize else text
+    if not s:
+        return np.zeros(0, dtype=np.int32)
+    s = f" {s} "
+    buckets = _NGRAM_BUCKETS.setdefault(width, {})
+    if len(buckets) > 1_000_000:  # bounded: a long run over many distinct n-grams starts the memo afresh
+        buckets.clear()
+    grams: list[str] = []
+    for n in range(lo, hi + 1):
+        grams.extend(_ngrams(s, n))
+    for gram in set(grams).difference(buckets):
+        buckets[gram] = zlib.crc32(gram.encode("utf-8")) % width
+    return np.fromiter(map(buckets.__getitem__, grams), dtype=np.int32, count=len(grams))
+
+
 def char_ngram_features(texts: list[str] | np.ndarray, config: CharNgramConfig = CharNgramConfig()) -> np.ndarray:
     """(N, n_features) float32 term frequencies, each row L2-normalised.
 
@@ -139,23 +160,18 @@ def char_ngram_features(texts: list[str] | np.ndarray, config: CharNgramConfig =
         raise CortexflowInputError(f"ngram_range must be 1 <= min <= max, got {config.ngram_range}",
                                    fix="set e.g. ngram_range: [2, 3]")
     width = config.n_features
-    buckets = _NGRAM_BUCKETS.setdefault(width, {})
-    if len(buckets) > 1_000_000:  # bounded: a long run over many distinct n-grams starts the memo afresh
-        buckets.clear()
-    grams: list[str] = []
-    counts = np.zeros(len(texts), dtype=np.int64)  # n-grams per text
-    for row, text in enumerate(texts):
-        s = normalize_text(text) if config.normalize else str(text)
-        if not s:
-            continue
-        s = f" {s} "
-        before = len(grams)
-        for n in range(lo, hi + 1):
-            grams.extend(_ngrams(s, n))
-        counts[row] = len(grams) - before
-    for gram in set(grams).difference(buckets):
-        buckets[gram] = zlib.crc32(gram.encode("utf-8")) % width
-    flat = np.fromiter(map(buckets.__getitem__, grams), dtype=np.int64, count=len(grams))
+    memo = _TEXT_BUCKETS.setdefault((lo, hi, width, config.normalize), {})
+    if len(memo) > _TEXT_MEMO_SIZE:  # bounded, as _NGRAM_BUCKETS is
+        memo.clear()
+    rows = []
+    for text in texts:
+        key = str(text)
+        ids = memo.get(key)
+        if ids is None:
+            ids = memo[key] = _bucket_ids(key, lo, hi, width, config.normalize)
+        rows.append(ids)
+    counts = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))  # n-grams per text
+    flat = np.concatenate(rows).astype(np.int64) if rows else np.zeros(0, dtype=np.int64)
     flat += np.repeat(np.arange(len(texts), dtype=np.int64) * width, counts)
     # integer counts, exactly what adding 1.0 per n-gram gives in float32 (counts stay far below 2**24)
     out = np.bincount(flat, minlength=len(texts) * width)
