@@ -204,6 +204,21 @@ def test_image_mosaic_puts_each_image_in_its_tile_and_white_between():
     assert (canvas[4] == 1).all() and (canvas[:, 5] == 1).all()  # the gaps are white
 
 
+def test_mel_mosaic_flips_each_spectrogram_into_its_tile_with_blank_gaps():
+    from cortexflow.evaluation.figures import mel_mosaic
+
+    rng = np.random.default_rng(0)
+    truth, decoded = rng.normal(size=(3, 4, 7)), rng.normal(size=(3, 4, 7))
+    canvas = mel_mosaic([truth, decoded], n=2, gap=1)
+    assert canvas.shape == (2 * 5 - 1, 2 * 8 - 1)  # 2 rows x n=2 columns: the third item is left out
+    for c in range(2):
+        # mel bin 0 at the bottom of its tile, time to the right
+        np.testing.assert_allclose(canvas[0:4, c * 8: c * 8 + 7], truth[c][::-1], atol=1e-6)
+        np.testing.assert_allclose(canvas[5:9, c * 8: c * 8 + 7], decoded[c][::-1], atol=1e-6)
+    assert np.isnan(canvas[4]).all() and np.isnan(canvas[:, 7]).all()  # the gaps: drawn blank
+    assert np.isfinite(canvas).sum() == 2 * 2 * 4 * 7
+
+
 def test_comparison_pairs():
     assert comparison_pairs(["decoder", "retrieval", "ngram_lm"]) == [("decoder", "retrieval"), ("decoder", "ngram_lm")]
     assert comparison_pairs(["ridge", "chance", "dit_mean8", "dit", "nn_mean8", "ridge_pt", "noise_free_linear"]) == [
