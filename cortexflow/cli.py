@@ -73,6 +73,9 @@ OPTION_HELP = {
     "threads": "CPU threads for torch and BLAS",
     "device": "where models run; auto picks cuda when present",
     "out": "output file",
+    "outs": "one output file per --seeds entry, in the same order",
+    "seeds": "the training seeds to train together (config.seed + k for training seed k)",
+    "out_curves": "one loss-curve file per --seeds entry (default: beside each output)",
     "ground_truth": "the simulator's ground-truth folder of the subject (noise ceiling)",
     "glmsingle": "GLMsingle's TYPED_FITHRF_GLMDENOISE_RR file (.npy, or .mat from MATLAB) for the runs of --glmsingle-events: "
                  "its betas are used instead of estimating them, and the BOLD run is not read",

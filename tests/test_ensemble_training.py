@@ -118,6 +118,37 @@ def test_resumed_ensemble_equals_uninterrupted(tmp_path):
         assert [r[:4] for r in resumed.curves[m].rows] == [r[:4] for r in whole.curves[m].rows]
 
 
+def test_sigterm_checkpoints_and_a_rerun_resumes_to_the_same_models(tmp_path):
+    """A time limit's SIGTERM mid-run: the ensemble checkpoints after the step in progress and raises
+    TrainingInterrupted (the command exits 143); run again, it ends with the uninterrupted run's weights."""
+    import os
+    import signal
+
+    import pytest
+
+    from cortexflow.training.trainer import TrainingInterrupted
+
+    X, Y, prior = _data()
+    whole, _ = _ensemble(X, Y, prior, steps=20)
+    models = [_build(s, Y) for s in SEEDS]
+    fns = [latent_flow_batches(X, Y, PARAMS.batch_size, s, prior=prior)[0] for s in SEEDS]
+
+    def killed_at_7(step, generator, fn=fns[0]):
+        if step == 7:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return fn(step, generator)
+
+    trainer = EnsembleTrainer(models, [_training_config(PARAMS, s, "cpu") for s in SEEDS])
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(TrainingInterrupted, match="step 8"):
+        trainer.fit([killed_at_7, *fns[1:]], steps=20, checkpoint_dir=tmp_path)
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back
+    resumed, result = _ensemble(X, Y, prior, steps=20, checkpoint_dir=tmp_path)
+    assert result.resumed and result.start_step == 8
+    for m in range(len(SEEDS)):
+        assert _max_diff(_weights(resumed.ema_member(m)), _weights(whole.ema_member(m))) == 0.0
+
+
 def test_members_must_share_settings():
     import pytest
 
@@ -132,8 +163,8 @@ def test_members_must_share_settings():
 
 
 def test_stage_level_ensemble_writes_each_seed_s_train_decoder_model(tmp_path):
-    """train_decoder_ensemble (here through its command line) writes, per seed, the model train_decoder
-    writes for that seed (to tolerance)."""
+    """train_decoder_seeds (here through the ``cortexflow`` command, as its rule runs it) writes, per seed,
+    the model train_decoder writes for that seed (to tolerance), with its curve and final loss."""
     import json
 
     from test_training_stages import _dataset, _vae_and_latents
@@ -141,7 +172,7 @@ def test_stage_level_ensemble_writes_each_seed_s_train_decoder_model(tmp_path):
     from cortexflow.models.io import load_model
     from cortexflow.stages.baseline import fit_baseline_stage
     from cortexflow.stages.decoder import train_decoder_stage
-    from cortexflow.ensemble_decoder import main
+    from cortexflow.cli import main
 
     stimuli = _vae_and_latents(tmp_path)
     dataset = _dataset(tmp_path / "ds", [f"img-{n}" for n in range(10)] * 2, ["img-10", "img-11"])
@@ -155,9 +186,10 @@ def test_stage_level_ensemble_writes_each_seed_s_train_decoder_model(tmp_path):
     seeds = [0, 1]
     outs = [str(tmp_path / f"ens{s}.pt") for s in seeds]
     torch.manual_seed(123)  # a process's random start must not matter
-    main(["--dataset", str(dataset), "--modality", "image", "--latents", str(tmp_path / "latents.npz"),
-          "--vae", str(tmp_path / "vae.pt"), "--ridge", str(ridge), "--seeds", *map(str, seeds), "--outs", *outs,
-          "--checkpoint-dir", str(tmp_path / "ens_ckpt"), "--params", json.dumps(params)])
+    assert main(["train-decoder-seeds", "--dataset", str(dataset), "--modality", "image", "--stimuli", str(stimuli),
+                 "--latents", str(tmp_path / "latents.npz"), "--vae", str(tmp_path / "vae.pt"), "--ridge", str(ridge),
+                 "--seeds", *map(str, seeds), "--outs", *outs, "--checkpoint-dir", str(tmp_path / "ens_ckpt"),
+                 "--params", json.dumps(params), "--device", "cpu"]) == 0
     for seed, out in zip(seeds, outs):
         single = tmp_path / f"single{seed}.pt"
         train_decoder_stage(out=str(single), seed=seed, checkpoint_dir=str(tmp_path / f"ckpt{seed}"),
@@ -167,5 +199,8 @@ def test_stage_level_ensemble_writes_each_seed_s_train_decoder_model(tmp_path):
         for k in a:
             torch.testing.assert_close(a[k], b[k], rtol=RTOL, atol=ATOL, msg=f"seed {seed}: {k}")
         assert (tmp_path / f"ens{seed}_curve.parquet").is_file()
+        ens_extra, single_extra = load_model(out, return_extra=True)[1], load_model(single, return_extra=True)[1]
+        assert ens_extra["params"] == single_extra["params"] and ens_extra["vae_extra"] == single_extra["vae_extra"]
+        assert abs(ens_extra["final_loss"] - single_extra["final_loss"]) < 1e-4
     a, b = (load_model(o).state_dict() for o in outs)
     assert max((a[k] - b[k]).abs().max().item() for k in a if k.startswith("dit.")) > 1e-2

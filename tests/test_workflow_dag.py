@@ -140,20 +140,26 @@ def shared_build(tmp_path_factory, name: str, build) -> Path:
     return folder
 
 
-def finished_copy(tmp_path_factory, dest: Path) -> tuple[Path, list[str]]:
+def finished_copy(tmp_path_factory, dest: Path, per_seed: bool = False) -> tuple[Path, list[str]]:
     """A copy at ``dest`` of the repository where the tiny study's workflow looks complete
     (:func:`fake_complete_run`), and the outputs made to look complete (relative to it).
 
     The complete-looking repository is made once per test session (two Snakemake runs
     over the whole DAG) and copied with its timestamps and Snakemake's metadata, so
-    each copy looks complete to Snakemake as the original does.
+    each copy looks complete to Snakemake as the original does. ``per_seed``: as a run
+    that trains one train_decoder job per image seed left it (config seed_ensemble off,
+    as under a profile that gives train_decoder GPUs), not one train_decoder_seeds job.
     """
 
     def build(folder: Path) -> None:
-        outputs = fake_complete_run(copy_repo(folder / "repo"), TINY)
+        repo = copy_repo(folder / "repo")
+        configs = [TINY]
+        if per_seed:
+            configs.append(overlay(repo, "per_seed.yaml", {"seed_ensemble": False}))
+        outputs = fake_complete_run(repo, *configs)
         (folder / "outputs.json").write_text(json.dumps(outputs))
 
-    shared = shared_build(tmp_path_factory, "tiny-complete", build)
+    shared = shared_build(tmp_path_factory, "tiny-complete-per-seed" if per_seed else "tiny-complete", build)
     shutil.copytree(shared / "repo", dest, symlinks=True)  # copy2: modification times kept
     return dest, json.loads((shared / "outputs.json").read_text())
 
@@ -211,10 +217,13 @@ def test_tiny_dag_has_every_rule_once_per_unit(forceall_plan, tiny):
     assert jobs["pretrain_vae"] == jobs["encode_latents"] == len(continuous)
     for rule in ("fit_baseline", "evaluate"):
         assert jobs[rule] == n_subjects * len(modalities), rule
-    # one decoder (and one recon file) per training seed: decoder.<modality>.seeds
+    # one decoder (and one recon file) per training seed: decoder.<modality>.seeds; the image decoder's
+    # two seeds train in one job (train_decoder_seeds: seed_ensemble auto on the CPU), the others one each
     runs = sum(training_seeds(tiny["decoder"], m) for m in modalities)
     assert training_seeds(tiny["decoder"], "image") == 2
-    assert jobs["train_decoder"] == jobs["sample"] == n_subjects * runs
+    assert jobs["sample"] == n_subjects * runs
+    assert jobs["train_decoder_seeds"] == n_subjects
+    assert jobs["train_decoder"] == n_subjects * (runs - training_seeds(tiny["decoder"], "image"))
     assert jobs["summarize"] == jobs["all"] == 1
     assert jobs["glm_betas"] >= jobs["extract_rois"]
     # the report's QC figures: three per subject, one design matrix, one figure of every loss curve
@@ -228,11 +237,44 @@ def test_decoder_param_change_reruns_decoder_and_downstream_only(finished, tiny)
     changed = overlay(finished, "decoder_change.yaml", {"decoder": {"image": image}})
     jobs = dry_run(finished, TINY, changed)
     n_seeds = training_seeds(tiny["decoder"], "image")
-    n_subjects = jobs["train_decoder"] // n_seeds
-    assert set(jobs) == {"train_decoder", "sample", "evaluate", "summarize", "training_curves", "all"}, jobs
-    # only the image decoders: one per subject and training seed, their samples, one evaluation per subject
-    assert jobs["sample"] == jobs["train_decoder"] == n_subjects * n_seeds and jobs["evaluate"] == n_subjects
+    n_subjects = jobs["train_decoder_seeds"]
+    assert set(jobs) == {"train_decoder_seeds", "sample", "evaluate", "summarize", "training_curves", "all"}, jobs
+    # only the image decoders: their seeds in one job per subject, one sample per subject and training seed,
+    # one evaluation per subject
+    assert jobs["sample"] == n_subjects * n_seeds and jobs["evaluate"] == n_subjects
     assert "glm_betas" not in jobs and "pretrain_vae" not in jobs and "fit_baseline" not in jobs
+
+
+@pytest.mark.parametrize("setting, device, expected", [
+    ("false", "cpu", "one train_decoder job per seed"),
+    ("auto", "cuda", "one train_decoder job per seed"),
+    ("true", "cpu", "train_decoder_seeds"),
+])
+def test_seed_ensemble_setting_decides_how_the_image_seeds_train(finished, tiny, setting, device, expected):
+    """config seed_ensemble: false, or auto with the decoders meant for a GPU, trains one train_decoder job
+    per image seed; true (as auto on the CPU) one train_decoder_seeds job per subject. Same decoder files."""
+    changed = overlay(finished, f"ensemble_{setting}_{device}.yaml", {"seed_ensemble": setting == "true" or
+                                                                      ("auto" if setting == "auto" else False),
+                                                                      "device": device})
+    jobs = scheduled(snakemake(finished, "--cores", "1", "--dry-run", "--forcerun", "train_decoder",
+                               "train_decoder_seeds", "--configfile", TINY, changed).stdout)
+    n_seeds = training_seeds(tiny["decoder"], "image")
+    n_subjects = jobs["evaluate"] // len(tiny["data"]["modalities"])
+    singles = sum(training_seeds(tiny["decoder"], m) for m in tiny["data"]["modalities"] if m != "image")
+    if expected == "train_decoder_seeds":
+        assert jobs["train_decoder_seeds"] == n_subjects and jobs["train_decoder"] == n_subjects * singles, jobs
+    else:
+        assert "train_decoder_seeds" not in jobs and jobs["train_decoder"] == n_subjects * (singles + n_seeds), jobs
+
+
+def test_seed_ensemble_true_refuses_a_decoder_it_cannot_stack(finished, tiny):
+    """seed_ensemble: true with the ROI encoder stops the dry run, naming the reason and the fix."""
+    image = {**tiny["decoder"]["image"], "encoder": "roi"}
+    changed = overlay(finished, "ensemble_roi.yaml", {"seed_ensemble": True, "decoder": {"image": image}})
+    proc = snakemake(finished, "--cores", "1", "--dry-run", "--configfile", TINY, changed, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "encoder is 'roi'" in out and "seed_ensemble: auto or false" in out, out
 
 
 def test_sampling_change_reruns_sampling_not_training(finished, tiny):
@@ -272,8 +314,10 @@ def test_editing_the_dit_source_reruns_decoders_and_downstream_only(finished):
             dit.unlink()
         else:
             dit.write_bytes(original)
-    assert set(jobs) == {"train_decoder", "sample", "evaluate", "summarize", "training_curves", "all"}, jobs
-    assert jobs["train_decoder"] == jobs["sample"] > jobs["evaluate"]  # every subject × modality × training seed
+    assert set(jobs) == {"train_decoder", "train_decoder_seeds", "sample", "evaluate", "summarize", "training_curves",
+                         "all"}, jobs
+    # every subject × modality × training seed (the image seeds two to a train_decoder_seeds job)
+    assert jobs["sample"] == jobs["train_decoder"] + 2 * jobs["train_decoder_seeds"] > jobs["evaluate"]
     assert dry_run(finished, TINY) == {}  # restoring the file restores the fingerprint
 
 

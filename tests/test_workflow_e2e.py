@@ -128,8 +128,12 @@ def test_every_model_has_its_loss_curve(tiny_run):
         # the tiny models train 30 steps and log every step (fewer than 100 steps)
         assert curve["step"].tolist() == list(range(1, 31)), name
         assert np.isfinite(curve["loss"]).all() and (np.diff(curve["elapsed_s"]) >= 0).all(), name
-    log = (results / "logs/train_decoder/sub-01_image_seed0.log").read_text()
-    assert "sub-01_image_decoder_seed0: step 30/30 (100%)  loss " in log and " ETA 0:00:00" in log
+    # the image decoder's two seeds train in one job (train_decoder_seeds), each logged as its own run
+    log = (results / "logs/train_decoder/sub-01_image_seeds.log").read_text()
+    for seed in (0, 1):
+        assert f"sub-01_image_decoder_seed{seed}: step 30/30 (100%)  loss " in log and " ETA 0:00:00" in log
+    log = (results / "logs/train_decoder/sub-01_audio_seed0.log").read_text()
+    assert "sub-01_audio_decoder_seed0: step 30/30 (100%)  loss " in log
 
 
 def test_report_holds_the_qc_figures_and_the_training_curves(tiny_run):
@@ -155,6 +159,25 @@ def test_report_holds_the_qc_figures_and_the_training_curves(tiny_run):
 def test_second_run_reruns_nothing(tiny_run):
     proc = snakemake(tiny_run, "--cores", "2", "--configfile", TINY, "--dry-run")
     assert scheduled(proc.stdout) == {}, proc.stdout[-3000:]
+
+
+def test_lost_image_seed_is_rebuilt_from_the_ensemble_checkpoint(tiny_run):
+    """One image seed's decoder lost: its train_decoder_seeds job runs again, resumes the finished
+    ensemble from its last checkpoint (no training) and writes every seed's model as before."""
+    import torch
+
+    models = tiny_run / "results/tiny/models"
+    before = {k: torch.load(models / f"sub-01_image_decoder_seed{k}.pt", weights_only=False)["state_dict"]
+              for k in (0, 1)}
+    (models / "sub-01_image_decoder_seed1.pt").unlink()
+    proc = snakemake(tiny_run, "results/tiny/models/sub-01_image_decoder_seed1.pt", "--cores", "2",
+                     "--configfile", TINY)
+    assert scheduled(proc.stdout + proc.stderr) == {"train_decoder_seeds": 1}
+    log = (tiny_run / "results/tiny/logs/train_decoder/sub-01_image_seeds.log").read_text()
+    assert "resumed" in log and "at step 30" in log
+    for k, weights in before.items():
+        after = torch.load(models / f"sub-01_image_decoder_seed{k}.pt", weights_only=False)["state_dict"]
+        assert after.keys() == weights.keys() and all(torch.equal(after[n], weights[n]) for n in weights), k
 
 
 def test_lost_decoder_resumes_from_its_checkpoint(tiny_run):

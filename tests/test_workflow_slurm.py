@@ -188,8 +188,9 @@ def _two_subject_config(repo: Path) -> str:
 @pytest.fixture(scope="module")
 def slurm_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("slurm")
-    # the tiny study made to look complete, shared with test_workflow_dag.py (made once per session)
-    repo, outputs = finished_copy(tmp_path_factory, root / "repo")
+    # the tiny study made to look complete (made once per session), as a run that trained one job per
+    # image seed left it: the profile gives train_decoder GPUs, so seed_ensemble (auto) is off here
+    repo, outputs = finished_copy(tmp_path_factory, root / "repo", per_seed=True)
     configs = [TINY]
     shipped = yaml.safe_load((repo / "workflow/profiles/slurm/config.yaml").read_text())
     profile = _test_profile(repo, root / "profile")
@@ -310,7 +311,7 @@ def test_a_multi_gpu_training_job_is_launched_by_torchrun_with_one_process_per_g
 
 def test_a_retried_job_gets_a_longer_time_limit(tmp_path, tmp_path_factory):
     """A job that fails (e.g. killed at its time limit) is resubmitted with runtime x attempt."""
-    repo, outputs = finished_copy(tmp_path_factory, tmp_path / "repo")
+    repo, outputs = finished_copy(tmp_path_factory, tmp_path / "repo", per_seed=True)
     shipped = yaml.safe_load((repo / "workflow/profiles/slurm/config.yaml").read_text())
     assert shipped["retries"] >= 1
     profile = _test_profile(repo, tmp_path / "profile", retries=1)

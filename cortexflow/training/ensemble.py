@@ -1,4 +1,4 @@
-"""Several seeds of one latent-flow decoder trained as one stacked model (opt-in; issue 24).
+"""Several seeds of one latent-flow decoder trained as one stacked model (rule train_decoder_seeds; issue 24).
 
 The workflow trains each seed of a decoder as its own run: a 0.6 M-parameter
 DiT at batch 64 keeps one CPU core busy with small operators (~10,000 per
@@ -13,7 +13,7 @@ per operator.
 Each member is the run its seed would have been on its own, to float rounding:
 
 - initialisation: each member is built separately, seeded as the stage seeds it
-  (the caller builds the M models; :func:`cortexflow.stages.decoder.train_decoder_ensemble_stage`
+  (the caller builds the M models; :func:`cortexflow.stages.decoder_seeds.train_decoder_seeds_stage`
   does it as ``train_decoder`` does), and its weights are stacked unchanged;
 - data order: member ``m`` gets batch ``step`` of its own batch function
   (``batch_indices(step, n, batch_size, seed_m)`` in the stage);
@@ -54,6 +54,8 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -63,10 +65,11 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from cortexflow.errors import CortexflowInputError
-from cortexflow.training.history import LossCurve
-from cortexflow.training.trainer import TrainingConfig, WarmupCosineScheduler
+from cortexflow.training.history import LossCurve, progress_line
+from cortexflow.training.trainer import TrainingConfig, TrainingInterrupted, WarmupCosineScheduler
 
 log = logging.getLogger("cortexflow.training.ensemble")
 
@@ -449,12 +452,15 @@ class EnsembleTrainer:
 
     def fit(self, batch_fns: Sequence[Callable[[int, torch.Generator], Any]], steps: int | None = None,
             checkpoint_dir: str | Path | None = None, run_tag: str | None = None,
-            name: str = "ensemble") -> EnsembleResult:
+            name: str = "ensemble", member_names: Sequence[str] | None = None) -> EnsembleResult:
         """Train every member to step ``steps`` (default ``max_steps``); ``batch_fns[m](step, generator)``
         gives member m's batch (the generator argument is a fresh one per member, as the Trainer's
         ``data_generator``, for batch functions that want it). Checkpoints (every
-        ``checkpoint_every`` steps and at the end) resume the whole ensemble."""
+        ``checkpoint_every`` steps and at the end) resume the whole ensemble. Progress is logged one
+        line per member, named ``member_names[m]`` (default ``<name>[m]``); on SIGTERM the ensemble
+        checkpoints after the step in progress and raises ``TrainingInterrupted``."""
         cfg = self.config
+        member_names = list(member_names or [f"{name}[{m}]" for m in range(self.n)])
         if len(batch_fns) != self.n:
             raise CortexflowInputError(f"need one batch function per member ({self.n}), got {len(batch_fns)}")
         target = cfg.max_steps if steps is None else int(steps)
@@ -467,32 +473,53 @@ class EnsembleTrainer:
         offset = self.curves[0].elapsed_s if self.curves[0].rows else 0.0
         window: list[torch.Tensor] = []
         since: list[list[float]] = [[] for _ in range(self.n)]
-        while self.step < target:
-            batches = [fn(self.step, g) for fn, g in zip(batch_fns, data_generators)]
-            window.append(self.train_step(batches))
-            log_now = self.step % cfg.log_every == 0 or self.step == target
-            ckpt_now = ckpt is not None and (self.step % cfg.checkpoint_every == 0 or self.step == target)
-            if log_now or ckpt_now:
-                values = torch.stack(window).T.tolist()  # [member][step]
-                window.clear()
-                for m, vals in enumerate(values):
-                    bad = [v for v in vals if not math.isfinite(v)]
-                    if bad:
-                        raise FloatingPointError(f"member {m} (seed {self.seeds[m]}): loss {bad[0]} by step {self.step}")
-                    result.losses[m].extend(vals)
-                    since[m].extend(vals)
-                if log_now:
-                    seconds = offset + time.perf_counter() - started
-                    norms = None if self.last_grad_norms is None else self.last_grad_norms.tolist()
-                    for m in range(self.n):
-                        self.curves[m].append(self.step, sum(since[m]) / len(since[m]), self.learning_rate,
-                                              None if norms is None else norms[m], seconds)
-                        since[m].clear()
-                    rate = (self.step - result.start_step) / max(time.perf_counter() - started, 1e-9)
-                    log.info("%s: step %d/%d, losses %s, %.2f ensemble steps/s", name, self.step, target,
-                             ", ".join(f"{c.rows[-1][1]:.4f}" for c in self.curves), rate)
-            if ckpt_now:
-                self.save_checkpoint(ckpt, run_tag)
+        # SIGTERM (a SLURM time limit, a kill): checkpoint after the step in progress and stop, as Trainer.fit
+        received: list[int] = []
+        install = threading.current_thread() is threading.main_thread()
+        if install:
+            previous_handler = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+        bar = tqdm(total=target, initial=self.step, desc=name, unit="step", disable=None)
+        try:
+            while self.step < target:
+                batches = [fn(self.step, g) for fn, g in zip(batch_fns, data_generators)]
+                window.append(self.train_step(batches))
+                bar.update(1)
+                stopping = bool(received)
+                log_now = self.step % cfg.log_every == 0 or self.step == target
+                ckpt_now = ckpt is not None and (self.step % cfg.checkpoint_every == 0 or self.step == target
+                                                 or stopping)
+                if log_now or ckpt_now or stopping:
+                    values = torch.stack(window).T.tolist()  # [member][step]
+                    window.clear()
+                    for m, vals in enumerate(values):
+                        bad = [v for v in vals if not math.isfinite(v)]
+                        if bad:
+                            raise FloatingPointError(f"member {m} (seed {self.seeds[m]}): loss {bad[0]} "
+                                                     f"by step {self.step}")
+                        result.losses[m].extend(vals)
+                        since[m].extend(vals)
+                    if log_now:
+                        seconds = offset + time.perf_counter() - started
+                        norms = None if self.last_grad_norms is None else self.last_grad_norms.tolist()
+                        for m in range(self.n):
+                            self.curves[m].append(self.step, sum(since[m]) / len(since[m]), self.learning_rate,
+                                                  None if norms is None else norms[m], seconds)
+                            since[m].clear()
+                        rate = (self.step - result.start_step) / max(time.perf_counter() - started, 1e-9)
+                        for m, c in enumerate(self.curves):  # each member's line, as its single run logs it
+                            log.info("%s: %s", member_names[m], progress_line(self.step, target, c.rows[-1][1],
+                                                                            self.learning_rate, c.rows[-1][3],
+                                                                            seconds, rate))
+                if ckpt_now:
+                    self.save_checkpoint(ckpt, run_tag)
+                if stopping:
+                    where = f"checkpoint {ckpt}; run again to resume" if ckpt else "no checkpoint_dir"
+                    log.warning("SIGTERM at step %d: stopping (%s)", self.step, where)
+                    raise TrainingInterrupted(f"stopped by SIGTERM at step {self.step} ({where})")
+        finally:
+            bar.close()
+            if install:
+                signal.signal(signal.SIGTERM, previous_handler)
         result.final_step = self.step
         result.seconds = time.perf_counter() - started
         return result
@@ -516,10 +543,12 @@ def _check_supported(model: nn.Module) -> None:
 def train_ensemble(models: Sequence[nn.Module], configs: Sequence[TrainingConfig],
                    batch_fns: Sequence[Callable[[int, torch.Generator], Any]], steps: int | None = None,
                    checkpoint_dir: str | Path | None = None, run_tag: str | None = None,
-                   name: str = "ensemble") -> tuple[EnsembleTrainer, EnsembleResult]:
+                   name: str = "ensemble", member_names: Sequence[str] | None = None
+                   ) -> tuple[EnsembleTrainer, EnsembleResult]:
     """Train ``models`` (one per seed, each built as its single run builds it) as one stacked model;
     returns the trainer (``member``/``ema_member``/``curves``) and what the fit did."""
     trainer = EnsembleTrainer(models, configs)
-    result = trainer.fit(batch_fns, steps, checkpoint_dir=checkpoint_dir, run_tag=run_tag, name=name)
+    result = trainer.fit(batch_fns, steps, checkpoint_dir=checkpoint_dir, run_tag=run_tag, name=name,
+                         member_names=member_names)
     return trainer, result
 

@@ -274,6 +274,74 @@ def checkpoint_dir(wildcards):
     return f"{RESULTS}/checkpoints/sub-{wildcards.subject}_{wildcards.modality}_seed{wildcards.train_seed}/{key}"
 
 
+def _profile_gives_gpus(rule):
+    """Whether the profile (or --set-resources) gives `rule` GPUs: `gpu: N` with N > 0, or a gres naming a GPU."""
+    given = dict(workflow.resource_settings.overwrite_resources.get(rule) or {})
+    value = lambda key, default: getattr(given.get(key, default), "raw", given.get(key, default))
+    gpu, gres = value("gpu", 0), str(value("gres", "") or "")
+    try:
+        gpus = int(gpu or 0)
+    except (TypeError, ValueError):  # an expression: whatever it evaluates to, GPUs were asked for
+        gpus = 1
+    return gpus > 0 or "gpu" in gres
+
+
+def _seed_ensemble_modalities():
+    """The modalities whose training seeds rule train_decoder_seeds trains as one stacked model.
+
+    config seed_ensemble: false never; true every modality with several seeds (an error where the
+    ensemble cannot: cortexflow.stages.decoder_seeds.ensemble_unsupported); auto (the default) those it
+    supports, unless the decoders are meant for a GPU: `device: cuda`, or the profile gives train_decoder
+    GPUs (workflow/profiles/slurm). Decided from the config and the profile only, never from the host that
+    parses the workflow, so a cluster job re-reading it on a GPU node sees the same rules. One stacked job
+    holds one seed count: modalities whose count differs from the largest keep one job per seed.
+    """
+    from cortexflow.models.params import DecoderParams
+    from cortexflow.sections import modality_params
+    from cortexflow.stages.decoder_seeds import ensemble_unsupported
+
+    mode = config["seed_ensemble"]
+    if mode is False or str(mode) == "false":
+        return [], 0
+    wanted = {}
+    for modality in MODALITIES:
+        if len(seeds_of(modality)) < 2:
+            continue
+        why = ensemble_unsupported(modality, modality_params(config["decoder"], modality, DecoderParams, "decoder"))
+        if why is None and mode == "auto" and (config["device"] == "cuda" or _profile_gives_gpus("train_decoder")):
+            why = "device: cuda or the profile gives train_decoder GPUs"
+        if why is None:
+            wanted[modality] = len(seeds_of(modality))
+        elif mode is True:
+            raise WorkflowError(
+                f"seed_ensemble: true, but the seeds of the {modality} decoder cannot train as one stacked model: "
+                f"{why}. Fix: set seed_ensemble: auto or false in the config."
+            )
+    if not wanted:
+        return [], 0
+    count = max(wanted.values())
+    return [m for m, n in wanted.items() if n == count], count
+
+
+ENSEMBLE_MODALITIES, ENSEMBLE_SEEDS = _seed_ensemble_modalities()
+
+
+def ensemble_checkpoint_dir(wildcards):
+    """Where train_decoder_seeds keeps the ensemble's resumable checkpoints, keyed like checkpoint_dir."""
+    import hashlib
+
+    seeds = [int(config["seed"]) + k for k in seeds_of(wildcards.modality)]
+    key = hashlib.sha256(
+        f"{decoder_params(wildcards)}|{seeds}|{stage_fingerprint('train_decoder_seeds')}".encode()
+    ).hexdigest()[:12]
+    return f"{RESULTS}/checkpoints/sub-{wildcards.subject}_{wildcards.modality}_seeds/{key}"
+
+
+def ensemble_seeds(wildcards):
+    """The seeds (config.seed + k) of the modality's training runs, space-separated."""
+    return " ".join(str(int(config["seed"]) + k) for k in seeds_of(wildcards.modality))
+
+
 def vae_checkpoint_dir(wildcards):
     """Where pretrain_vae keeps its resumable checkpoints (not a declared output),
     keyed like checkpoint_dir by the VAE's settings, seed and code."""

@@ -130,6 +130,50 @@ rule train_decoder:
         " --seed {params.seed} --threads {threads} --device {params.device} --log {log}"
 
 
+# The seeds of one subject's image decoder (config seed_ensemble; common.smk) in one job, trained
+# on the CPU as one stacked model: each member is the run train_decoder gives its seed, to float
+# rounding (cortexflow.stages.decoder_seeds); 1.11x per seed on this repo's 2-core CPU (docs/speed.md).
+ruleorder: train_decoder_seeds > train_decoder
+
+
+rule train_decoder_seeds:
+    """Every training seed of one subject's decoder at once, as one stacked model on the CPU.
+
+    Where config seed_ensemble selects it (auto: the CPU runs of image and audio decoders with
+    several seeds); writes the same files as train_decoder's jobs, one model and curve per seed.
+    Resumable: the ensemble's checkpoints live beside the outputs.
+    """
+    input:
+        unpack(decoder_inputs),
+    output:
+        models=[decoder_file("{subject}", "{modality}", k) for k in range(ENSEMBLE_SEEDS)],
+        curves=[decoder_curve_file("{subject}", "{modality}", k) for k in range(ENSEMBLE_SEEDS)],
+    wildcard_constraints:
+        # no modality when the ensemble is off: the rule then never matches
+        modality="|".join(ENSEMBLE_MODALITIES) or "(?!)",
+    params:
+        section=decoder_params,
+        latents=latent_args,
+        checkpoints=ensemble_checkpoint_dir,
+        seeds=ensemble_seeds,
+        device=config["device"],
+        code=stage_fingerprint("train_decoder_seeds"),
+    log:
+        f"{LOGS}/train_decoder/sub-{{subject}}_{{modality}}_seeds.log",
+    priority: modality_priority
+    threads: 4
+    resources:
+        mem_mb=8000,
+        runtime=240 * max(ENSEMBLE_SEEDS, 1),
+    conda:
+        RULE_ENV
+    shell:
+        "cortexflow train-decoder-seeds --dataset {input.dataset} --modality {wildcards.modality}"
+        " --stimuli {input.stimuli} {params.latents}"
+        " --outs {output.models} --out-curves {output.curves} --checkpoint-dir {params.checkpoints}"
+        " --params {params.section:q} --seeds {params.seeds} --threads {threads} --device {params.device} --log {log}"
+
+
 rule sample:
     """Every held-out trial -> reconstructions by one training seed's decoder and by every baseline
     (and noise_free_linear when simulated)."""
