@@ -245,23 +245,23 @@ def test_decoder_param_change_reruns_decoder_and_downstream_only(finished, tiny)
     assert "glm_betas" not in jobs and "pretrain_vae" not in jobs and "fit_baseline" not in jobs
 
 
-@pytest.mark.parametrize("setting, device, expected", [
-    ("false", "cpu", "one train_decoder job per seed"),
-    ("auto", "cuda", "one train_decoder job per seed"),
-    ("true", "cpu", "train_decoder_seeds"),
+@pytest.mark.parametrize("overrides, args, stacked", [
+    ({"seed_ensemble": False}, [], False),
+    ({"device": "cuda"}, [], False),  # auto, with the decoders meant for a GPU
+    ({}, ["--set-resources", "train_decoder:gpu=1"], False),  # auto under a profile that gives train_decoder GPUs
+    ({"seed_ensemble": True}, [], True),
 ])
-def test_seed_ensemble_setting_decides_how_the_image_seeds_train(finished, tiny, setting, device, expected):
+def test_seed_ensemble_setting_decides_how_the_image_seeds_train(finished, tiny, overrides, args, stacked):
     """config seed_ensemble: false, or auto with the decoders meant for a GPU, trains one train_decoder job
     per image seed; true (as auto on the CPU) one train_decoder_seeds job per subject. Same decoder files."""
-    changed = overlay(finished, f"ensemble_{setting}_{device}.yaml", {"seed_ensemble": setting == "true" or
-                                                                      ("auto" if setting == "auto" else False),
-                                                                      "device": device})
+    name = "ensemble_" + "_".join(f"{k}-{v}" for k, v in overrides.items()) + ("_gpu" if args else "") + ".yaml"
     jobs = scheduled(snakemake(finished, "--cores", "1", "--dry-run", "--forcerun", "train_decoder",
-                               "train_decoder_seeds", "--configfile", TINY, changed).stdout)
+                               "train_decoder_seeds", *args, "--configfile", TINY,
+                               overlay(finished, name, overrides)).stdout)
     n_seeds = training_seeds(tiny["decoder"], "image")
     n_subjects = jobs["evaluate"] // len(tiny["data"]["modalities"])
     singles = sum(training_seeds(tiny["decoder"], m) for m in tiny["data"]["modalities"] if m != "image")
-    if expected == "train_decoder_seeds":
+    if stacked:
         assert jobs["train_decoder_seeds"] == n_subjects and jobs["train_decoder"] == n_subjects * singles, jobs
     else:
         assert "train_decoder_seeds" not in jobs and jobs["train_decoder"] == n_subjects * (singles + n_seeds), jobs

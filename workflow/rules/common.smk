@@ -276,14 +276,14 @@ def checkpoint_dir(wildcards):
 
 def _profile_gives_gpus(rule):
     """Whether the profile (or --set-resources) gives `rule` GPUs: `gpu: N` with N > 0, or a gres naming a GPU."""
-    given = dict(workflow.resource_settings.overwrite_resources.get(rule) or {})
-    value = lambda key, default: getattr(given.get(key, default), "raw", given.get(key, default))
-    gpu, gres = value("gpu", 0), str(value("gres", "") or "")
+    given = workflow.resource_settings.overwrite_resources.get(rule) or {}
+    # each value a parsed Resource (its `raw` value) or the profile's plain value
+    given = {name: getattr(value, "raw", value) for name, value in dict(given).items()}
     try:
-        gpus = int(gpu or 0)
-    except (TypeError, ValueError):  # an expression: whatever it evaluates to, GPUs were asked for
-        gpus = 1
-    return gpus > 0 or "gpu" in gres
+        gpus = int(given.get("gpu") or 0)
+    except (TypeError, ValueError):
+        gpus = 1  # an expression: whatever it evaluates to, GPUs were asked for
+    return gpus > 0 or "gpu" in str(given.get("gres") or "")
 
 
 def _seed_ensemble_modalities():
@@ -307,8 +307,10 @@ def _seed_ensemble_modalities():
     for modality in MODALITIES:
         if len(seeds_of(modality)) < 2:
             continue
-        why = ensemble_unsupported(modality, modality_params(config["decoder"], modality, DecoderParams, "decoder"))
-        if why is None and mode == "auto" and (config["device"] == "cuda" or _profile_gives_gpus("train_decoder")):
+        params = modality_params(config["decoder"], modality, DecoderParams, "decoder")
+        why = ensemble_unsupported(modality, params)
+        for_gpus = config["device"] == "cuda" or _profile_gives_gpus("train_decoder")
+        if why is None and mode == "auto" and for_gpus:
             why = "device: cuda or the profile gives train_decoder GPUs"
         if why is None:
             wanted[modality] = len(seeds_of(modality))

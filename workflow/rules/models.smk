@@ -146,8 +146,13 @@ rule train_decoder_seeds:
     input:
         unpack(decoder_inputs),
     output:
-        models=[decoder_file("{subject}", "{modality}", k) for k in range(ENSEMBLE_SEEDS)],
-        curves=[decoder_curve_file("{subject}", "{modality}", k) for k in range(ENSEMBLE_SEEDS)],
+        models=[
+            decoder_file("{subject}", "{modality}", k) for k in range(ENSEMBLE_SEEDS)
+        ],
+        curves=[
+            decoder_curve_file("{subject}", "{modality}", k)
+            for k in range(ENSEMBLE_SEEDS)
+        ],
     wildcard_constraints:
         # no modality when the ensemble is off: the rule then never matches
         modality="|".join(ENSEMBLE_MODALITIES) or "(?!)",
