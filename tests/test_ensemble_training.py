@@ -204,3 +204,42 @@ def test_stage_level_ensemble_writes_each_seed_s_train_decoder_model(tmp_path):
         assert abs(ens_extra["final_loss"] - single_extra["final_loss"]) < 1e-4
     a, b = (load_model(o).state_dict() for o in outs)
     assert max((a[k] - b[k]).abs().max().item() for k in a if k.startswith("dit.")) > 1e-2
+
+
+def test_with_cuda_the_stage_trains_the_seeds_in_turn_as_train_decoder_would(tmp_path, monkeypatch):
+    """Where the job finds CUDA (device auto on a GPU machine), train_decoder_seeds trains each seed as
+    train_decoder does, each in a checkpoint folder of its own that the others' pruning leaves alone.
+    Here the device check answers cuda and the runs themselves train on the CPU: the same bytes as
+    train_decoder's."""
+    import json
+
+    from test_training_stages import _dataset, _vae_and_latents
+
+    import cortexflow.stages.params as stage_params
+    from cortexflow.models.io import load_model
+    from cortexflow.stages.baseline import fit_baseline_stage
+    from cortexflow.stages.decoder import train_decoder_stage
+    from cortexflow.stages.decoder_seeds import train_decoder_seeds_stage
+
+    stimuli = _vae_and_latents(tmp_path)
+    dataset = _dataset(tmp_path / "ds", [f"img-{n}" for n in range(10)] * 2, ["img-10", "img-11"])
+    ridge = tmp_path / "ridge.npz"
+    fit_baseline_stage(dataset=str(dataset), out=str(ridge), params={"cv_folds": 3, "alphas": [1.0, 10.0]},
+                       latents=str(tmp_path / "latents.npz"))
+    params = {"image": {"hidden_dim": 32, "depth": 1, "num_heads": 2, "n_tokens": 2, "steps": 6,
+                        "batch_size": 4, "warmup_steps": 2, "checkpoint_every": 3}}
+    common = dict(dataset=str(dataset), modality="image", params=json.loads(json.dumps(params)),
+                  latents=str(tmp_path / "latents.npz"), vae=str(tmp_path / "vae.pt"), ridge=str(ridge),
+                  stimuli=str(stimuli), device="cpu")
+    seeds, outs = [0, 1], [str(tmp_path / f"gpu{s}.pt") for s in (0, 1)]
+    monkeypatch.setattr(stage_params, "resolve_device", lambda device: torch.device("cuda"))
+    train_decoder_seeds_stage(outs=outs, seeds=seeds, checkpoint_dir=str(tmp_path / "key"), **common)
+    monkeypatch.undo()
+    for seed in seeds:
+        assert (tmp_path / "key" / f"seed{seed}" / "run" / "last.pt").is_file()  # not pruned by the other seed
+    for seed, out in zip(seeds, outs):
+        single = tmp_path / f"single{seed}.pt"
+        train_decoder_stage(out=str(single), seed=seed, checkpoint_dir=str(tmp_path / "singles" / f"ckpt{seed}"),
+                            **common)
+        a, b = load_model(out).state_dict(), load_model(single).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), seed

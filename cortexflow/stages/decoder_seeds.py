@@ -77,10 +77,15 @@ def train_decoder_seeds_stage(*, dataset: str, modality: str, outs: list[str], s
         log.info("train_decoder_seeds: CUDA found, so seeds %s train one after the other as single runs "
                  "(config seed_ensemble: false gives each its own job)", seeds)
         for m, seed in enumerate(seeds):
+            # each run's folder one level down: a finished run prunes its folder's siblings
+            # (prune_stale_checkpoints), which must not be the other seeds' checkpoints
             train_decoder_stage(dataset=dataset, modality=modality, out=outs[m],
-                                checkpoint_dir=str(Path(checkpoint_dir) / f"seed{seed}"), params=params, seed=seed,
-                                threads=threads, device=device, latents=latents, vae=vae, ridge=ridge,
+                                checkpoint_dir=str(Path(checkpoint_dir) / f"seed{seed}" / "run"), params=params,
+                                seed=seed, threads=threads, device=device, latents=latents, vae=vae, ridge=ridge,
                                 stimuli=stimuli, out_curve=out_curves[m] if out_curves else None)
+        from cortexflow.training.checkpoint import prune_stale_checkpoints
+
+        prune_stale_checkpoints(checkpoint_dir)
         return
     _train_on_cpu(dataset=dataset, modality=modality, outs=outs, seeds=seeds, checkpoint_dir=checkpoint_dir, p=p,
                   threads=threads, latents=latents, vae=vae, ridge=ridge, out_curves=out_curves)
