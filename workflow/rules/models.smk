@@ -132,7 +132,7 @@ rule train_decoder:
 
 # The seeds of one subject's image decoder (config seed_ensemble; common.smk) in one job, trained
 # on the CPU as one stacked model: each member is the run train_decoder gives its seed, to float
-# rounding (cortexflow.stages.decoder_seeds); 1.11x per seed on this repo's 2-core CPU (docs/speed.md).
+# rounding (cortexflow.stages.decoder_seeds); 3.4% fewer core-minutes in the default run (docs/speed.md).
 ruleorder: train_decoder_seeds > train_decoder
 
 
