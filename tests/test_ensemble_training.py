@@ -162,23 +162,30 @@ def test_members_must_share_settings():
         EnsembleTrainer(models, configs)
 
 
-def test_stage_level_ensemble_writes_each_seed_s_train_decoder_model(tmp_path):
-    """train_decoder_seeds (here through the ``cortexflow`` command, as its rule runs it) writes, per seed,
-    the model train_decoder writes for that seed (to tolerance), with its curve and final loss."""
-    import json
-
+def _stage_inputs(tmp_path):
+    """What the decoder stages read, tiny: the stimuli (VAE and latents beside them), a dataset, the ridge prior."""
     from test_training_stages import _dataset, _vae_and_latents
 
-    from cortexflow.models.io import load_model
     from cortexflow.stages.baseline import fit_baseline_stage
-    from cortexflow.stages.decoder import train_decoder_stage
-    from cortexflow.cli import main
 
     stimuli = _vae_and_latents(tmp_path)
     dataset = _dataset(tmp_path / "ds", [f"img-{n}" for n in range(10)] * 2, ["img-10", "img-11"])
     ridge = tmp_path / "ridge.npz"
     fit_baseline_stage(dataset=str(dataset), out=str(ridge), params={"cv_folds": 3, "alphas": [1.0, 10.0]},
                        latents=str(tmp_path / "latents.npz"))
+    return stimuli, dataset, ridge
+
+
+def test_stage_level_ensemble_writes_each_seed_s_train_decoder_model(tmp_path):
+    """train_decoder_seeds (here through the ``cortexflow`` command, as its rule runs it) writes, per seed,
+    the model train_decoder writes for that seed (to tolerance), with its curve and final loss."""
+    import json
+
+    from cortexflow.models.io import load_model
+    from cortexflow.stages.decoder import train_decoder_stage
+    from cortexflow.cli import main
+
+    stimuli, dataset, ridge = _stage_inputs(tmp_path)
     params = {"image": {"hidden_dim": 32, "depth": 1, "num_heads": 2, "n_tokens": 2, "steps": 12,
                         "batch_size": 4, "warmup_steps": 2}}
     common = dict(dataset=str(dataset), modality="image", params=params, latents=str(tmp_path / "latents.npz"),
@@ -211,24 +218,15 @@ def test_with_cuda_the_stage_trains_the_seeds_in_turn_as_train_decoder_would(tmp
     train_decoder does, each in a checkpoint folder of its own that the others' pruning leaves alone.
     Here the device check answers cuda and the runs themselves train on the CPU: the same bytes as
     train_decoder's."""
-    import json
-
-    from test_training_stages import _dataset, _vae_and_latents
-
     import cortexflow.stages.params as stage_params
     from cortexflow.models.io import load_model
-    from cortexflow.stages.baseline import fit_baseline_stage
     from cortexflow.stages.decoder import train_decoder_stage
     from cortexflow.stages.decoder_seeds import train_decoder_seeds_stage
 
-    stimuli = _vae_and_latents(tmp_path)
-    dataset = _dataset(tmp_path / "ds", [f"img-{n}" for n in range(10)] * 2, ["img-10", "img-11"])
-    ridge = tmp_path / "ridge.npz"
-    fit_baseline_stage(dataset=str(dataset), out=str(ridge), params={"cv_folds": 3, "alphas": [1.0, 10.0]},
-                       latents=str(tmp_path / "latents.npz"))
+    stimuli, dataset, ridge = _stage_inputs(tmp_path)
     params = {"image": {"hidden_dim": 32, "depth": 1, "num_heads": 2, "n_tokens": 2, "steps": 6,
                         "batch_size": 4, "warmup_steps": 2, "checkpoint_every": 3}}
-    common = dict(dataset=str(dataset), modality="image", params=json.loads(json.dumps(params)),
+    common = dict(dataset=str(dataset), modality="image", params=params,
                   latents=str(tmp_path / "latents.npz"), vae=str(tmp_path / "vae.pt"), ridge=str(ridge),
                   stimuli=str(stimuli), device="cpu")
     seeds, outs = [0, 1], [str(tmp_path / f"gpu{s}.pt") for s in (0, 1)]

@@ -300,8 +300,8 @@ def _seed_ensemble_modalities():
     from cortexflow.sections import modality_params
     from cortexflow.stages.decoder_seeds import ensemble_unsupported
 
-    mode = config["seed_ensemble"]
-    if mode is False or str(mode) == "false":
+    mode = config["seed_ensemble"]  # "auto", True or False (the schema's enum)
+    if mode is False:
         return [], 0
     wanted = {}
     for modality in MODALITIES:
